@@ -1,0 +1,34 @@
+"""mechedit: locate and edit factual knowledge in language models, on TransformerLens hooks.
+
+Importing mechedit does no I/O and loads no model. Start with :func:`load_model`.
+"""
+
+from mechedit._version import __version__
+from mechedit.errors import ConfigError, MecheditError, ModelNotAvailableError, SiteError, TokenizationError
+from mechedit.interventions import (
+    AddVector,
+    Capture,
+    EmbeddingNoise,
+    Intervention,
+    MeanAblate,
+    Patch,
+    ZeroAblate,
+    capture,
+    intervened,
+    mean_activation,
+    run,
+)
+from mechedit.models import DEFAULT_MODEL, ModelInfo, cache_dir, load_model, model_info
+from mechedit.predict import Prediction, predict
+from mechedit.sites import Site, SiteKind
+from mechedit.tokens import Encoded, Prefix, encode, subject_span, target_ids
+from mechedit.weights import WeightDelta, apply_permanently, edited_weights, mlp_out_weight
+
+__all__ = [
+    "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "EmbeddingNoise", "Encoded",
+    "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "Patch",
+    "Prediction", "Prefix", "Site", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
+    "ZeroAblate", "apply_permanently", "cache_dir", "capture", "edited_weights", "encode", "intervened",
+    "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "subject_span",
+    "target_ids",
+]

@@ -1,0 +1,1 @@
+"""The ``mechedit`` command line. Each subcommand lives in its own module here."""

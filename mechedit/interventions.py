@@ -1,0 +1,287 @@
+"""Interventions: small frozen value objects that yield ``(hook_name, hook_fn)`` pairs.
+
+The protocol is one method::
+
+    class Intervention(Protocol):
+        def hooks(self, model) -> Iterable[tuple[str, HookFn]]: ...
+
+where a hook function is TransformerLens' ``fn(activation, *, hook) -> activation | None``.
+Hook names come from :class:`~mechedit.sites.Site` (``site.resolve(model)``), never
+from string formatting here, and never from ``hook.name`` (which may be an alias).
+
+Interventions run only inside :func:`intervened` (a context) or :func:`run` (one
+forward). Hooks are scoped: after either returns, also by an exception, the model
+carries no hook that mechedit added. Writing a new intervention is one small class::
+
+    @dataclass(frozen=True, eq=False)
+    class Scale:
+        site: Site
+        factor: float
+
+        def hooks(self, model):
+            def fn(act, *, hook):
+                return act * self.factor
+            yield self.site.resolve(model), fn
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechedit import tlens
+from mechedit.errors import ConfigError
+from mechedit.sites import Site, SiteKind
+
+HookFn = Callable[..., Any]
+Positions = tuple[int, ...] | None
+#: What callers may pass as positions: a sequence of ints, one int, or None (= all).
+PositionsArg = Sequence[int] | int | None
+
+
+@runtime_checkable
+class Intervention(Protocol):
+    """Anything with ``hooks(model)`` yielding ``(hook_name, hook_fn)`` pairs."""
+
+    def hooks(self, model: Any) -> Iterable[tuple[str, HookFn]]: ...
+
+
+def _positions(positions: Sequence[int] | int | None) -> Positions:
+    if positions is None:
+        return None
+    if isinstance(positions, int):
+        return (positions,)
+    out = tuple(int(p) for p in positions)
+    if not out:
+        raise ConfigError("positions is empty; pass None for all positions")
+    return out
+
+
+def _index(positions: Positions) -> slice | list[int]:
+    return slice(None) if positions is None else list(positions)
+
+
+def _check_positions(act: Tensor, positions: Positions, what: str) -> None:
+    if positions is not None and (max(positions) >= act.shape[1] or min(positions) < -act.shape[1]):
+        raise IndexError(f"{what}: positions {positions} out of range for a sequence of {act.shape[1]} tokens")
+
+
+@dataclass(frozen=True, eq=False)
+class Patch:
+    """Replace the activation at ``positions`` (all if None) with ``values``.
+
+    ``values`` broadcasts against ``activation[:, positions]``: ``[pos_sel, width]``
+    patches every batch row alike; ``[batch, pos_sel, width]`` row by row.
+    """
+
+    site: Site
+    values: Tensor
+    positions: PositionsArg = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        idx = _index(self.positions)
+
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            _check_positions(act, self.positions, str(self.site))
+            out = act.clone()
+            out[:, idx] = self.values.to(act.dtype)
+            return out
+
+        yield self.site.resolve(model), fn
+
+
+@dataclass(frozen=True, eq=False)
+class AddVector:
+    """Add ``scale * vector`` to the activation at ``positions`` (all if None)."""
+
+    site: Site
+    vector: Tensor
+    positions: PositionsArg = None
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        idx = _index(self.positions)
+
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            _check_positions(act, self.positions, str(self.site))
+            out = act.clone()
+            out[:, idx] = out[:, idx] + self.scale * self.vector.to(act.dtype)
+            return out
+
+        yield self.site.resolve(model), fn
+
+
+@dataclass(frozen=True, eq=False)
+class ZeroAblate:
+    """Set the activation at ``positions`` (all if None) to zero."""
+
+    site: Site
+    positions: PositionsArg = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        idx = _index(self.positions)
+
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            _check_positions(act, self.positions, str(self.site))
+            out = act.clone()
+            out[:, idx] = 0.0
+            return out
+
+        yield self.site.resolve(model), fn
+
+
+@dataclass(frozen=True, eq=False)
+class MeanAblate:
+    """Replace the activation at ``positions`` by a reference mean (e.g. over a dataset).
+
+    Use :func:`mean_activation` to compute ``mean`` (shape = the site's width).
+    """
+
+    site: Site
+    mean: Tensor
+    positions: PositionsArg = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", _positions(self.positions))
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        yield from Patch(self.site, self.mean, self.positions).hooks(model)
+
+
+NoiseDistribution = Literal["gaussian", "uniform", "student_t"]
+
+
+@dataclass(frozen=True, eq=False)
+class EmbeddingNoise:
+    """Add seeded noise to the token embeddings (``hook_embed``) at ``positions``.
+
+    ROME's causal-tracing corruption. Row ``b`` of the batch receives draw ``b``; the
+    draws depend only on ``(seed, batch, len(positions), d_model, distribution)``, so
+    every caller with the same seed sees the same noise (common random numbers).
+    ``scale`` multiplies a unit draw: N(0, 1), U(-1, 1) or Student-t(``df``).
+    """
+
+    positions: PositionsArg
+    scale: float
+    seed: int = 0
+    distribution: NoiseDistribution = "gaussian"
+    df: float = 3.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "positions", _positions(self.positions))
+        if self.positions is None:
+            raise ConfigError("EmbeddingNoise needs explicit positions (e.g. the subject span)")
+        if self.distribution not in ("gaussian", "uniform", "student_t"):
+            raise ConfigError(f"unknown noise distribution {self.distribution!r}; "
+                              "choose gaussian, uniform or student_t")
+        if not self.scale >= 0:
+            raise ConfigError(f"noise scale must be >= 0, got {self.scale}")
+
+    def draws(self, batch: int, d_model: int) -> Float[Tensor, "batch n_pos d_model"]:
+        """The noise this intervention adds to rows ``0..batch-1`` (float32, CPU)."""
+        g = torch.Generator().manual_seed(int(self.seed))
+        shape = (batch, len(self.positions), d_model)  # type: ignore[arg-type]
+        if self.distribution == "gaussian":
+            unit = torch.randn(shape, generator=g)
+        elif self.distribution == "uniform":
+            unit = torch.rand(shape, generator=g) * 2 - 1
+        else:  # numpy's Generator has Student-t and no global state
+            unit = torch.from_numpy(np.random.default_rng(int(self.seed)).standard_t(self.df, shape)).float()
+        return unit * self.scale
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        idx = list(self.positions)  # type: ignore[arg-type]
+
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            _check_positions(act, self.positions, "embed noise")
+            out = act.clone()
+            noise = self.draws(act.shape[0], act.shape[-1]).to(act.device, act.dtype)
+            out[:, idx] = out[:, idx] + noise
+            return out
+
+        yield Site(SiteKind.EMBED).resolve(model), fn
+
+
+@dataclass(frozen=True, eq=False)
+class Capture:
+    """Record the activation at each site into ``store`` (keyed by site); changes nothing."""
+
+    sites: tuple[Site, ...]
+    store: dict = field(default_factory=dict)
+    detach: bool = True
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        for site in self.sites:
+            def fn(act: Tensor, *, hook: Any, site: Site = site) -> None:
+                self.store[site] = act.detach().clone() if self.detach else act
+
+            yield site.resolve(model), fn
+
+
+def hook_pairs(model: Any, interventions: Iterable[Intervention]) -> list[tuple[str, HookFn]]:
+    """Collect and validate every intervention's pairs (before anything is attached)."""
+    pairs: list[tuple[str, HookFn]] = []
+    for iv in interventions:
+        if not isinstance(iv, Intervention):
+            raise TypeError(f"{iv!r} is not an intervention: it needs a hooks(model) method")
+        for name, fn in iv.hooks(model):
+            tlens.check_hook_exists(model, name)
+            pairs.append((name, fn))
+    return pairs
+
+
+@contextmanager
+def intervened(model: Any, interventions: Iterable[Intervention]) -> Iterator[Any]:
+    """Attach the interventions' hooks for the body of a ``with``; always detach them."""
+    pairs = hook_pairs(model, list(interventions))
+    with tlens.hooks_context(model, pairs):
+        yield model
+
+
+def run(
+    model: Any,
+    input_ids: Int[Tensor, "batch pos"],
+    interventions: Iterable[Intervention] = (),
+    *,
+    grad: bool = False,
+) -> Float[Tensor, "batch pos d_vocab"]:
+    """One forward pass with the interventions applied; returns logits."""
+    with intervened(model, interventions), torch.set_grad_enabled(grad):
+        return model(input_ids)
+
+
+def capture(model: Any, input_ids: Int[Tensor, "batch pos"], sites: Sequence[Site],
+            interventions: Iterable[Intervention] = ()) -> dict[Site, Tensor]:
+    """Activations at ``sites`` for one forward (after any ``interventions``)."""
+    cap = Capture(tuple(sites))
+    run(model, input_ids, [*interventions, cap])
+    return cap.store
+
+
+def mean_activation(model: Any, batches: Iterable[Tensor], site: Site) -> Tensor:
+    """Mean of a site's activation over every token of ``batches`` (for :class:`MeanAblate`)."""
+    total, count = None, 0
+    for ids in batches:
+        act = capture(model, ids, [site])[site]
+        flat = act.reshape(-1, *act.shape[2:]).double()
+        total = flat.sum(0) if total is None else total + flat.sum(0)
+        count += flat.shape[0]
+    if total is None:
+        raise ConfigError("mean_activation needs at least one batch")
+    return (total / count).float()

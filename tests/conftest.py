@@ -1,0 +1,75 @@
+"""Shared fixtures: tiny GPT-2 and Llama models built on disk, and the real SmolLM2.
+
+Runtime shape checking: mechedit is imported under jaxtyping's import hook with
+beartype, so every ``Float[Tensor, "..."]`` annotation is checked during the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from jaxtyping import install_import_hook  # noqa: E402
+
+with install_import_hook("mechedit", "beartype.beartype"):
+    import mechedit  # noqa: F401,E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mechedit.testing import build_tiny_model  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: build_tiny_model(arch, root / arch) for arch in ("gpt2", "llama")}
+
+
+_LOADED: list = []  # every model a fixture loaded, checked for leaked hooks after each test
+
+
+def _track(model):
+    _LOADED.append(model)
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tiny_dirs):
+    return _track(mechedit.load_model(tiny_dirs["gpt2"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_dirs):
+    return _track(mechedit.load_model(tiny_dirs["llama"]))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return _track(mechedit.load_model("smollm2-135m"))
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
+def tiny_model(request):
+    """Each tiny architecture in turn."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(params=["tiny_gpt2", "tiny_llama", "smollm2"])
+def any_model(request):
+    """Both tiny architectures and SmolLM2 in turn."""
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _no_hooks_left_behind():
+    """Every test must leave every loaded model with no hook attached."""
+    yield
+    from mechedit import tlens
+
+    for model in _LOADED:
+        assert tlens.active_hook_count(model) == 0, "a test left a hook attached"
