@@ -20,12 +20,13 @@ from mechedit.interventions import (
 )
 from mechedit.models import DEFAULT_MODEL, ModelInfo, cache_dir, load_model, model_info
 from mechedit.predict import Prediction, predict
+from mechedit.requests import EditRequest
 from mechedit.sites import Site, SiteKind
 from mechedit.tokens import Encoded, Prefix, encode, subject_span, target_ids
 from mechedit.weights import WeightDelta, apply_permanently, edited_weights, mlp_out_weight
 
 __all__ = [
-    "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "EmbeddingNoise", "Encoded",
+    "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "EditRequest", "EmbeddingNoise", "Encoded",
     "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "Patch",
     "Prediction", "Prefix", "Site", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
     "ZeroAblate", "apply_permanently", "cache_dir", "capture", "edited_weights", "encode", "intervened",
