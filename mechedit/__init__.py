@@ -29,7 +29,7 @@ __all__ = [
     "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "EditRequest", "EmbeddingNoise", "Encoded",
     "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "Patch",
     "Prediction", "Prefix", "Site", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
-    "ZeroAblate", "apply_permanently", "cache_dir", "capture", "edited_weights", "encode", "intervened",
-    "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "subject_span",
+    "ZeroAblate", "apply_permanently", "cache_dir", "capture", "capture_until", "edited_weights", "encode", "intervened",
+    "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "run_from", "subject_span",
     "target_ids",
 ]

@@ -159,3 +159,90 @@ def mlp_out_weight(model: "TransformerBridge", layer: int) -> torch.Tensor:
 def hf_model(model: "TransformerBridge") -> Any:
     """The wrapped HF module (for saving, generation config, etc.)."""
     return model.original_model
+
+
+# --- partial forward passes -----------------------------------------------------------
+#
+# The bridge's own ``start_at_layer`` still executes blocks 0..k-1 and discards them, and
+# its ``stop_at_layer`` still pays for the rest of the model's bookkeeping. mechedit needs
+# real savings (patching engine, ROME's v* optimisation, key statistics), so it truncates
+# the HF decoder stack itself: the ModuleList that holds the bridge's blocks is swapped
+# for its tail ``blocks[start:]`` for one call, and a pre-hook on block ``start`` swaps the
+# given residual in for its input. HF still builds masks and position embeddings, so this
+# works for any decoder-only architecture whose stack the bridge wraps.
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early (caught in :func:`forward_blocks`)."""
+
+
+def _decoder_stack(model: "TransformerBridge") -> tuple[Any, str]:
+    """The (parent module, attribute name) of the HF ModuleList holding the bridge blocks."""
+    for parent in hf_model(model).modules():
+        for name, child in parent.named_children():
+            if child is model.blocks:
+                return parent, name
+    raise NotImplementedError("could not find the decoder stack of this model inside its HF module")
+
+
+def forward_blocks(
+    model: "TransformerBridge",
+    *,
+    input_ids: torch.Tensor | None = None,
+    resid: torch.Tensor | None = None,
+    start: int = 0,
+    stop_after: int | None = None,
+) -> torch.Tensor | None:
+    """Run blocks ``start..`` and return logits, computing nothing below ``start``.
+
+    Args:
+        input_ids: tokens ``[batch, pos]``, when ``start == 0``.
+        resid: the residual entering block ``start`` (``blocks.{start}.hook_resid_pre``),
+            ``[batch, pos, d_model]``, when ``start > 0``.
+        start: first block to run.
+        stop_after: if given, end the pass right after this block and return ``None``
+            (read what you need with hooks); later blocks and the unembedding never run.
+
+    Hooks attached with :func:`hooks_context` fire as usual in the blocks that run.
+    Gradients flow if the caller enables them.
+    """
+    n_layers = int(model.cfg.n_layers)
+    if not 0 <= start < n_layers:
+        raise ValueError(f"start={start} out of range for {n_layers} layers")
+    if stop_after is not None and not start <= stop_after < n_layers:
+        raise ValueError(f"stop_after={stop_after} must be in [{start}, {n_layers})")
+    if (start == 0) == (input_ids is None):
+        if start == 0 and resid is not None:
+            input_ids = None  # start at 0 from a given residual: allowed below
+        else:
+            raise ValueError("pass input_ids when start == 0, and resid when start > 0")
+    hf = hf_model(model)
+    blocks = list(model.blocks)
+    handles = []
+    if resid is not None:
+        def swap_in(module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                return (resid, *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": resid}
+
+        handles.append(blocks[start].register_forward_pre_hook(swap_in, with_kwargs=True))
+    if stop_after is not None:
+        def stop(module: Any, args: tuple, output: Any) -> None:
+            raise _StopForward
+
+        handles.append(blocks[stop_after].register_forward_hook(stop))
+    parent, attr = _decoder_stack(model)
+    full = getattr(parent, attr)
+    try:
+        if start > 0:
+            setattr(parent, attr, torch.nn.ModuleList(blocks[start:]))
+        if input_ids is not None:
+            return hf(input_ids=input_ids, use_cache=False).logits
+        zeros = torch.zeros_like(resid)
+        return hf(inputs_embeds=zeros, use_cache=False).logits
+    except _StopForward:
+        return None
+    finally:
+        setattr(parent, attr, full)
+        for h in handles:
+            h.remove()
