@@ -1,0 +1,91 @@
+"""Statistics of the localization-vs-editing analysis on synthetic data with known answers."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mechedit.analysis.stats import LocalizationStats, correlations, localization_stats, r2_models
+
+
+def _rows(layer_effect: bool, tracing_effect: bool, n_facts=60, layers=(0, 4, 8, 12), seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fact in range(n_facts):
+        for layer in layers:
+            effect = rng.uniform(0, 1)  # tracing effect, independent of the layer
+            score = 0.2 * rng.standard_normal()
+            if layer_effect:
+                score += {0: 0.9, 4: 0.6, 8: 0.3, 12: 0.0}[layer] * 3
+            if tracing_effect:
+                score += 2.0 * effect
+            rows.append(dict(method="rome", variant="injection", metric="rewrite", fact=fact,
+                             layer=layer, tracing_effect=effect, score=score))
+    return pd.DataFrame(rows)
+
+
+def test_layer_effect_without_tracing_effect_comes_out_that_way():
+    stats = localization_stats(_rows(layer_effect=True, tracing_effect=False))
+    r2 = stats.r2.iloc[0]
+    assert r2.r2_layer > 0.9
+    assert r2.r2_tracing < 0.02
+    assert r2.r2_added_by_tracing < 0.02
+    assert r2.f_p > 0.01
+    c = stats.correlations.iloc[0]
+    assert c.pearson_lo < 0 < c.pearson_hi  # CI covers zero
+    assert "layer explains 9" in stats.verdicts[0]
+
+
+def test_tracing_effect_is_detected_when_present():
+    r2 = localization_stats(_rows(layer_effect=True, tracing_effect=True)).r2.iloc[0]
+    assert r2.r2_added_by_tracing > 0.1
+    assert r2.f_p < 1e-6
+
+
+def test_r2_matches_a_hand_computation():
+    df = _rows(layer_effect=True, tracing_effect=True, n_facts=20)
+    y, x = df["score"].to_numpy(), df["tracing_effect"].to_numpy()
+    slope, intercept = np.polyfit(x, y, 1)
+    ss_res = ((y - (slope * x + intercept)) ** 2).sum()
+    ss_tot = ((y - y.mean()) ** 2).sum()
+    assert r2_models(df)["r2_tracing"] == pytest.approx(1 - ss_res / ss_tot, rel=1e-9)
+    # layer-only model = group means
+    means = df.groupby("layer")["score"].transform("mean").to_numpy()
+    assert r2_models(df)["r2_layer"] == pytest.approx(1 - ((y - means) ** 2).sum() / ss_tot, rel=1e-9)
+
+
+def test_correlation_ci_and_degenerate_input():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(200)
+    c = correlations(x, 0.8 * x + 0.6 * rng.standard_normal(200))
+    assert c["pearson_lo"] < 0.8 < c["pearson_hi"] and c["pearson_p"] < 1e-10
+    assert np.isnan(correlations(np.ones(5), np.arange(5.0))["pearson_r"])
+
+
+def test_save_load_and_bad_columns(tmp_path):
+    stats = localization_stats(_rows(True, False))
+    stats.save(tmp_path)
+    back = LocalizationStats.load(tmp_path)
+    assert back.verdicts == stats.verdicts
+    pd.testing.assert_frame_equal(back.r2, stats.r2)
+    assert set(stats.to_dataframe().columns) >= {"r2_layer", "pearson_r"}
+    with pytest.raises(ValueError, match="lack columns"):
+        localization_stats(pd.DataFrame({"score": [1.0]}))
+
+
+def test_figures_are_returned_not_shown():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from mechedit.analysis import plots
+
+    rows = _rows(True, True, n_facts=10)
+    stats = localization_stats(rows)
+    fig = plots.r2_bars(stats)
+    assert len(fig.axes[0].patches) == 2 * len(stats.r2)
+    assert len(plots.effect_vs_score(rows).axes) == 2  # plot + colour bar
+    peaks = rows.loc[rows.groupby("fact")["tracing_effect"].idxmax(), "layer"]
+    hist = plots.peak_layer_histogram(peaks, 13)
+    assert sum(p.get_height() for p in hist.axes[0].patches) == 10
+    line = plots.score_by_layer(rows).axes[0].lines[0]
+    assert list(line.get_xdata()) == [0, 4, 8, 12]
+    np.testing.assert_allclose(line.get_ydata(), rows.groupby("layer")["score"].mean().to_numpy())
