@@ -88,4 +88,4 @@ def test_figures_are_returned_not_shown():
     assert sum(p.get_height() for p in hist.axes[0].patches) == 10
     line = plots.score_by_layer(rows).axes[0].lines[0]
     assert list(line.get_xdata()) == [0, 4, 8, 12]
-    np.testing.assert_allclose(line.get_ydata(), rows.groupby("layer")["score"].mean().to_numpy())
+    np.testing.assert_allclose(np.asarray(line.get_ydata(), float), rows.groupby("layer")["score"].mean().to_numpy())
