@@ -73,6 +73,21 @@ def _check_positions(act: Tensor, positions: Positions, what: str) -> None:
         raise IndexError(f"{what}: positions {positions} out of range for a sequence of {act.shape[1]} tokens")
 
 
+def _positional_hook(
+    model: Any, site: Site, positions: Positions, new: Callable[[Tensor], Tensor]
+) -> tuple[str, HookFn]:
+    """A hook that replaces ``act[:, positions]`` by ``new(act[:, positions])``."""
+    idx = _index(positions)
+
+    def fn(act: Tensor, *, hook: Any) -> Tensor:
+        _check_positions(act, positions, str(site))
+        out = act.clone()
+        out[:, idx] = new(out[:, idx])
+        return out
+
+    return site.resolve(model), fn
+
+
 @dataclass(frozen=True, eq=False)
 class Patch:
     """Replace the activation at ``positions`` (all if None) with ``values``.
@@ -89,15 +104,8 @@ class Patch:
         object.__setattr__(self, "positions", _positions(self.positions))
 
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
-        idx = _index(self.positions)
-
-        def fn(act: Tensor, *, hook: Any) -> Tensor:
-            _check_positions(act, self.positions, str(self.site))
-            out = act.clone()
-            out[:, idx] = self.values.to(act.dtype)
-            return out
-
-        yield self.site.resolve(model), fn
+        yield _positional_hook(model, self.site, self.positions,
+                               lambda x: self.values.to(x.dtype).expand_as(x))
 
 
 @dataclass(frozen=True, eq=False)
@@ -113,15 +121,8 @@ class AddVector:
         object.__setattr__(self, "positions", _positions(self.positions))
 
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
-        idx = _index(self.positions)
-
-        def fn(act: Tensor, *, hook: Any) -> Tensor:
-            _check_positions(act, self.positions, str(self.site))
-            out = act.clone()
-            out[:, idx] = out[:, idx] + self.scale * self.vector.to(act.dtype)
-            return out
-
-        yield self.site.resolve(model), fn
+        yield _positional_hook(model, self.site, self.positions,
+                               lambda x: x + self.scale * self.vector.to(x.dtype))
 
 
 @dataclass(frozen=True, eq=False)
@@ -135,15 +136,7 @@ class ZeroAblate:
         object.__setattr__(self, "positions", _positions(self.positions))
 
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
-        idx = _index(self.positions)
-
-        def fn(act: Tensor, *, hook: Any) -> Tensor:
-            _check_positions(act, self.positions, str(self.site))
-            out = act.clone()
-            out[:, idx] = 0.0
-            return out
-
-        yield self.site.resolve(model), fn
+        yield _positional_hook(model, self.site, self.positions, torch.zeros_like)
 
 
 @dataclass(frozen=True, eq=False)
