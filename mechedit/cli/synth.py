@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_build(steps: argparse._SubParsersAction) -> None:
     from mechedit.synth.corpus import CorpusConfig
-    from mechedit.synth.kg import KGConfig
+    from mechedit.synth.kg import RELATIONS, KGConfig
 
     k, c = KGConfig(), CorpusConfig()
     b = steps.add_parser("build-kg", help="generate a seeded knowledge graph, its corpus and eval records")
@@ -35,6 +35,8 @@ def _register_build(steps: argparse._SubParsersAction) -> None:
                        help=f"default {getattr(k, name)}")
     b.add_argument("--zipf-exponent", type=float, default=k.zipf_exponent,
                    help=f"popularity law exponent (default {k.zipf_exponent})")
+    b.add_argument("--relations", nargs="+", choices=list(RELATIONS), default=list(k.relations),
+                   help="relations to generate (default all)")
     b.add_argument("--corpus-seed", type=int, default=c.seed, help=f"default {c.seed}")
     b.add_argument("--n-train-templates", type=int, default=c.n_train_templates,
                    help=f"phrasings per fact in the corpus, the rest held out (default {c.n_train_templates})")
@@ -71,7 +73,7 @@ def run_build(args: argparse.Namespace) -> int:
     kg_config = KGConfig(
         seed=args.seed, n_persons=args.n_persons, n_cities=args.n_cities, n_countries=args.n_countries,
         n_companies=args.n_companies, n_languages=args.n_languages, n_sports=args.n_sports,
-        n_first_names=args.n_first_names, zipf_exponent=args.zipf_exponent,
+        n_first_names=args.n_first_names, zipf_exponent=args.zipf_exponent, relations=tuple(args.relations),
     )
     corpus_config = CorpusConfig(seed=args.corpus_seed, n_train_templates=args.n_train_templates,
                                  n_mentions=args.n_mentions)

@@ -70,7 +70,7 @@ class CorpusConfig:
 
     seed: int = 0
     n_train_templates: int = 3
-    n_mentions: int = 2000
+    n_mentions: int = 1000
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_train_templates <= N_TEMPLATES:
@@ -195,7 +195,8 @@ def counterfact_records(kg: KnowledgeGraph, corpus: Corpus, *, seed: int = 0,
         tmpl = prompt_template(f.relation)
 
         def prompts_for(subjects: list[str], skip: str = f.subject, tmpl: str = tmpl) -> list[str]:
-            return [tmpl.format(kg.name(s)) for s in subjects if s != skip][:max_neighbors]
+            others = [s for s in subjects if s != skip]
+            return [tmpl.format(kg.name(s)) for s in rng.sample(others, min(max_neighbors, len(others)))]
 
         records.append({
             "case_id": i,
@@ -234,6 +235,7 @@ def known_records(kg: KnowledgeGraph, facts: list[int] | None = None,
 
 
 def write_json(records: Any, path: str | Path) -> Path:
+    """Compact JSON (the exports of a shipped model count against the package size)."""
     path = Path(path)
-    path.write_text(json.dumps(records, indent=1))
+    path.write_text(json.dumps(records, separators=(",", ":")))
     return path

@@ -69,7 +69,7 @@ class KGConfig:
     """Sizes, popularity law and seed of a synthetic knowledge graph."""
 
     seed: int = 0
-    n_persons: int = 300
+    n_persons: int = 200
     n_cities: int = 40
     n_countries: int = 12
     n_companies: int = 30
@@ -189,7 +189,7 @@ class KnowledgeGraph:
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
+        path.write_text(json.dumps(self.to_dict(), separators=(",", ":")))
         return path
 
     @classmethod

@@ -26,7 +26,14 @@ import shutil
 from pathlib import Path
 
 from mechedit.errors import ConfigError
-from mechedit.synth.corpus import Corpus, CorpusConfig, build_corpus, counterfact_records, known_records, write_json
+from mechedit.synth.corpus import (
+    Corpus,
+    CorpusConfig,
+    build_corpus,
+    counterfact_records,
+    known_records,
+    write_json,
+)
 from mechedit.synth.kg import KGConfig, KnowledgeGraph, generate
 from mechedit.synth.train import TrainConfig, TrainResult, predict_first_tokens, train
 
@@ -104,8 +111,57 @@ def train_model_dir(kg_dir: str | Path, config: TrainConfig, out: str | Path, *,
     write_json(config.to_dict(), out / "train_config.json")
     write_json(_known_by_model(model, tokenizer, kg, corpus), out / "known_1000.json")
     write_json(result.to_dict(), out / "metrics.json")
+    (out / "README.md").write_text(model_readme(kg, corpus, config, result, str(out)))
     shutil.rmtree(out / "checkpoint", ignore_errors=True)
     return result
+
+
+def rebuild_command(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, out: str = "OUT",
+                    graph: str = "GRAPH") -> str:
+    """The two ``mechedit synth`` commands that rebuild a model directory (non-default flags only)."""
+    def flags(values: dict, defaults: dict, renames: dict[str, str] | None = None) -> str:
+        renames = renames or {}
+        return "".join(f" --{renames.get(k, k).replace('_', '-')} {v}" for k, v in values.items()
+                       if v != defaults[k])
+
+    kg_dict = {**kg.config.to_dict(), "relations": " ".join(kg.config.relations)}
+    kg_flags = flags(kg_dict, {**KGConfig().to_dict(), "relations": " ".join(KGConfig().relations)})
+    kg_flags += flags(corpus.config.to_dict(), CorpusConfig().to_dict(), {"seed": "corpus_seed"})
+    train_flags = flags(config.to_dict(), TrainConfig().to_dict())
+    return (f"mechedit synth build-kg --seed {kg.config.seed}{kg_flags.replace(f' --seed {kg.config.seed}', '')}"
+            f" --out {graph}\nmechedit synth train --kg {graph} --out {out}{train_flags}")
+
+
+def model_readme(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, result: TrainResult,
+                 out: str = "OUT") -> str:
+    """A model directory's README: what it is, how to rebuild it, how well it knows its facts."""
+    rows = "\n".join(f"| {r.name} | {r.prefix} | {r.n} | {r.value:.4f} |" for r in result.recalls)
+    return f"""# Synthetic knowledge-graph model
+
+A {config.n_layers}-layer GPT-2-style model (d_model {config.d_model}, {result.n_params:,} parameters,
+word-level vocabulary of {result.vocab_size}) trained from scratch by `mechedit synth train` on a
+synthetic knowledge graph of {len(kg.entities)} invented entities and {len(kg.facts)} facts
+({len(corpus.sentences)} training sentences). Open it with `mechedit.load_model(path)`; the graph
+and its prompts with `mechedit.synth.pipeline.load_kg_dir(path)`.
+
+Rebuild (CPU, one thread; `python -m mechedit.cli.synth` works in place of `mechedit synth`):
+
+```bash
+{rebuild_command(kg, corpus, config, out, f"/tmp/{Path(out).name}-graph")}
+```
+
+Trained {result.steps} steps in {result.seconds:.0f} s (reached the target recall {config.target_recall}:
+{result.reached_target}). Top-1 recall of the first token of the object:
+
+| prompts | prefix | n | recall |
+| --- | --- | --- | --- |
+{rows}
+
+`train_facts`: the canonical prompt of every fact (as in `counterfact.json`'s
+`requested_rewrite`); `train_phrasings`: every phrasing in the training corpus;
+`heldout_paraphrases`: phrasings of each fact never seen in training for that fact.
+Prefix `neutral` puts `<|endoftext|>` first (mechedit's tracing default), `none` nothing.
+"""
 
 
 def _known_by_model(model, tokenizer, kg: KnowledgeGraph, corpus: Corpus) -> list[dict]:

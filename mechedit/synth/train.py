@@ -53,7 +53,7 @@ class TrainConfig:
     n_positions: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.0
-    warmup_steps: int = 200
+    warmup_steps: int = 100
     batch_size: int = 64
     max_steps: int = 20_000
     eval_every: int = 250
