@@ -110,3 +110,15 @@ def test_counterfact_export_loads_as_edit_requests(model):
     p_true = probs[mechedit.target_ids(model, req.text, req.target_true)[0]]
     p_new = probs[mechedit.target_ids(model, req.text, req.target_new)[0]]
     assert p_true > p_new  # before any edit the model prefers the true object
+
+
+def test_shipped_files_are_package_data():
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    rel = [p.relative_to(root / "mechedit" / "synth").as_posix() for p in DIR.iterdir()]
+    missing = [r for r in rel if not any(fnmatch.fnmatch(r, g) for g in patterns["mechedit.synth"])]
+    assert not missing, f"shipped files a wheel would leave out: {missing}"
