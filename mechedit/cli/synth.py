@@ -1,0 +1,122 @@
+"""``mechedit synth``: build a synthetic knowledge graph, train a small model on it.
+
+Each step writes one directory (``--out``) and is resumable: ``build-kg`` leaves a
+complete directory with the same configuration alone, ``train`` skips a finished model
+directory and resumes an interrupted run from its checkpoint. Until the lead wires
+``register`` into ``mechedit.cli.main``, run it as ``python -m mechedit.cli.synth``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="synthetic knowledge graphs and models trained on them")
+    steps = p.add_subparsers(dest="synth_command", required=True)
+    _register_build(steps)
+    _register_train(steps)
+
+
+def _register_build(steps: argparse._SubParsersAction) -> None:
+    from mechedit.synth.corpus import CorpusConfig
+    from mechedit.synth.kg import RELATIONS, KGConfig
+
+    k, c = KGConfig(), CorpusConfig()
+    b = steps.add_parser("build-kg", help="generate a seeded knowledge graph, its corpus and eval records")
+    b.add_argument("--seed", type=int, default=k.seed, help=f"graph seed (default {k.seed})")
+    b.add_argument("--out", required=True, help="output directory")
+    for name in ("n_persons", "n_cities", "n_countries", "n_companies", "n_languages", "n_sports",
+                 "n_first_names"):
+        b.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(k, name),
+                       help=f"default {getattr(k, name)}")
+    b.add_argument("--zipf-exponent", type=float, default=k.zipf_exponent,
+                   help=f"popularity law exponent (default {k.zipf_exponent})")
+    b.add_argument("--relations", nargs="+", choices=list(RELATIONS), default=list(k.relations),
+                   help="relations to generate (default all)")
+    b.add_argument("--corpus-seed", type=int, default=c.seed, help=f"default {c.seed}")
+    b.add_argument("--n-train-templates", type=int, default=c.n_train_templates,
+                   help=f"phrasings per fact in the corpus, the rest held out (default {c.n_train_templates})")
+    b.add_argument("--n-mentions", type=int, default=c.n_mentions,
+                   help=f"sentences mentioning entities without facts (default {c.n_mentions})")
+    b.add_argument("--force", action="store_true", help="overwrite a directory holding another graph")
+    b.set_defaults(func=run_build)
+
+
+def _register_train(steps: argparse._SubParsersAction) -> None:
+    from mechedit.synth.train import TrainConfig
+
+    d = TrainConfig()
+    t = steps.add_parser("train", help="train a small GPT-2-style model on a graph directory")
+    t.add_argument("--kg", required=True, help="graph directory from `synth build-kg`")
+    t.add_argument("--out", required=True, help="output model directory")
+    for name in ("seed", "n_layers", "d_model", "n_heads", "batch_size", "max_steps", "eval_every",
+                 "warmup_steps", "num_threads"):
+        t.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"default {getattr(d, name)}")
+    for name in ("lr", "weight_decay", "target_recall", "p_no_prefix"):
+        t.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
+                       help=f"default {getattr(d, name)}")
+    t.add_argument("--force", action="store_true", help="retrain even if OUT is finished")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=run_train)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from mechedit.synth.corpus import CorpusConfig
+    from mechedit.synth.kg import KGConfig
+    from mechedit.synth.pipeline import build_kg_dir, load_kg_dir
+
+    kg_config = KGConfig(
+        seed=args.seed, n_persons=args.n_persons, n_cities=args.n_cities, n_countries=args.n_countries,
+        n_companies=args.n_companies, n_languages=args.n_languages, n_sports=args.n_sports,
+        n_first_names=args.n_first_names, zipf_exponent=args.zipf_exponent, relations=tuple(args.relations),
+    )
+    corpus_config = CorpusConfig(seed=args.corpus_seed, n_train_templates=args.n_train_templates,
+                                 n_mentions=args.n_mentions)
+    out = build_kg_dir(kg_config, corpus_config, args.out, force=args.force)
+    kg, corpus = load_kg_dir(out)
+    print(f"{out}: {len(kg.entities)} entities, {len(kg.facts)} facts, {len(corpus.sentences)} sentences")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from mechedit.synth.pipeline import train_model_dir
+    from mechedit.synth.train import TrainConfig
+
+    config = TrainConfig(
+        seed=args.seed, n_layers=args.n_layers, d_model=args.d_model, n_heads=args.n_heads,
+        batch_size=args.batch_size, max_steps=args.max_steps, eval_every=args.eval_every,
+        warmup_steps=args.warmup_steps, num_threads=args.num_threads, lr=args.lr,
+        weight_decay=args.weight_decay, target_recall=args.target_recall, p_no_prefix=args.p_no_prefix,
+    )
+    result = train_model_dir(args.kg, config, args.out, force=args.force, progress=not args.no_progress)
+    recalls = {f"{r.name}/{r.prefix}": round(r.value, 4) for r in result.recalls}
+    print(json.dumps({"out": args.out, "steps": result.steps, "seconds": result.seconds,
+                      "reached_target": result.reached_target, "recall": recalls}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry point (``python -m mechedit.cli.synth``) until main.py wires ``register``."""
+    from mechedit.errors import MecheditError
+
+    parser = argparse.ArgumentParser(prog="mechedit")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    register(parser.add_subparsers(dest="command", required=True))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = [a for a in argv if a in ("-v", "--verbose")]
+    args = parser.parse_args([*flags, "synth", *(a for a in argv if a not in flags)])
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MecheditError as e:
+        print(f"mechedit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
