@@ -7,9 +7,10 @@ import logging
 import sys
 
 from mechedit.cli import predict as predict_cmd
+from mechedit.cli import synth as synth_cmd
 from mechedit.errors import MecheditError
 
-SUBCOMMANDS = [predict_cmd]
+SUBCOMMANDS = [predict_cmd, synth_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,7 @@
 
 Each step writes one directory (``--out``) and is resumable: ``build-kg`` leaves a
 complete directory with the same configuration alone, ``train`` skips a finished model
-directory and resumes an interrupted run from its checkpoint. Until the lead wires
-``register`` into ``mechedit.cli.main``, run it as ``python -m mechedit.cli.synth``.
+directory and resumes an interrupted run from its checkpoint.
 """
 
 from __future__ import annotations
