@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated subset of counterfact,hase,fluency (default counterfact)")
     p.add_argument("--prefix", choices=["none", "neutral"], default="none", help="what precedes every prompt")
     p.add_argument("--gen-tokens", type=int, default=100, help="tokens per generation for fluency (ROME: 100)")
+    p.add_argument("--essence-tokens", type=int, default=30,
+                   help="tokens per subject text for the Hase essence perplexity (default 30)")
+    p.add_argument("--gen-prompts", type=int, default=None,
+                   help="generation prompts per record for fluency (default: all, as ROME)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generations")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
     p.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
@@ -113,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     eval_config = EvalConfig(metrics=metrics, prefix=args.prefix, gen_max_new_tokens=args.gen_tokens,
+                             n_gen_prompts=args.gen_prompts, essence_max_new_tokens=args.essence_tokens,
                              seed=args.seed, batch_size=args.batch_size)
     if args.n is not None and args.n < 1:
         raise MecheditError(f"--n must be >= 1, got {args.n}")
@@ -130,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args, eval_config)
     _check_run_file(out, settings)
     records, report = load_counterfact(args.data)
-    print(f"{report.source}: {report.n_loaded} of {report.n_read} records loaded", file=sys.stderr)
+    print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
     for prob in report.problems:
         print(f"  skipped {prob.record_id}: {prob.message}", file=sys.stderr)
     model = load_model(args.model)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def case_scores(
     return {"ES": es, "PS": ps, "NS": ns, "EM": em, "PM": pm, "NM": nm}
 
 
-def summarize_counterfact(rows: Sequence[Mapping[str, float]]) -> dict[str, Stat]:
+def summarize_counterfact(rows: Sequence[Mapping[str, Any]]) -> dict[str, Stat]:
     """Case-averaged ES/PS/NS/EM/PM/NM with 95% intervals, and S (its ``mean``; no interval).
 
     S is the harmonic mean of the means of ES, PS and NS, as in ROME (an interval for S

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def essence_drift(ppl_pre: float, ppl_post: float) -> float:
     return (ppl_post - ppl_pre) / ppl_pre
 
 
-def summarize_hase(rows: Sequence[Mapping[str, float]]) -> dict[str, Stat | float]:
+def summarize_hase(rows: Sequence[Mapping[str, Any]]) -> dict[str, Stat | float]:
     """Means (with intervals) of each score, plus ``hase_harmonic`` and ``hase_arithmetic``."""
     out: dict[str, Stat | float] = {k: mean_ci([r[k] for r in rows if k in r]) for k in HASE_SCORES}
     means = [out[k].mean for k in ("hase_rewrite", "hase_paraphrase", "hase_neighborhood")]  # type: ignore[union-attr]

@@ -78,7 +78,7 @@ class EvalConfig:
     so a resumed run reproduces the texts of an uninterrupted one.
     """
 
-    metrics: tuple[Metric, ...] = ("counterfact",)
+    metrics: tuple[str, ...] = ("counterfact",)  # each a Metric; checked in __post_init__
     prefix: Prefix | str = Prefix.NONE
     batch_size: int = 32
     gen_max_new_tokens: int = 100

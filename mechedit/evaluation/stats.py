@@ -33,7 +33,7 @@ class Stat:
         return cls(**d)
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Stat:
+def mean_ci(values: Sequence[float | int | None], confidence: float = 0.95) -> Stat:
     """Mean, population std and the t-interval of ``values`` (NaNs are dropped)."""
     from scipy import stats
 
@@ -48,7 +48,7 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> Stat:
     return Stat(mean, std, mean - half, mean + half, n)
 
 
-def harmonic_mean(values: Sequence[float]) -> float:
+def harmonic_mean(values: Sequence[float | int]) -> float:
     """Harmonic mean of non-negative values; 0 if any is 0, NaN if any is NaN or negative."""
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0 or np.isnan(x).any() or (x < 0).any():
