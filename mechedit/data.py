@@ -309,7 +309,6 @@ def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
                  config: KnownFilter | None = None) -> tuple[list[Any], FilterReport]:
     """Keep the records whose true target the model predicts after the record's prompt."""
     from mechedit.evaluation.probs import target_logprobs
-    from mechedit.interventions import run
     from mechedit.tokens import encode, target_ids
 
     config = config or KnownFilter()
@@ -323,12 +322,29 @@ def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
             scores[r.record_id] = float(p)
         keep = [r for r in records if scores[r.record_id] > config.p]
     else:
-        device = next(model.parameters()).device
-        for r, prompt, target in zip(records, prompts, targets, strict=True):
-            logits = run(model, encode(model, prompt, prefix=config.prefix).tensor(device))
-            top1 = int(torch.argmax(logits[0, -1]))
-            scores[r.record_id] = float(top1 == target_ids(model, prompt, target)[0])
+        encoded = [encode(model, p, prefix=config.prefix).ids for p in prompts]
+        firsts = [target_ids(model, p, t)[0] for p, t in zip(prompts, targets, strict=True)]
+        top1 = _top1_batched(model, encoded, config.batch_size)
+        for r, pred, first in zip(records, top1, firsts, strict=True):
+            scores[r.record_id] = float(pred == first)
         keep = [r for r in records if scores[r.record_id] == 1.0]
     report = FilterReport(config, len(records), len(keep), tuple(r.record_id for r in keep), scores)
     log.info("%s", report)
     return keep, report
+
+
+def _top1_batched(model: Any, encoded: Sequence[Sequence[int]], batch_size: int) -> list[int]:
+    """The top-1 next token after each prompt; right-padded batches (pads follow, never precede)."""
+    from mechedit.interventions import run
+
+    device = next(model.parameters()).device
+    out: list[int] = []
+    for lo in range(0, len(encoded), batch_size):
+        chunk = encoded[lo:lo + batch_size]
+        ids = torch.zeros(len(chunk), max(len(e) for e in chunk), dtype=torch.long)
+        for b, e in enumerate(chunk):
+            ids[b, : len(e)] = torch.tensor(list(e), dtype=torch.long)
+        logits = run(model, ids.to(device))
+        last = torch.tensor([len(e) - 1 for e in chunk], device=logits.device)
+        out += logits[torch.arange(len(chunk), device=logits.device), last].argmax(-1).tolist()
+    return out
