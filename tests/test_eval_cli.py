@@ -79,6 +79,15 @@ def test_known_filter_is_reported(tiny_dirs, tmp_path):
     filt = json.loads((out / "filter.json").read_text())
     assert filt["n_in"] == 4 and filt["n_kept"] == 4  # p > 0 keeps every fact
     assert json.loads((out / "summary.json").read_text())["config"]["filter_result"]["n_kept"] == 4
+    # a resumed run reuses the saved filter result instead of filtering again
+    (out / "filter.json").write_text(json.dumps({**filt, "n_kept": 1, "kept_ids": ["1"]}))
+    args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
+                                 str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
+                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--out", str(out)])
+    assert args.func(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["filter_result"]["n_kept"] == 1
+    assert [json.loads(x)["key"] for x in (out / "records.jsonl").read_text().splitlines()] == ["0", "1"]
 
 
 def test_resolve_editor_uses_the_registry_when_it_exists(monkeypatch):

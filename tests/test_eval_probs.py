@@ -56,6 +56,8 @@ def test_batched_equals_naive_loop(tiny_model, with_edit, prefix):
         assert int(batched.lengths[b]) == len(naive)
         assert batched.row(b) == pytest.approx(naive, abs=1e-5)
     assert bool((batched.logprobs[~batched.mask] == 0).all())
+    df = batched.to_dataframe()
+    assert len(df) == int(batched.lengths.sum()) and df["logprob"].sum() == pytest.approx(float(batched.sum_logprob().sum()))
     assert max(len(mechedit.target_ids(tiny_model, p, t)) for p, t in CASES) > 1  # multi-token covered
 
 

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gen-tokens", type=int, default=100, help="tokens per generation for fluency (ROME: 100)")
     p.add_argument("--essence-tokens", type=int, default=30,
                    help="tokens per subject text for the Hase essence perplexity (default 30)")
+    p.add_argument("--essence-texts", type=int, default=3,
+                   help="subject texts per record for the Hase essence perplexity (default 3)")
     p.add_argument("--gen-prompts", type=int, default=None,
                    help="generation prompts per record for fluency (default: all, as ROME)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generations")
@@ -118,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     eval_config = EvalConfig(metrics=metrics, prefix=args.prefix, gen_max_new_tokens=args.gen_tokens,
                              n_gen_prompts=args.gen_prompts, essence_max_new_tokens=args.essence_tokens,
+                             essence_n_texts=args.essence_texts,
                              seed=args.seed, batch_size=args.batch_size)
     if args.n is not None and args.n < 1:
         raise MecheditError(f"--n must be >= 1, got {args.n}")
@@ -141,10 +144,19 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     filter_info: dict[str, Any] | None = None
     if args.filter == "known":
-        records, frep = filter_known(model, records, KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix))
-        (out / "filter.json").write_text(json.dumps(frep.to_dict(), indent=2) + "\n")
-        filter_info = {"n_in": frep.n_in, "n_kept": frep.n_kept, "mode": args.known_mode}
-        print(str(frep), file=sys.stderr)
+        kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix)
+        saved = _saved_filter(out, kfilter, records)
+        if saved is not None:  # a resumed run: run.json guarantees same model, data and filter
+            kept_ids = set(saved["kept_ids"])
+            records = [r for r in records if r.record_id in kept_ids]
+            filter_info = {"n_in": saved["n_in"], "n_kept": saved["n_kept"], "mode": args.known_mode}
+            print(f"known-fact filter ({args.known_mode}): {saved['n_kept']} of {saved['n_in']} records kept "
+                  f"(from {out / 'filter.json'})", file=sys.stderr)
+        else:
+            records, frep = filter_known(model, records, kfilter)
+            (out / "filter.json").write_text(json.dumps(frep.to_dict(), indent=2) + "\n")
+            filter_info = {"n_in": frep.n_in, "n_kept": frep.n_kept, "mode": args.known_mode}
+            print(str(frep), file=sys.stderr)
     if args.n is not None:
         records = records[: args.n]
     store = ResultStore(out / "records.jsonl")
@@ -157,6 +169,16 @@ def run(args: argparse.Namespace) -> int:
     summary.save(out / "summary.json")
     _print_table(summary, args)
     return 0
+
+
+def _saved_filter(out: Path, kfilter: Any, records: list[Any]) -> dict[str, Any] | None:
+    path = out / "filter.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("config") != kfilter.to_dict() or saved.get("n_in") != len(records):
+        return None
+    return saved
 
 
 def _fmt(x: float) -> str:

@@ -68,6 +68,13 @@ class TargetLogProbs:
     def row(self, b: int) -> list[float]:
         return [float(x) for x in self.logprobs[b, : int(self.lengths[b])]]
 
+    def to_dataframe(self):
+        """Long format: one row per (prompt row, target token position)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"row": b, "token": i, "logprob": lp}
+                             for b in range(self.logprobs.shape[0]) for i, lp in enumerate(self.row(b))])
+
 
 def gather_target_logprobs(
     logits: Float[Tensor, "batch pos d_vocab"],
