@@ -142,10 +142,15 @@ def test_editor_receives_request_and_config(tiny_gpt2, records):
 
 
 def test_generation_is_seeded_and_independent_of_batching(tiny_gpt2):
-    prompts = ["The capital of", "Michael Jordan plays", "The capital of"]
+    prompts = ["The capital of", "The Eiffel Tower is located in the city of", "The capital of"]
+    assert len({len(mechedit.encode(tiny_gpt2, p)) for p in prompts}) == 2  # padded rows in one batch
     a = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3)
     b = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3, batch_size=1)
     assert [g.text for g in a] == [g.text for g in b]
+    edit = [push_editor(tiny_gpt2, [mechedit.EditRequest("{} of", "The capital", " Rome", " Paris")])]
+    ea = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3, greedy=True, interventions=edit)
+    eb = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3, greedy=True, interventions=edit, batch_size=1)
+    assert [g.new_ids for g in ea] == [g.new_ids for g in eb]
     assert all(len(g.new_ids) == 4 and g.text.startswith(g.prompt) for g in a)
     c = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=4)
     assert [g.new_ids for g in a] != [g.new_ids for g in c]
