@@ -179,6 +179,16 @@ def test_eval_config_validation_and_round_trip():
         EvalConfig.from_dict({"metric": ["hase"]})
 
 
+def test_an_editor_must_return_an_intervention(tiny_gpt2, records, tmp_path):
+    def returns_weights(model, requests, config=None):
+        return {"W_out": torch.zeros(2)}
+
+    store = ResultStore(tmp_path / "r.jsonl")
+    with pytest.raises(ConfigError, match="not an intervention"):
+        evaluate(tiny_gpt2, records[:1], returns_weights, EvalConfig(), store)
+    assert len(store) == 0
+
+
 def test_duplicate_case_ids_are_refused(tiny_gpt2, records):
     with pytest.raises(ConfigError, match="duplicate"):
         evaluate(tiny_gpt2, [records[0], records[0]], no_edit)

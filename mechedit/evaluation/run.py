@@ -274,6 +274,9 @@ def evaluate(
         t0 = time.perf_counter()
         edit = editor(model, [rec.to_request()], editor_config)
         t1 = time.perf_counter()
+        if edit is not None and not isinstance(edit, Intervention):
+            raise ConfigError(f"editor {name!r} returned {type(edit).__name__}, which is not an intervention: "
+                              "an edit must have hooks(model) yielding (hook_name, hook_fn) pairs, or be None")
         interventions = [] if edit is None else [edit]
         row = evaluate_record(model, rec, interventions, config, references)
         base = {"case_id": rec.case_id, "subject": rec.subject, "target_new": rec.target_new,
