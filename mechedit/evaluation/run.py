@@ -158,7 +158,10 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
         row.update(case_scores(pairs["rewrite"], pairs["paraphrase"], pairs["neighborhood"]))
         row["probs"] = {f"{k}_{t}": v for k, (a, b) in pairs.items() for t, v in (("new", a), ("true", b))}
     if "hase" in config.metrics:
-        row.update(_hase(model, record, kinds, split, full, config))
+        # p_pre from the very same batch without the edit: with no edit, pre == post bit for bit
+        pre = target_logprobs(model, prompts * 2, [new_t] * len(prompts) + [true_t] * len(prompts),
+                              **kw).sequence_prob().tolist()
+        row.update(_hase(kinds, split, pre, full))
         row.update(_essence(model, record, interventions, config))
     if "fluency" in config.metrics:
         gen_prompts = list(record.generation_prompts)[: config.n_gen_prompts] or [record.text]
@@ -172,14 +175,11 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
     return row
 
 
-def _hase(model: Any, record: CounterFactRecord, kinds: dict[str, list[str]], split: dict[str, tuple[slice, slice]],
-          full_post: list[float], config: EvalConfig) -> dict[str, Any]:
-    firsts = {k: ps[0] for k, ps in kinds.items() if ps}
-    names = list(firsts)
-    pre = target_logprobs(model, [firsts[k] for k in names] * 2,
-                          [record.target_new] * len(names) + [record.target_true] * len(names),
-                          prefix=config.prefix, batch_size=config.batch_size).sequence_prob().tolist()
-    p_pre = {k: (pre[i], pre[len(names) + i]) for i, k in enumerate(names)}
+def _hase(kinds: dict[str, list[str]], split: dict[str, tuple[slice, slice]], full_pre: list[float],
+          full_post: list[float]) -> dict[str, Any]:
+    """Hase scores from full-sequence probabilities of the first prompt of each kind."""
+    names = [k for k, ps in kinds.items() if ps]
+    p_pre = {k: (full_pre[split[k][0].start], full_pre[split[k][1].start]) for k in names}
     p_post = {k: (full_post[split[k][0].start], full_post[split[k][1].start]) for k in names}
     out: dict[str, Any] = {"hase_p_pre": p_pre, "hase_p_post": p_post}
     nan = float("nan")
