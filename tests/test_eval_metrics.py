@@ -65,6 +65,16 @@ def test_summary_averages_per_case_then_over_cases_and_S_is_harmonic():
     assert s["ES"].n == 2
 
 
+def test_S_bootstrap_interval_is_seeded_and_brackets_S():
+    rows = [{"ES": float(i % 2), "PS": float(i % 3 > 0), "NS": 1.0, "EM": 0.0, "PM": 0.0, "NM": 0.0}
+            for i in range(12)]
+    a, b = summarize_counterfact(rows)["S"], summarize_counterfact(rows)["S"]
+    assert a == b  # same seed, same interval
+    assert a.ci_low < a.mean < a.ci_high and 0.0 <= a.ci_low and a.ci_high <= 1.0
+    perfect = summarize_counterfact([{"ES": 1.0, "PS": 1.0, "NS": 1.0, "EM": 0, "PM": 0, "NM": 0}] * 3)["S"]
+    assert (perfect.mean, perfect.ci_low, perfect.ci_high) == (1.0, 1.0, 1.0)
+
+
 def test_mean_ci_matches_a_hand_t_interval():
     # x = 1, 2, 3, 4: mean 2.5, sample sd sqrt(5/3), t(0.975, 3) = 3.182446305284263
     st = mean_ci([1, 2, 3, 4])

@@ -12,7 +12,8 @@ prompt (:meth:`~mechedit.evaluation.probs.TargetLogProbs.mean_nll_prob`):
 ROME compares NLLs (``nll_true > nll_new``), which is the same as comparing ``P``.
 Each metric is averaged per case first, then over cases; **S** is the harmonic mean of
 the case-averaged ES, PS and NS. Values here are fractions in [0, 1] (ROME's tables
-multiply by 100). Every mean comes with a 95% t-interval (:func:`~.stats.mean_ci`).
+multiply by 100). Every mean comes with a 95% t-interval (:func:`~.stats.mean_ci`); S,
+for which ROME defines none, with a seeded bootstrap interval over cases.
 """
 
 from __future__ import annotations
@@ -66,13 +67,29 @@ def case_scores(
     return {"ES": es, "PS": ps, "NS": ns, "EM": em, "PM": pm, "NM": nm}
 
 
-def summarize_counterfact(rows: Sequence[Mapping[str, Any]]) -> dict[str, Stat]:
-    """Case-averaged ES/PS/NS/EM/PM/NM with 95% intervals, and S (its ``mean``; no interval).
+def summarize_counterfact(rows: Sequence[Mapping[str, Any]], *, n_boot: int = 2000,
+                          seed: int = 0) -> dict[str, Stat]:
+    """Case-averaged ES/PS/NS/EM/PM/NM with 95% t-intervals, and S.
 
-    S is the harmonic mean of the means of ES, PS and NS, as in ROME (an interval for S
-    would need a resampling scheme ROME does not define; ``ci_low``/``ci_high`` are NaN).
+    S is the harmonic mean of the means of ES, PS and NS, as in ROME. ROME gives S no
+    interval; here its 95% interval is a seeded percentile bootstrap over cases
+    (``n_boot`` resamples; ``std`` is the bootstrap standard deviation).
     """
     out = {k: mean_ci([r[k] for r in rows if k in r]) for k in CASE_METRICS}
     s = harmonic_mean([out["ES"].mean, out["PS"].mean, out["NS"].mean])
-    out["S"] = Stat(s, math.nan, math.nan, math.nan, out["ES"].n)
+    lo, hi, sd = _bootstrap_s(rows, n_boot, seed)
+    out["S"] = Stat(s, sd, lo, hi, out["ES"].n)
     return out
+
+
+def _bootstrap_s(rows: Sequence[Mapping[str, Any]], n_boot: int, seed: int) -> tuple[float, float, float]:
+    table = np.array([[r.get(k, math.nan) for k in ("ES", "PS", "NS")] for r in rows], dtype=np.float64)
+    table = table[~np.isnan(table).any(axis=1)] if table.size else table
+    if len(table) < 2 or n_boot < 1:
+        return math.nan, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(table), size=(n_boot, len(table)))
+    means = table[idx].mean(axis=1)  # [n_boot, 3]
+    with np.errstate(divide="ignore"):
+        hm = np.where((means > 0).all(axis=1), 3.0 / (1.0 / means).sum(axis=1), 0.0)
+    return float(np.quantile(hm, 0.025)), float(np.quantile(hm, 0.975)), float(hm.std())
