@@ -1,0 +1,219 @@
+"""``mechedit eval``: edit and evaluate CounterFact records, resumably.
+
+Writes into ``--out DIR``:
+
+* ``records.jsonl`` — one row per record, appended (and fsynced) as each finishes;
+  running the same command again skips the records already there;
+* ``run.json`` — the run's settings; a second run into the same directory with other
+  settings is refused (its rows would not be comparable);
+* ``filter.json`` — how many records survived ``--filter known``, when asked;
+* ``summary.json`` — ES, PS, NS, EM, PM, NM, S (+ GE, RS, hase_* when asked), n,
+  config, and 95% intervals.
+
+Editors come from ``mechedit.editors.get_editor(name)`` (imported only when needed);
+``--method none`` is built in and applies no edit (the unedited baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from mechedit.errors import MecheditError
+
+BUILTIN_METHODS = ("none",)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="edit and evaluate CounterFact records (resumable)")
+    p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    p.add_argument("--data", required=True, help="CounterFact-schema JSON file")
+    p.add_argument("--method", required=True,
+                   help="editor name from mechedit.editors, or 'none' (no edit: the baseline)")
+    p.add_argument("--layer", type=int, default=None, help="layer the editor writes (editor default if absent)")
+    p.add_argument("--n", type=int, default=None, help="evaluate the first N records (after --filter)")
+    p.add_argument("--filter", choices=["none", "known"], default="none",
+                   help="'known': keep only facts the unedited model knows (see --known-mode)")
+    p.add_argument("--known-mode", choices=["top1", "threshold"], default="top1",
+                   help="top1: target_true's first token is the top-1; threshold: P(target_true) > --known-p")
+    p.add_argument("--known-p", type=float, default=0.1, help="probability threshold for --known-mode threshold")
+    p.add_argument("--metrics", default="counterfact",
+                   help="comma-separated subset of counterfact,hase,fluency (default counterfact)")
+    p.add_argument("--prefix", choices=["none", "neutral"], default="none", help="what precedes every prompt")
+    p.add_argument("--gen-tokens", type=int, default=100, help="tokens per generation for fluency (ROME: 100)")
+    p.add_argument("--essence-tokens", type=int, default=30,
+                   help="tokens per subject text for the Hase essence perplexity (default 30)")
+    p.add_argument("--essence-texts", type=int, default=3,
+                   help="subject texts per record for the Hase essence perplexity (default 3)")
+    p.add_argument("--gen-prompts", type=int, default=None,
+                   help="generation prompts per record for fluency (default: all, as ROME)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generations")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass")
+    p.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
+    p.set_defaults(func=run)
+
+
+def no_edit(model: Any, requests: list[Any], config: Any = None) -> None:
+    """The built-in ``none`` method: no edit at all."""
+    return None
+
+
+no_edit.name = "none"  # type: ignore[attr-defined]
+
+
+def resolve_editor(name: str, layer: int | None) -> tuple[Any, Any]:
+    """``(editor, editor_config)`` for ``--method name``.
+
+    ``none`` is built in. Other names go to ``mechedit.editors.get_editor(name)``. What
+    it returns is used as the editor if callable, else its ``apply``; the editor config
+    is ``spec.config_class(layer=L)`` (or ``()`` without ``--layer``) when the spec has
+    a ``config_class``, else ``None`` (and ``--layer`` is then refused).
+    """
+    if name in BUILTIN_METHODS:
+        return no_edit, None
+    try:
+        from mechedit.editors import get_editor  # type: ignore[import-not-found]
+    except ImportError:
+        raise MecheditError(
+            f"--method {name!r} needs the editor registry mechedit.editors, which is not available in this "
+            f"installation; built-in methods: {list(BUILTIN_METHODS)}"
+        ) from None
+    spec = get_editor(name)
+    editor = spec if callable(spec) else getattr(spec, "apply", None)
+    if editor is None:
+        raise MecheditError(f"get_editor({name!r}) returned {spec!r}, which is neither callable nor has .apply")
+    config_cls = getattr(spec, "config_class", None)
+    if config_cls is None:
+        if layer is not None:
+            raise MecheditError(f"editor {name!r} has no config_class, so --layer cannot be passed to it")
+        return editor, None
+    return editor, config_cls(layer=layer) if layer is not None else config_cls()
+
+
+def _settings(args: argparse.Namespace, eval_config: Any) -> dict[str, Any]:
+    return {"model": args.model, "data": str(Path(args.data).resolve()), "method": args.method,
+            "layer": args.layer, "n": args.n, "filter": args.filter,
+            "known_mode": args.known_mode if args.filter == "known" else None,
+            "known_p": args.known_p if args.filter == "known" and args.known_mode == "threshold" else None,
+            "eval": eval_config.to_dict()}
+
+
+def _check_run_file(out: Path, settings: dict[str, Any]) -> None:
+    path = out / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise MecheditError(f"{out} holds a run with other settings ({', '.join(diff)}); "
+                                "use another --out, or delete the directory to start over")
+    else:
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechedit.evaluation import EvalConfig
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    eval_config = EvalConfig(metrics=metrics, prefix=args.prefix, gen_max_new_tokens=args.gen_tokens,
+                             n_gen_prompts=args.gen_prompts, essence_max_new_tokens=args.essence_tokens,
+                             essence_n_texts=args.essence_texts,
+                             seed=args.seed, batch_size=args.batch_size)
+    if args.n is not None and args.n < 1:
+        raise MecheditError(f"--n must be >= 1, got {args.n}")
+    editor, editor_config = resolve_editor(args.method, args.layer)  # fail before loading anything
+
+    from tqdm import tqdm
+
+    from mechedit import load_model
+    from mechedit.data import KnownFilter, filter_known, load_counterfact
+    from mechedit.evaluation import evaluate
+    from mechedit.store import ResultStore
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    settings = _settings(args, eval_config)
+    _check_run_file(out, settings)
+    records, report = load_counterfact(args.data)
+    print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
+    for prob in report.problems:
+        print(f"  skipped {prob.record_id}: {prob.message}", file=sys.stderr)
+    model = load_model(args.model)
+    filter_info: dict[str, Any] | None = None
+    if args.filter == "known":
+        kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix)
+        saved = _saved_filter(out, kfilter, records)
+        if saved is not None:  # a resumed run: run.json guarantees same model, data and filter
+            kept_ids = set(saved["kept_ids"])
+            records = [r for r in records if r.record_id in kept_ids]
+            filter_info = {"n_in": saved["n_in"], "n_kept": saved["n_kept"], "mode": args.known_mode}
+            print(f"known-fact filter ({args.known_mode}): {saved['n_kept']} of {saved['n_in']} records kept "
+                  f"(from {out / 'filter.json'})", file=sys.stderr)
+        else:
+            records, frep = filter_known(model, records, kfilter)
+            (out / "filter.json").write_text(json.dumps(frep.to_dict(), indent=2) + "\n")
+            filter_info = {"n_in": frep.n_in, "n_kept": frep.n_kept, "mode": args.known_mode}
+            print(str(frep), file=sys.stderr)
+    if args.n is not None:
+        records = records[: args.n]
+    store = ResultStore(out / "records.jsonl")
+    result = evaluate(model, records, editor, eval_config, store, editor_config=editor_config,
+                      progress=lambda it: tqdm(it, desc=f"eval {args.method}", unit="record"))
+    summary = result.summary()
+    config = {**settings, "n_loaded": report.n_loaded, "n_read": report.n_read, "filter_result": filter_info,
+              "n_new": result.n_new, "n_resumed": result.n_skipped}
+    summary = type(summary)(summary.stats, summary.n, config)
+    summary.save(out / "summary.json")
+    _print_table(summary, args)
+    return 0
+
+
+def _saved_filter(out: Path, kfilter: Any, records: list[Any]) -> dict[str, Any] | None:
+    path = out / "filter.json"
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text())
+    if saved.get("config") != kfilter.to_dict() or saved.get("n_in") != len(records):
+        return None
+    return saved
+
+
+def _fmt(x: float) -> str:
+    return "—" if x is None or math.isnan(x) else f"{x:.4f}"
+
+
+def _print_table(summary: Any, args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"mechedit eval: {args.method} on {args.model}, n = {summary.n}")
+    table.add_column("metric")
+    table.add_column("mean", justify="right")
+    table.add_column("95% CI", justify="right")
+    for name, s in summary.stats.items():
+        ci = "" if math.isnan(s.ci_low) else f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]"
+        table.add_row(name, _fmt(s.mean), ci)
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mechedit.cli.eval ...``: the subcommand on its own, until ``mechedit eval`` is wired."""
+    import logging
+
+    parser = argparse.ArgumentParser(prog="python -m mechedit.cli.eval")
+    sub = parser.add_subparsers(dest="command", required=True)
+    register(sub)
+    args = parser.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MecheditError as e:
+        print(f"mechedit: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

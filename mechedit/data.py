@@ -1,0 +1,350 @@
+"""Fact data sets: CounterFact and ROME's known_1000, loaded into typed records.
+
+* :func:`load_counterfact` reads the CounterFact JSON schema (a list of cases with
+  ``case_id``, ``requested_rewrite{prompt, subject, relation_id, target_new{str},
+  target_true{str}}``, ``paraphrase_prompts``, ``neighborhood_prompts``,
+  ``attribute_prompts``, ``generation_prompts``) into :class:`CounterFactRecord`.
+* :func:`load_known` reads ROME's known_1000 schema (``known_id, subject, attribute,
+  template, prompt, prediction, relation_id``) into :class:`KnownRecord`.
+
+Both validate every record on load. A malformed record is skipped and reported by id
+with what is wrong in the returned :class:`LoadReport` (and logged as a warning); the
+other records still load. :func:`filter_known` keeps the facts the model knows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mechedit.errors import ConfigError, MecheditError
+from mechedit.requests import EditRequest
+from mechedit.tokens import Prefix
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One rejected record: its id (or ``#index`` when it has none) and what is wrong."""
+
+    record_id: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a loader did: how many records it read and which it rejected, and why."""
+
+    source: str
+    n_read: int
+    n_loaded: int
+    problems: tuple[Problem, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        lines = [f"{self.source}: loaded {self.n_loaded} of {self.n_read} records"]
+        lines += [f"  {p.record_id}: {p.message}" for p in self.problems]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CounterFactRecord:
+    """One CounterFact case. ``prompt`` is a template with ``{}`` for the subject."""
+
+    case_id: int | str
+    subject: str
+    prompt: str
+    relation_id: str
+    target_new: str
+    target_true: str
+    paraphrase_prompts: tuple[str, ...] = ()
+    neighborhood_prompts: tuple[str, ...] = ()
+    attribute_prompts: tuple[str, ...] = ()
+    generation_prompts: tuple[str, ...] = ()
+    target_new_id: str | None = None
+    target_true_id: str | None = None
+
+    @property
+    def record_id(self) -> str:
+        return str(self.case_id)
+
+    @property
+    def text(self) -> str:
+        """The rewrite prompt with the subject filled in."""
+        return self.prompt.format(self.subject)
+
+    def to_request(self) -> EditRequest:
+        return EditRequest(prompt=self.prompt, subject=self.subject, target_new=self.target_new,
+                           target_true=self.target_true, case_id=self.case_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CounterFactRecord":
+        tuples = ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "generation_prompts")
+        return cls(**{k: tuple(v) if k in tuples else v for k, v in d.items()})
+
+
+@dataclass(frozen=True)
+class KnownRecord:
+    """One known_1000 fact: ``prompt`` (subject filled in) should continue with ``attribute``."""
+
+    known_id: int | str
+    subject: str
+    attribute: str
+    template: str
+    prompt: str
+    prediction: str = ""
+    relation_id: str = ""
+
+    @property
+    def record_id(self) -> str:
+        return str(self.known_id)
+
+    @property
+    def text(self) -> str:
+        return self.prompt
+
+    @property
+    def target_true(self) -> str:
+        return self.attribute
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KnownRecord":
+        return cls(**d)
+
+
+class _Bad(Exception):
+    pass
+
+
+def _str(d: dict, key: str, *, nonempty: bool = True) -> str:
+    if key not in d:
+        raise _Bad(f"missing field {key!r}")
+    v = d[key]
+    if not isinstance(v, str):
+        raise _Bad(f"field {key!r} must be a string, got {type(v).__name__}")
+    if nonempty and not v.strip():
+        raise _Bad(f"field {key!r} is empty")
+    return v
+
+
+def _obj(d: dict, key: str) -> dict:
+    v = d.get(key)
+    if not isinstance(v, dict):
+        raise _Bad(f"field {key!r} must be an object, got {type(v).__name__ if key in d else 'nothing'}")
+    return v
+
+
+def _strlist(d: dict, key: str) -> tuple[str, ...]:
+    v = d.get(key, [])
+    if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
+        raise _Bad(f"field {key!r} must be a list of non-empty strings")
+    return tuple(v)
+
+
+def _id(d: Any, key: str, index: int) -> str:
+    if isinstance(d, dict) and isinstance(d.get(key), int | str) and not isinstance(d.get(key), bool):
+        return str(d[key])
+    return f"#{index}"
+
+
+def _parse_counterfact(d: Any) -> CounterFactRecord:
+    if not isinstance(d, dict):
+        raise _Bad(f"a record must be a JSON object, got {type(d).__name__}")
+    case_id = d.get("case_id")
+    if isinstance(case_id, bool) or not isinstance(case_id, int | str):
+        raise _Bad("missing or invalid 'case_id'")
+    rr = _obj(d, "requested_rewrite")
+    prompt, subject = _str(rr, "prompt"), _str(rr, "subject")
+    if prompt.count("{}") != 1:
+        raise _Bad(f"requested_rewrite.prompt must contain exactly one '{{}}', got {prompt!r}")
+    new, true = _obj(rr, "target_new"), _obj(rr, "target_true")
+    rec = CounterFactRecord(
+        case_id=case_id, subject=subject, prompt=prompt, relation_id=str(rr.get("relation_id", "")),
+        target_new=_str(new, "str"), target_true=_str(true, "str"),
+        paraphrase_prompts=_strlist(d, "paraphrase_prompts"),
+        neighborhood_prompts=_strlist(d, "neighborhood_prompts"),
+        attribute_prompts=_strlist(d, "attribute_prompts"),
+        generation_prompts=_strlist(d, "generation_prompts"),
+        target_new_id=None if new.get("id") is None else str(new["id"]),
+        target_true_id=None if true.get("id") is None else str(true["id"]),
+    )
+    if rec.target_new.strip() == rec.target_true.strip():
+        raise _Bad(f"target_new equals target_true ({rec.target_new!r})")
+    return rec
+
+
+def _parse_known(d: Any) -> KnownRecord:
+    if not isinstance(d, dict):
+        raise _Bad(f"a record must be a JSON object, got {type(d).__name__}")
+    kid = d.get("known_id")
+    if isinstance(kid, bool) or not isinstance(kid, int | str):
+        raise _Bad("missing or invalid 'known_id'")
+    rec = KnownRecord(
+        known_id=kid, subject=_str(d, "subject"), attribute=_str(d, "attribute"),
+        template=_str(d, "template"), prompt=_str(d, "prompt"),
+        prediction=_str(d, "prediction", nonempty=False) if "prediction" in d else "",
+        relation_id=str(d.get("relation_id", "")),
+    )
+    if rec.subject not in rec.prompt:
+        raise _Bad(f"subject {rec.subject!r} does not occur in prompt {rec.prompt!r}")
+    return rec
+
+
+def _load(source: str | os.PathLike | Sequence[Any], parse: Callable[[Any], Any], id_key: str,
+          ) -> tuple[list[Any], LoadReport]:
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise MecheditError(f"cannot read {path} as JSON: {e}") from e
+        name = str(path)
+    else:
+        data, name = list(source), "<records>"
+    if not isinstance(data, list):
+        raise MecheditError(f"{name}: expected a JSON list of records, got {type(data).__name__}")
+    records, problems, seen = [], [], set()
+    for i, d in enumerate(data):
+        rid = _id(d, id_key, i)
+        try:
+            rec = parse(d)
+            if rec.record_id in seen:
+                raise _Bad(f"duplicate {id_key}")
+        except _Bad as e:
+            problems.append(Problem(rid, str(e)))
+            log.warning("%s: skipping record %s: %s", name, rid, e)
+            continue
+        seen.add(rec.record_id)
+        records.append(rec)
+    return records, LoadReport(name, len(data), len(records), tuple(problems))
+
+
+def load_counterfact(source: str | os.PathLike | Sequence[Any]) -> tuple[list[CounterFactRecord], LoadReport]:
+    """Load CounterFact cases from a JSON file (or an already parsed list)."""
+    return _load(source, _parse_counterfact, "case_id")
+
+
+def load_known(source: str | os.PathLike | Sequence[Any]) -> tuple[list[KnownRecord], LoadReport]:
+    """Load ROME known_1000 facts from a JSON file (or an already parsed list)."""
+    return _load(source, _parse_known, "known_id")
+
+
+# --- "the model knows this fact" -----------------------------------------------------
+
+
+class KnownMode(StrEnum):
+    TOP1 = "top1"  # the first token of target_true is the model's top-1 after the prompt
+    THRESHOLD = "threshold"  # P(target_true) > p (ROME convention: exp(-mean NLL))
+
+
+@dataclass(frozen=True)
+class KnownFilter:
+    """Settings of :func:`filter_known`."""
+
+    mode: KnownMode | str = KnownMode.TOP1
+    p: float = 0.1
+    prefix: Prefix | str = Prefix.NONE
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "mode", KnownMode(self.mode))
+            object.__setattr__(self, "prefix", Prefix(self.prefix))
+        except ValueError as e:
+            raise ConfigError(f"KnownFilter: {e}") from None
+        if not 0.0 <= self.p < 1.0:
+            raise ConfigError(f"KnownFilter.p must be in [0, 1), got {self.p}")
+        if self.batch_size < 1:
+            raise ConfigError(f"KnownFilter.batch_size must be >= 1, got {self.batch_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": str(self.mode), "p": self.p, "prefix": str(self.prefix), "batch_size": self.batch_size}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KnownFilter":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class FilterReport:
+    """How many records survived :func:`filter_known`, and each record's score."""
+
+    config: KnownFilter
+    n_in: int
+    n_kept: int
+    kept_ids: tuple[str, ...] = ()
+    scores: dict[str, float] = field(default_factory=dict)  # top1: 1.0/0.0; threshold: P(true)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "n_in": self.n_in, "n_kept": self.n_kept,
+                "kept_ids": list(self.kept_ids), "scores": dict(self.scores)}
+
+    def __str__(self) -> str:
+        return (f"known-fact filter ({self.config.mode}{'' if self.config.mode == 'top1' else f', p > {self.config.p}'}): "
+                f"{self.n_kept} of {self.n_in} records kept")
+
+
+def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
+                 config: KnownFilter | None = None) -> tuple[list[Any], FilterReport]:
+    """Keep the records whose true target the model predicts after the record's prompt."""
+    from mechedit.evaluation.probs import target_logprobs
+    from mechedit.tokens import encode, target_ids
+
+    config = config or KnownFilter()
+    prompts = [r.text for r in records]
+    targets = [r.target_true for r in records]
+    scores: dict[str, float] = {}
+    if config.mode is KnownMode.THRESHOLD:
+        probs = target_logprobs(model, prompts, targets, prefix=config.prefix,
+                                batch_size=config.batch_size).mean_nll_prob()
+        for r, p in zip(records, probs.tolist(), strict=True):
+            scores[r.record_id] = float(p)
+        keep = [r for r in records if scores[r.record_id] > config.p]
+    else:
+        encoded = [encode(model, p, prefix=config.prefix).ids for p in prompts]
+        firsts = [target_ids(model, p, t)[0] for p, t in zip(prompts, targets, strict=True)]
+        top1 = _top1_batched(model, encoded, config.batch_size)
+        for r, pred, first in zip(records, top1, firsts, strict=True):
+            scores[r.record_id] = float(pred == first)
+        keep = [r for r in records if scores[r.record_id] == 1.0]
+    report = FilterReport(config, len(records), len(keep), tuple(r.record_id for r in keep), scores)
+    log.info("%s", report)
+    return keep, report
+
+
+def _top1_batched(model: Any, encoded: Sequence[Sequence[int]], batch_size: int) -> list[int]:
+    """The top-1 next token after each prompt; right-padded batches (pads follow, never precede)."""
+    from mechedit.interventions import run
+
+    device = next(model.parameters()).device
+    out: list[int] = []
+    for lo in range(0, len(encoded), batch_size):
+        chunk = encoded[lo:lo + batch_size]
+        ids = torch.zeros(len(chunk), max(len(e) for e in chunk), dtype=torch.long)
+        for b, e in enumerate(chunk):
+            ids[b, : len(e)] = torch.tensor(list(e), dtype=torch.long)
+        logits = run(model, ids.to(device))
+        last = torch.tensor([len(e) - 1 for e in chunk], device=logits.device)
+        out += logits[torch.arange(len(chunk), device=logits.device), last].argmax(-1).tolist()
+    return out

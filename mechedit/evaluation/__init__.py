@@ -1,0 +1,48 @@
+"""Evaluation of edits: CounterFact metrics (ROME), Hase et al. 2023 scores, resumable runs.
+
+* :mod:`.probs` — teacher-forced target probabilities, batched, with interventions;
+* :mod:`.counterfact` — ES/PS/NS/EM/PM/NM and S, as ROME's summarize step;
+* :mod:`.hase` — rewrite, paraphrase, erasure, neighbourhood and essence scores;
+* :mod:`.text`, :mod:`.generation` — fluency (n-gram entropy) and consistency (TF-IDF);
+* :mod:`.run` — :func:`evaluate`, one stored row per record, resumable;
+* :mod:`.summary` — :class:`Summary`, the ``summary.json`` of a run.
+"""
+
+from mechedit.evaluation.counterfact import case_scores, success_and_margin, summarize_counterfact
+from mechedit.evaluation.generation import Generation, generate
+from mechedit.evaluation.hase import (
+    erasure_score,
+    essence_drift,
+    neighborhood_score,
+    perplexity,
+    rewrite_score,
+    summarize_hase,
+)
+from mechedit.evaluation.probs import (
+    TargetLogProbs,
+    gather_target_logprobs,
+    sequence_logprobs,
+    target_logprobs,
+    target_probs,
+)
+from mechedit.evaluation.run import (
+    METRICS,
+    EvalConfig,
+    EvalResult,
+    default_references,
+    evaluate,
+    evaluate_record,
+    record_key,
+)
+from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci
+from mechedit.evaluation.summary import Summary, summarize
+from mechedit.evaluation.text import ngram_entropy, ngram_entropy_of_text, tfidf_cosine
+
+__all__ = [
+    "METRICS", "EvalConfig", "EvalResult", "Generation", "Stat", "Summary", "TargetLogProbs", "case_scores",
+    "default_references", "erasure_score", "essence_drift", "evaluate", "evaluate_record",
+    "gather_target_logprobs", "generate", "harmonic_mean", "mean_ci", "neighborhood_score", "ngram_entropy",
+    "ngram_entropy_of_text", "perplexity", "record_key", "rewrite_score", "sequence_logprobs",
+    "success_and_margin", "summarize", "summarize_counterfact", "summarize_hase", "target_logprobs",
+    "target_probs", "tfidf_cosine",
+]

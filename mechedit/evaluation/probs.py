@@ -1,0 +1,183 @@
+"""Teacher-forced target probabilities, batched, with optional interventions.
+
+The probability of a (possibly multi-token) target ``t_1..t_n`` after a prompt is read
+from one forward pass over ``prompt + t_1..t_{n-1}``: the log-probability of ``t_i`` is
+the log-softmax at the position before it. Two conventions turn the per-token
+log-probabilities into one number:
+
+* **ROME** (Meng et al. 2022, CounterFact's ES/PS/NS/EM/PM/NM):
+  ``P = exp(-mean_i NLL_i)``, the probability "from the mean per-token negative
+  log-likelihood" (a geometric mean of token probabilities). See
+  :meth:`TargetLogProbs.mean_nll_prob`.
+* **Hase et al. 2023**: the full-sequence probability ``P = prod_i p_i``. See
+  :meth:`TargetLogProbs.sequence_prob`.
+
+Many prompts are scored in batches. Rows are padded **on the right** after the last
+real token; in a causal model no real position attends to a later one, so padding
+cannot change a real position's logits (tested against an unbatched loop to 1e-5).
+Interventions whose hooks act per position (all of mechedit's built-ins) are
+therefore safe under batching too; an intervention that aggregates over the sequence
+dimension would see the pad tokens, so give such interventions ``batch_size=1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from mechedit.errors import ConfigError
+from mechedit.interventions import Intervention, intervened
+from mechedit.tokens import Prefix, encode, target_ids
+
+
+@dataclass(frozen=True)
+class TargetLogProbs:
+    """Per-token log-probabilities of one target per row, right-padded with zeros.
+
+    ``logprobs[b, i]`` is ``log p(t_i | prompt_b, t_<i)`` for ``i < lengths[b]``;
+    ``mask`` marks the real entries. Computed in float64 from float32 logits.
+    """
+
+    logprobs: Float[Tensor, "batch max_target"]
+    mask: Bool[Tensor, "batch max_target"]
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        return self.mask.sum(-1)
+
+    def sum_logprob(self) -> Float[Tensor, " batch"]:
+        return (self.logprobs * self.mask).sum(-1)
+
+    def mean_nll(self) -> Float[Tensor, " batch"]:
+        """ROME's per-target score: mean negative log-likelihood of the target tokens."""
+        return -self.sum_logprob() / self.lengths.clamp(min=1)
+
+    def mean_nll_prob(self) -> Float[Tensor, " batch"]:
+        """ROME's probability: ``exp(-mean NLL)``."""
+        return torch.exp(-self.mean_nll())
+
+    def sequence_prob(self) -> Float[Tensor, " batch"]:
+        """Hase et al.'s full-sequence probability: the product of token probabilities."""
+        return torch.exp(self.sum_logprob())
+
+    def row(self, b: int) -> list[float]:
+        return [float(x) for x in self.logprobs[b, : int(self.lengths[b])]]
+
+    def to_dataframe(self):
+        """Long format: one row per (prompt row, target token position)."""
+        import pandas as pd
+
+        return pd.DataFrame([{"row": b, "token": i, "logprob": lp}
+                             for b in range(self.logprobs.shape[0]) for i, lp in enumerate(self.row(b))])
+
+
+def gather_target_logprobs(
+    logits: Float[Tensor, "batch pos d_vocab"],
+    input_ids: Int[Tensor, "batch pos"],
+    starts: Int[Tensor, " batch"],
+    lengths: Int[Tensor, " batch"],
+) -> Float[Tensor, "batch max_target"]:
+    """Log-probabilities of ``input_ids[b, starts[b] : starts[b] + lengths[b]]``.
+
+    Token at position ``j`` is scored by the logits at ``j - 1`` (so ``starts >= 1``).
+    Entries beyond a row's length are 0.
+    """
+    if bool((starts < 1).any()):
+        raise ConfigError("a target must follow at least one prompt token (start >= 1)")
+    width = max(int(lengths.max()), 1) if lengths.numel() else 1
+    offs = torch.arange(width, device=logits.device)
+    tgt_pos = (starts[:, None] + offs[None, :]).clamp(max=input_ids.shape[1] - 1)
+    mask = offs[None, :] < lengths[:, None]
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
+    tok = input_ids.gather(1, tgt_pos)
+    out = logp[rows, tgt_pos - 1, tok]
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def sequence_logprobs(
+    model: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    continuation_ids: Sequence[Sequence[int]],
+    *,
+    interventions: Iterable[Intervention] = (),
+    batch_size: int = 32,
+    pad_id: int = 0,
+) -> TargetLogProbs:
+    """Teacher-forced log-probabilities of each continuation after its prompt (token ids).
+
+    ``prompt_ids`` already include any prefix. Rows are processed ``batch_size`` at a
+    time, right-padded with ``pad_id`` (which cannot affect the result, see module doc).
+    """
+    if len(prompt_ids) != len(continuation_ids):
+        raise ConfigError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    for p, c in zip(prompt_ids, continuation_ids, strict=True):
+        if len(p) < 1 or len(c) < 1:
+            raise ConfigError("every prompt and continuation needs at least one token")
+    interventions = list(interventions)
+    device = next(model.parameters()).device
+    max_len = max((len(c) for c in continuation_ids), default=1)
+    out = torch.zeros(len(prompt_ids), max_len, dtype=torch.float64)
+    with intervened(model, interventions), torch.no_grad():
+        for lo in range(0, len(prompt_ids), batch_size):
+            ps, cs = prompt_ids[lo:lo + batch_size], continuation_ids[lo:lo + batch_size]
+            width = max(len(p) + len(c) for p, c in zip(ps, cs, strict=True))
+            ids = torch.full((len(ps), width), pad_id, dtype=torch.long)
+            for b, (p, c) in enumerate(zip(ps, cs, strict=True)):
+                full = list(p) + list(c)
+                ids[b, : len(full)] = torch.tensor(full, dtype=torch.long)
+            ids = ids.to(device)
+            logits = model(ids)
+            starts = torch.tensor([len(p) for p in ps], device=device)
+            lengths = torch.tensor([len(c) for c in cs], device=device)
+            lp = gather_target_logprobs(logits.float(), ids, starts, lengths).cpu()
+            out[lo:lo + len(ps), : lp.shape[1]] = lp
+    lengths_all = torch.tensor([len(c) for c in continuation_ids])
+    mask = torch.arange(max_len)[None, :] < lengths_all[:, None]
+    return TargetLogProbs(out, mask)
+
+
+def target_logprobs(
+    model: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    interventions: Iterable[Intervention] = (),
+    prefix: Prefix | str = Prefix.NONE,
+    batch_size: int = 32,
+) -> TargetLogProbs:
+    """Per-token log-probabilities of ``targets[i]`` after ``prompts[i]`` (strings).
+
+    Targets are tokenised in context (:func:`mechedit.target_ids`: a target without a
+    leading space after a prompt without a trailing space gets one).
+    """
+    if len(prompts) != len(targets):
+        raise ConfigError(f"{len(prompts)} prompts but {len(targets)} targets")
+    p_ids = [encode(model, p, prefix=prefix).ids for p in prompts]
+    t_ids = [target_ids(model, p, t) for p, t in zip(prompts, targets, strict=True)]
+    return sequence_logprobs(model, p_ids, t_ids, interventions=interventions, batch_size=batch_size)
+
+
+def target_probs(
+    model: Any,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    *,
+    convention: str = "rome",
+    interventions: Iterable[Intervention] = (),
+    prefix: Prefix | str = Prefix.NONE,
+    batch_size: int = 32,
+) -> Float[Tensor, " batch"]:
+    """One probability per (prompt, target): ``"rome"`` = exp(-mean NLL), ``"hase"`` = product."""
+    if convention not in ("rome", "hase"):
+        raise ConfigError(f"unknown probability convention {convention!r}; choose 'rome' or 'hase'")
+    lp = target_logprobs(model, prompts, targets, interventions=interventions, prefix=prefix,
+                         batch_size=batch_size)
+    return lp.mean_nll_prob() if convention == "rome" else lp.sequence_prob()

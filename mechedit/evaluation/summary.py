@@ -1,0 +1,83 @@
+"""The summary of an evaluation run: case-averaged metrics with 95% intervals.
+
+:func:`summarize` turns stored rows into a :class:`Summary`. ``to_dict`` is the
+``summary.json`` layout: every metric's mean as a top-level number (``ES``, ``PS``,
+``NS``, ``EM``, ``PM``, ``NM``, ``S``; ``GE``, ``RS`` and ``hase_*`` when measured),
+``n`` (number of cases), ``config``, and ``ci95`` / ``std`` maps per metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mechedit.evaluation.counterfact import summarize_counterfact
+from mechedit.evaluation.hase import summarize_hase
+from mechedit.evaluation.stats import Stat, mean_ci
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Metric name → :class:`~.stats.Stat` (derived scores such as S have NaN intervals)."""
+
+    stats: dict[str, Stat]
+    n: int
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.stats[name].mean
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {k: _num(s.mean) for k, s in self.stats.items()}
+        d["n"] = self.n
+        d["config"] = self.config
+        d["ci95"] = {k: [_num(s.ci_low), _num(s.ci_high)] for k, s in self.stats.items()}
+        d["std"] = {k: _num(s.std) for k, s in self.stats.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Summary":
+        names = list(d["ci95"])
+        stats = {k: Stat(_float(d[k]), _float(d["std"][k]), _float(d["ci95"][k][0]), _float(d["ci95"][k][1]),
+                         int(d["n"])) for k in names}
+        return cls(stats, int(d["n"]), dict(d.get("config", {})))
+
+    def to_dataframe(self):
+        import pandas as pd
+
+        return pd.DataFrame([{"metric": k, **s.to_dict()} for k, s in self.stats.items()])
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Summary":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else float(x)
+
+
+def _float(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("counterfact",),
+              config: Mapping[str, Any] | None = None) -> Summary:
+    """Summarise evaluation rows (one per case) for the given metric groups."""
+    stats: dict[str, Stat] = {}
+    if "counterfact" in metrics:
+        stats.update(summarize_counterfact(rows))
+    if "fluency" in metrics:
+        stats["GE"] = mean_ci([r["GE"] for r in rows if "GE" in r])
+        stats["RS"] = mean_ci([r["RS"] for r in rows if "RS" in r])
+    if "hase" in metrics:
+        for k, v in summarize_hase(rows).items():
+            stats[k] = v if isinstance(v, Stat) else Stat(v, math.nan, math.nan, math.nan, len(rows))
+    return Summary(stats, len(rows), dict(config or {}))

@@ -1,0 +1,113 @@
+"""The ``mechedit eval`` subcommand, registered on our own parser (main.py is wired by the lead)."""
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from mechedit.cli import eval as eval_cmd
+from mechedit.errors import MecheditError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="mechedit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    eval_cmd.register(sub)
+    return parser
+
+
+def test_parser_defaults_and_options():
+    args = _parser().parse_args(["eval", "--data", "d.json", "--method", "rome", "--layer", "5", "--n", "10",
+                                 "--filter", "known", "--metrics", "counterfact,hase", "--out", "o"])
+    assert (args.method, args.layer, args.n, args.filter, args.metrics) == ("rome", 5, 10, "known", "counterfact,hase")
+    assert args.model == "smollm2-135m" and args.known_mode == "top1" and args.func is eval_cmd.run
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["eval", "--data", "d.json", "--out", "o"])  # --method is required
+
+
+def test_unknown_method_fails_clearly_before_loading_anything(tmp_path):
+    args = _parser().parse_args(["eval", "--model", "/nonexistent", "--data", "x.json", "--method", "rome",
+                                 "--out", str(tmp_path / "o")])
+    with pytest.raises(MecheditError, match="(?s)rome.*mechedit.editors.*none"):
+        args.func(args)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_metric_fails_clearly(tmp_path):
+    args = _parser().parse_args(["eval", "--data", "x.json", "--method", "none", "--metrics", "counterfact,speed",
+                                 "--out", str(tmp_path)])
+    with pytest.raises(MecheditError, match="speed"):
+        args.func(args)
+
+
+def test_eval_none_on_a_tiny_model_writes_records_and_summary(tiny_dirs, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["eval", "--model", str(tiny_dirs["gpt2"]), "--data", str(FIXTURES / "counterfact_small.json"),
+            "--method", "none", "--n", "2", "--metrics", "counterfact,hase,fluency", "--gen-tokens", "2",
+            "--gen-prompts", "1", "--essence-tokens", "2", "--out", str(out)]
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    printed = capsys.readouterr()
+    assert "ES" in printed.out and "95% CI" in printed.out
+    assert "loaded 4 of 8" in printed.err
+    rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert [r["key"] for r in rows] == ["0", "1"]
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("ES", "PS", "NS", "EM", "PM", "NM", "S", "n", "config", "GE", "RS", "hase_rewrite",
+                "hase_harmonic", "ci95"):
+        assert key in summary
+    assert summary["n"] == 2 and summary["config"]["method"] == "none"
+    assert summary["hase_rewrite"] == 0.0  # no edit
+    # a rerun resumes (nothing new) and a rerun with other settings is refused
+    args = _parser().parse_args(argv)
+    assert args.func(args) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["n_resumed"] == 2
+    args = _parser().parse_args([*argv[:-2], "--seed", "1", "--out", str(out)])
+    with pytest.raises(MecheditError, match="seed|eval"):
+        args.func(args)
+
+
+def test_known_filter_is_reported(tiny_dirs, tmp_path):
+    out = tmp_path / "run"
+    args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
+                                 str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
+                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--out", str(out)])
+    assert args.func(args) == 0
+    filt = json.loads((out / "filter.json").read_text())
+    assert filt["n_in"] == 4 and filt["n_kept"] == 4  # p > 0 keeps every fact
+    assert json.loads((out / "summary.json").read_text())["config"]["filter_result"]["n_kept"] == 4
+    # a resumed run reuses the saved filter result instead of filtering again
+    (out / "filter.json").write_text(json.dumps({**filt, "n_kept": 1, "kept_ids": ["1"]}))
+    args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
+                                 str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
+                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--out", str(out)])
+    assert args.func(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["filter_result"]["n_kept"] == 1
+    assert [json.loads(x)["key"] for x in (out / "records.jsonl").read_text().splitlines()] == ["0", "1"]
+
+
+def test_resolve_editor_uses_the_registry_when_it_exists(monkeypatch):
+    import sys
+    import types
+
+    class Cfg:
+        def __init__(self, layer=3):
+            self.layer = layer
+
+    class Spec:
+        config_class = Cfg
+
+        @staticmethod
+        def apply(model, requests, config):
+            return None
+
+    fake = types.ModuleType("mechedit.editors")
+    fake.get_editor = lambda name: Spec()
+    monkeypatch.setitem(sys.modules, "mechedit.editors", fake)
+    editor, cfg = eval_cmd.resolve_editor("rome", 7)
+    assert editor is Spec.apply and cfg.layer == 7
+    assert eval_cmd.resolve_editor("rome", None)[1].layer == 3

@@ -1,0 +1,194 @@
+"""evaluate(): per-record edits in hook form, bit-identical model, resumable store."""
+
+from jaxtyping import install_import_hook
+
+# conftest's import hook only covers modules imported inside it; import ours under it too, so
+# their jaxtyping annotations are checked at run time (first importer wins, every file does this)
+with install_import_hook("mechedit", "beartype.beartype"):
+    import mechedit.data  # noqa: F401
+    import mechedit.evaluation  # noqa: F401
+    import mechedit.store  # noqa: F401
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor
+
+import mechedit
+from mechedit import AddVector, Site, tlens
+from mechedit.data import load_counterfact
+from mechedit.errors import ConfigError
+from mechedit.evaluation import EvalConfig, default_references, evaluate, generate
+from mechedit.store import ResultStore
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAST = dict(gen_max_new_tokens=3, n_gen_prompts=1, essence_n_texts=1, essence_max_new_tokens=2)
+ALL = EvalConfig(metrics=("counterfact", "hase", "fluency"), **FAST)
+TIMING = ("edit_seconds", "eval_seconds")
+
+
+@dataclass(frozen=True, eq=False)
+class PushTarget:
+    """A dummy edit in hook form: add a vector to mlp_out of one layer, at every position."""
+
+    layer: int
+    vector: Tensor
+
+    def hooks(self, model):
+        yield from AddVector(Site("mlp_out", self.layer), self.vector).hooks(model)
+
+
+def push_editor(model, requests, config=None):
+    """Push the unembedding direction of target_new minus target_true into the last MLP output."""
+    (req,) = requests
+    w_u = tlens.hf_model(model).get_output_embeddings().weight.detach()  # [d_vocab, d_model]
+    new = mechedit.target_ids(model, req.text, req.target_new)[0]
+    true = mechedit.target_ids(model, req.text, req.target_true)[0]
+    scale = 10.0 if config is None else config["scale"]
+    return PushTarget(mechedit.model_info(model).n_layers - 1, scale * (w_u[new] - w_u[true]).clone())
+
+
+def no_edit(model, requests, config=None):
+    return None
+
+
+@pytest.fixture(scope="module")
+def records():
+    return load_counterfact(FIXTURES / "counterfact_small.json")[0]
+
+
+def _strip(rows):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+def test_no_edit_is_neutral_and_the_dummy_edit_takes(tiny_gpt2, records):
+    cfg = EvalConfig(metrics=("counterfact", "hase"), **FAST)
+    base = evaluate(tiny_gpt2, records, no_edit, cfg)
+    for row in base.rows:
+        assert row["hase_rewrite"] == 0.0 and row["hase_neighborhood"] == 1.0
+        assert row["hase_essence_drift"] == 0.0 and row["hase_erasure"] == 0.0
+    edited = evaluate(tiny_gpt2, records, push_editor, cfg)
+    summary = edited.summary()
+    assert summary["ES"] == 1.0 and summary["EM"] > base.summary()["EM"]
+    assert all(r["hase_rewrite"] > 0 for r in edited.rows)
+    assert all(r["hase_essence_drift"] != 0 for r in edited.rows)
+    assert [r["key"] for r in edited.rows] == [str(r.case_id) for r in records]
+    assert edited.rows[0]["editor"] == "push_editor"
+
+
+def _weights(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_model_is_bit_identical_after_evaluate(tiny_llama, records):
+    before = _weights(tiny_llama)
+    evaluate(tiny_llama, records[:2], push_editor, ALL)
+
+    def broken(model, requests, config=None):
+        raise RuntimeError("editor failed")
+
+    with pytest.raises(RuntimeError):
+        evaluate(tiny_llama, records[:1], broken, ALL)
+    after = tiny_llama.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert tlens.active_hook_count(tiny_llama) == 0
+
+
+def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_gpt2, records, tmp_path):
+    full = evaluate(tiny_gpt2, records, push_editor, ALL, ResultStore(tmp_path / "full.jsonl"))
+
+    calls = []
+
+    def crashes_on_third(model, requests, config=None):
+        calls.append(requests[0].case_id)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return push_editor(model, requests, config)
+
+    crashes_on_third.__name__ = "push_editor"  # the same method, as far as the rows are concerned
+    path = tmp_path / "resumed.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny_gpt2, records, crashes_on_third, ALL, ResultStore(path))
+    assert ResultStore(path).keys() == ["0", "1"]  # the two finished records are on disk
+    with open(path, "a") as f:
+        f.write('{"key": "2", "ES": 1.')  # and a torn line, as a kill during a write leaves
+
+    resumed = evaluate(tiny_gpt2, records, push_editor, ALL, ResultStore(path))
+    assert (resumed.n_new, resumed.n_skipped) == (2, 2)
+    on_disk = ResultStore(path)
+    assert on_disk.keys() == ["0", "1", "2", "5"] and len(path.read_text().splitlines()) == 4
+    assert _strip(resumed.rows) == _strip(full.rows)  # same rows, generations included
+    assert _strip(on_disk) == _strip(full.rows)
+    again = evaluate(tiny_gpt2, records, push_editor, ALL, ResultStore(path))
+    assert (again.n_new, again.n_skipped) == (0, 4)
+    assert resumed.summary().to_dict()["ES"] == full.summary().to_dict()["ES"]
+    df = on_disk.to_dataframe()
+    assert len(df) == 4 and {"ES", "GE", "RS", "hase_rewrite"} <= set(df.columns)
+
+
+def test_editor_receives_request_and_config(tiny_gpt2, records):
+    seen = []
+
+    def spy(model, requests, config):
+        seen.append((requests, config))
+        return push_editor(model, requests, config)
+
+    evaluate(tiny_gpt2, records[:1], spy, EvalConfig(), editor_config={"scale": 3.0})
+    (requests, config), = seen
+    assert requests == [records[0].to_request()] and config == {"scale": 3.0}
+
+
+def test_generation_is_seeded_and_independent_of_batching(tiny_gpt2):
+    prompts = ["The capital of", "The Eiffel Tower is located in the city of", "The capital of"]
+    assert len({len(mechedit.encode(tiny_gpt2, p)) for p in prompts}) == 2  # padded rows in one batch
+    a = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3)
+    b = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3, batch_size=1)
+    assert [g.text for g in a] == [g.text for g in b]
+    edit = [push_editor(tiny_gpt2, [mechedit.EditRequest("{} of", "The capital", " Rome", " Paris")])]
+    ea = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3, greedy=True, interventions=edit)
+    eb = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=3, greedy=True, interventions=edit, batch_size=1)
+    assert [g.new_ids for g in ea] == [g.new_ids for g in eb]
+    assert all(len(g.new_ids) == 4 and g.text.startswith(g.prompt) for g in a)
+    c = generate(tiny_gpt2, prompts, max_new_tokens=4, seed=4)
+    assert [g.new_ids for g in a] != [g.new_ids for g in c]
+    greedy = generate(tiny_gpt2, prompts[:1], max_new_tokens=3, greedy=True)[0]
+    ids = list(greedy.prompt_ids)
+    for _ in range(3):  # greedy decoding by hand
+        ids.append(int(mechedit.run(tiny_gpt2, torch.tensor([ids]))[0, -1].argmax()))
+    assert list(greedy.new_ids) == ids[len(greedy.prompt_ids):]
+
+
+def test_default_references_are_attribute_facts(records):
+    refs = default_references(records[0])
+    assert refs == ["The Colosseum is located in the city of Rome."]
+
+
+def test_eval_config_validation_and_round_trip():
+    cfg = EvalConfig(metrics=("hase", "counterfact"), prefix="neutral", seed=7)
+    assert EvalConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="metrics"):
+        EvalConfig(metrics=("counterfact", "fluncy"))
+    with pytest.raises(ConfigError, match="prefix"):
+        EvalConfig(prefix="bos")
+    with pytest.raises(ConfigError, match="gen_max_new_tokens"):
+        EvalConfig(gen_max_new_tokens=0)
+    with pytest.raises(ConfigError, match="unknown EvalConfig fields"):
+        EvalConfig.from_dict({"metric": ["hase"]})
+
+
+def test_an_editor_must_return_an_intervention(tiny_gpt2, records, tmp_path):
+    def returns_weights(model, requests, config=None):
+        return {"W_out": torch.zeros(2)}
+
+    store = ResultStore(tmp_path / "r.jsonl")
+    with pytest.raises(ConfigError, match="not an intervention"):
+        evaluate(tiny_gpt2, records[:1], returns_weights, EvalConfig(), store)
+    assert len(store) == 0
+
+
+def test_duplicate_case_ids_are_refused(tiny_gpt2, records):
+    with pytest.raises(ConfigError, match="duplicate"):
+        evaluate(tiny_gpt2, [records[0], records[0]], no_edit)
