@@ -14,7 +14,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from jaxtyping import install_import_hook  # noqa: E402
 
 with install_import_hook("mechedit", "beartype.beartype"):
-    import mechedit  # noqa: F401,E402
+    import importlib  # noqa: E402
+    import pkgutil  # noqa: E402
+
+    import mechedit  # noqa: E402
+
+    # every module, now: one imported later (by a test or lazily) would escape the checks
+    for _mod in pkgutil.walk_packages(mechedit.__path__, "mechedit."):
+        importlib.import_module(_mod.name)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

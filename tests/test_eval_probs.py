@@ -1,14 +1,5 @@
 """Batched teacher-forced target probabilities against an unbatched naive loop."""
 
-from jaxtyping import install_import_hook
-
-# conftest's import hook only covers modules imported inside it; import ours under it too, so
-# their jaxtyping annotations are checked at run time (first importer wins, every file does this)
-with install_import_hook("mechedit", "beartype.beartype"):
-    import mechedit.data  # noqa: F401
-    import mechedit.evaluation  # noqa: F401
-    import mechedit.store  # noqa: F401
-
 import math
 
 import pytest

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -77,7 +78,7 @@ class KGConfig:
     n_sports: int = 10
     n_first_names: int = 60
     zipf_exponent: float = 1.0
-    relations: tuple[str, ...] = tuple(RELATIONS)
+    relations: Sequence[str] = tuple(RELATIONS)  # stored as a tuple
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "relations", tuple(self.relations))
