@@ -53,8 +53,8 @@ def naive_cell(model, runs, config, cell):
     if kind in ("resid_pre", "resid_post"):
         layers = [cell.layer]
     else:
-        w, l = config.window, cell.layer
-        layers = list(range(max(0, l - w // 2), min(L, l + math.ceil(w / 2))))
+        w, c = config.window, cell.layer
+        layers = list(range(max(0, c - w // 2), min(L, c + math.ceil(w / 2))))
     sites = [Site(kind, j) for j in layers]
     src = capture(model, src_ids, sites, src_ivs)
     ivs = list(base_ivs)

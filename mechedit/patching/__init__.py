@@ -19,7 +19,15 @@ from mechedit.patching.corruption import (
     noise_sigma,
     pair_runs,
 )
-from mechedit.patching.engine import Cell, PatchConfig, PatchKind, grid_cells, patch_cells, reference, window_layers
+from mechedit.patching.engine import (
+    Cell,
+    PatchConfig,
+    PatchKind,
+    grid_cells,
+    patch_cells,
+    reference,
+    window_layers,
+)
 from mechedit.patching.metrics import METRICS, MetricConfig, MetricSpec, Targets, get_metric
 from mechedit.patching.results import TOKEN_CLASSES, Aggregate, PatchResult, aggregate, token_classes
 
