@@ -187,3 +187,19 @@ def test_engine_equals_naive_on_smollm2(smollm2):
     cfg = PatchConfig(kind="mlp_out", window=5, metric=MetricConfig("prob"))
     cells = [Cell(layer, t) for t in (2, 4, runs.n_prompt - 1) for layer in (0, 14, 29)]
     _check(smollm2, runs, cfg, cells, atol=1e-4)
+
+
+def test_resid_grid_equals_transformer_lens_patching(tiny_gpt2):
+    """An external golden: TransformerLens' own get_act_patch_resid_pre on the same bridge."""
+    from transformer_lens import patching as tl_patching
+
+    from mechedit.patching import patch
+
+    clean, corrupted = "Michael Jordan plays the sport of", "Lionel Messi plays the sport of"
+    ids = [mechedit.encode(tiny_gpt2, p, prefix="neutral").tensor() for p in (clean, corrupted)]
+    with torch.no_grad():
+        _, cache = tiny_gpt2.run_with_cache(ids[0])
+        golden = tl_patching.get_act_patch_resid_pre(
+            tiny_gpt2, ids[1], cache, lambda logits: logits[0, -1, 5] - logits[0, -1, 7])
+    ours = patch(tiny_gpt2, clean, corrupted, (5,), wrong=(7,), kind="resid_pre")
+    torch.testing.assert_close(ours.scores.T.float(), golden.float(), atol=1e-5 * max(1, golden.abs().max()), rtol=0)
