@@ -25,6 +25,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,7 +90,7 @@ def spread_cells(n_pos: int, n_layers: int, k: int) -> list:
     return [Cell(i % n_layers, (i // n_layers) % n_pos) for i in range(0, n_pos * n_layers, step)][:k]
 
 
-def part_a(model: Any, k: int) -> None:
+def part_a(model: Any, k: int, save: Any = None) -> None:
     from mechedit import subject_span
     from mechedit.patching import NoiseConfig, noise_runs, noise_sigma, trace
     from mechedit.patching.api import TRACE_KINDS, top1_answer
@@ -104,6 +105,9 @@ def part_a(model: Any, k: int) -> None:
                 for kind in ("resid", "mlp", "attn")]
 
     results, t_fast, mem_fast = measure(fast)
+    if save is not None:  # the README's Eiffel Tower trace comes from this run
+        for r, kind in zip(results, ("resid", "mlp", "attn"), strict=True):
+            r.save(save / f"eiffel_{kind}.json")
     span = subject_span(model, PROMPT, SUBJECT, prefix="neutral")
     runs = noise_runs(model, PROMPT, answer, range(*span), sigma, noise)
     n_layers, n_pos = model.cfg.n_layers, runs.n_prompt
@@ -168,6 +172,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--naive-cells", type=int, default=12, help="naive cells timed per kind in (a)")
     ap.add_argument("--part", choices=["a", "b", "both"], default="both")
+    ap.add_argument("--save", type=Path, help="directory to save the (a) trace results into")
     args = ap.parse_args()
     import mechedit
 
@@ -175,7 +180,7 @@ def main() -> None:
     model = mechedit.load_model("smollm2-135m")
     print(f"SmolLM2-135M on CPU, {torch.get_num_threads()} threads")
     if args.part in ("a", "both"):
-        part_a(model, args.naive_cells)
+        part_a(model, args.naive_cells, args.save)
     if args.part in ("b", "both"):
         part_b(model)
     if math.isnan(_rss_mb()):

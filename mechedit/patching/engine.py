@@ -17,7 +17,8 @@ far less work, and is tested equal to that naive loop:
    positions before the noised subject, in a causal model) are not run at all: their
    score is the base score.
 3. **Batch cells.** Cells with the same start layer share one forward whose batch is
-   ``cells × samples`` rows, chunked so a forward stays within a memory budget.
+   ``cells × samples`` rows, chunked so a forward stays within a memory budget (and,
+   when a start layer has few rows, merged with the next ones: see ``MIN_ROWS``).
 4. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
 
 Windows (ROME): for ``mlp_out``/``attn_out``/``head_z`` a cell centred at layer ``l``
@@ -261,15 +262,31 @@ def _rows_per_forward(model: Any, seq: int, k: int, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20 // per_row))
 
 
+#: Forwards of fewer rows are dominated by per-call overhead: consecutive start layers are
+#: merged (starting at the lowest, still exact) until a chunk has at least this many rows.
+MIN_ROWS = 48
+
+
 def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig,
             runs: Runs) -> list[tuple[int, list[int]]]:
-    """Indices ``todo`` of cells grouped by start layer, chunked to the memory budget."""
+    """Indices ``todo`` of cells grouped by start layer, chunked to the memory budget.
+
+    Small groups (few samples, e.g. clean/corrupted pairs) are merged with the next start
+    layers: a cell starting later simply recomputes, unpatched, the blocks in between.
+    """
     n_layers = model_info(model).n_layers
     by_start: dict[int, list[int]] = defaultdict(list)
     for i in todo:
         by_start[start_layer(cells[i], config, n_layers)].append(i)
     per = max(1, _rows_per_forward(model, runs.seq_len, len(runs.answer), config.memory_mb) // runs.samples)
-    return [(s, idx[i:i + per]) for s, idx in sorted(by_start.items()) for i in range(0, len(idx), per)]
+    merged: list[tuple[int, list[int]]] = []
+    for start, idx in sorted(by_start.items()):
+        last = merged[-1] if merged else None
+        if last is not None and len(last[1]) * runs.samples < MIN_ROWS and len(last[1]) + len(idx) <= per:
+            last[1].extend(idx)
+        else:
+            merged.append((start, list(idx)))
+    return [(s, idx[i:i + per]) for s, idx in merged for i in range(0, len(idx), per)]
 
 
 def patch_cells(
