@@ -39,7 +39,7 @@ class PatchHead:
         yield self.site.resolve(model), fn
 
 
-def naive_cell(model, runs, config, cell):
+def naive_cell(model, runs, config, cell, clean_lp):
     """One forward for one cell, exactly as the definition says."""
     L = mechedit.model_info(model).n_layers
     S, k = runs.samples, len(runs.answer)
@@ -71,7 +71,6 @@ def naive_cell(model, runs, config, cell):
         base_acts = capture(model, base_ids, held, base_ivs)
         ivs += [Patch(s, base_acts[s]) for s in held]
     logits = run(model, base_ids, ivs)[:, -k:]
-    clean_lp = torch.log_softmax(run(model, runs.clean_ids)[:, -k:].double(), -1)
     return evaluate(config.metric, logits, Targets(runs.answer, runs.wrong, clean_lp))
 
 
@@ -93,7 +92,9 @@ def _check(model, runs, config, cells, atol=1e-5):
     but logit differences of the scaled-up tiny models reach ~10, where float32 matmuls that
     batch rows differently already differ by a few 1e-5."""
     fast = patch_cells(model, runs, config, cells)
-    slow = torch.stack([naive_cell(model, runs, config, c) for c in cells])
+    k = len(runs.answer)
+    clean_lp = torch.log_softmax(run(model, runs.clean_ids)[:, -k:].double(), -1)
+    slow = torch.stack([naive_cell(model, runs, config, c, clean_lp) for c in cells])
     torch.testing.assert_close(fast, slow, atol=atol * max(1.0, slow.abs().max().item()), rtol=0)
     return fast, slow
 
