@@ -204,3 +204,18 @@ def test_resid_grid_equals_transformer_lens_patching(tiny_gpt2):
             tiny_gpt2, ids[1], cache, lambda logits: logits[0, -1, 5] - logits[0, -1, 7])
     ours = patch(tiny_gpt2, clean, corrupted, (5,), wrong=(7,), kind="resid_pre")
     torch.testing.assert_close(ours.scores.T.float(), golden.float(), atol=1e-5 * max(1, golden.abs().max()), rtol=0)
+
+
+def test_logits_for_last_matches_and_cleans_up(tiny_llama):
+    ids = mechedit.encode(tiny_llama, PROMPT, prefix="neutral").tensor()
+    head = tlens.hf_model(tiny_llama).get_output_embeddings()
+    with torch.no_grad():
+        full = tlens.forward_blocks(tiny_llama, input_ids=ids)
+        with tlens.logits_for_last(tiny_llama, 2):
+            last = tlens.forward_blocks(tiny_llama, input_ids=ids)
+            assert len(head._forward_pre_hooks) == 1
+    assert last.shape[1] == 2 and torch.allclose(last, full[:, -2:], atol=1e-6)
+    assert len(head._forward_pre_hooks) == 0
+    with pytest.raises(RuntimeError), tlens.logits_for_last(tiny_llama, 1):
+        raise RuntimeError("inside")
+    assert len(head._forward_pre_hooks) == 0
