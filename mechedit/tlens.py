@@ -31,6 +31,8 @@ binds names itself and never reads ``hook.name``.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -246,3 +248,29 @@ def forward_blocks(
         setattr(parent, attr, full)
         for h in handles:
             h.remove()
+
+
+# --- unembedding only where it is read ---------------------------------------------------
+
+
+@contextmanager
+def logits_for_last(model: "TransformerBridge", k: int) -> Iterator[None]:
+    """Inside the ``with``, the model computes logits only for the last ``k`` positions.
+
+    A forward pre-hook on the HF output embedding (``lm_head``) slices its input, so a
+    forward returns ``[batch, k, d_vocab]``. The patching engine reads only the answer
+    positions; on SmolLM2 the unembedding is about a fifth of a forward. The hook is an
+    ``nn.Module`` hook (not a hook point) and is removed on exit, also after an exception.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    head = hf_model(model).get_output_embeddings()
+
+    def keep_last(module: Any, args: tuple) -> tuple:
+        return (args[0][:, -k:], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep_last)
+    try:
+        yield
+    finally:
+        handle.remove()

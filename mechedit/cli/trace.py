@@ -1,0 +1,155 @@
+"""``mechedit trace``: ROME's causal tracing of one prompt, or of every record of a file."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+KINDS = ["resid", "mlp", "attn"]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("trace", help="causal tracing: noise the subject, restore each (token, layer)")
+    p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    p.add_argument("--prompt", help="the prompt (a neutral prefix token is put before it)")
+    p.add_argument("--subject", help="the subject, a substring of the prompt (noised)")
+    p.add_argument("--answer", help="answer text (default: the model's top-1 next token)")
+    p.add_argument("--kind", choices=[*KINDS, "all"], default="all", help="what to restore (default all)")
+    p.add_argument("--window", type=int, default=10, help="layers restored per MLP/attention cell (10)")
+    p.add_argument("--samples", type=int, default=10, help="noise samples (default 10)")
+    p.add_argument("--noise", default="3sigma", help="'3sigma' (× std of subject embeddings) or a fixed std")
+    p.add_argument("--distribution", choices=["gaussian", "uniform", "student_t"], default="gaussian")
+    p.add_argument("--seed", type=int, default=0, help="noise seed (same draws for every cell)")
+    p.add_argument("--metric", choices=["prob", "logprob", "kl"], default="prob")
+    p.add_argument("--data", type=Path, help="trace every record of a known_1000-format JSON file")
+    p.add_argument("--limit", type=int, help="with --data: only the first N records")
+    p.add_argument("--aggregate", action="store_true", help="with --data: average-effect plots into --out")
+    p.add_argument("--out", type=Path, help="directory for one JSON + PNG per kind (per record with --data)")
+    p.add_argument("--json", action="store_true", help="print the result(s) as JSON")
+    p.set_defaults(func=run)
+
+
+def _fail(msg: str) -> SystemExit:
+    return SystemExit(f"mechedit trace: error: {msg}")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.data is None and (args.prompt is None or args.subject is None):
+        raise _fail("give --prompt and --subject, or --data FILE.json")
+    if args.data is not None and args.out is None:
+        raise _fail("--data needs --out DIR (one result file per record and kind; reruns resume)")
+    if args.aggregate and args.data is None:
+        raise _fail("--aggregate works with --data")
+    from mechedit import load_model
+    from mechedit.patching import NoiseConfig
+
+    noise = NoiseConfig.parse(args.noise, distribution=args.distribution, samples=args.samples, seed=args.seed)
+    kinds = KINDS if args.kind == "all" else [args.kind]
+    model = load_model(args.model)
+    if args.data is not None:
+        return _run_file(model, args, noise, kinds)
+    results = [_trace_one(model, args.prompt, args.subject, args.answer, kind, args, noise, None)
+               for kind in kinds]
+    if args.out is not None:
+        for res, kind in zip(results, kinds, strict=True):
+            _write(res, args.out / kind)
+    if args.json:
+        dicts = [_json(r) for r in results]
+        print(json.dumps(dicts[0] if len(dicts) == 1 else dicts, indent=1))
+    else:
+        for r in results:
+            print(f"{r.kind}: clean {r.clean_score:.4f}, corrupted {r.corrupted_score:.4f}, "
+                  f"best cell {_best(r)} (answer {r.answer!r}, noise std {r.noise_std:.4f})")
+    return 0
+
+
+def _trace_one(model: Any, prompt: str, subject: str, answer: str | None, kind: str,
+               args: argparse.Namespace, noise: Any, sigma: float | None):
+    from tqdm import tqdm
+
+    from mechedit import encode, model_info
+    from mechedit.patching import trace
+
+    total = len(encode(model, prompt, prefix="neutral")) * model_info(model).n_layers
+    with tqdm(total=total, desc=f"trace {kind}", unit="cell", leave=False, disable=None) as bar:
+        return trace(model, prompt, subject, answer=answer, kind=kind, window=args.window, noise=noise,
+                     sigma=sigma, metric=args.metric, progress=bar.update)
+
+
+def _json(result: Any) -> dict:
+    d = result.to_dict()
+    d["subject_range"] = d["subject_range"]
+    return d
+
+
+def _best(result: Any) -> str:
+    i = int(result.scores.argmax())
+    row, layer = divmod(i, result.n_layers)
+    return f"{result.row_labels()[row]!r}@layer {layer} = {float(result.scores.max()):.4f}"
+
+
+def _write(result: Any, stem: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mechedit.patching.plots import heatmap
+
+    result.save(stem.with_suffix(".json"))
+    fig = heatmap(result)
+    fig.savefig(stem.with_suffix(".png"), dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _run_file(model: Any, args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
+    from mechedit.patching import PatchResult, noise_sigma
+
+    records = json.loads(args.data.read_text())
+    if not isinstance(records, list) or not all({"prompt", "subject"} <= set(r) for r in records):
+        raise _fail(f"{args.data} is not a known_1000-format list of records with prompt and subject")
+    sigma = noise_sigma(model, noise, [r["subject"] for r in records])  # ROME: σ over the file's subjects
+    records = records[: args.limit] if args.limit else records
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = failed = 0
+    for i, rec in enumerate(records):
+        key = str(rec.get("known_id", i))
+        for kind in kinds:
+            stem = args.out / f"{key}_{kind}"
+            if stem.with_suffix(".json").is_file():
+                continue  # resumable: finished records are kept
+            try:
+                res = _trace_one(model, rec["prompt"], rec["subject"], None, kind, args, noise, sigma)
+            except Exception as e:  # one bad record must not end a long run
+                failed += 1
+                print(f"record {key} ({kind}): skipped: {e}")
+                continue
+            res.save(stem.with_suffix(".json"))
+            done += 1
+    print(f"traced {done} new record×kind results into {args.out} ({failed} skipped); sigma {sigma:.4f}")
+    if args.aggregate:
+        _aggregate(args.out, kinds, PatchResult)
+    return 0
+
+
+def _aggregate(out: Path, kinds: list[str], result_cls: Any) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mechedit.patching import aggregate
+    from mechedit.patching.plots import average_effect_plot
+
+    for kind in kinds:
+        results = [result_cls.load(p) for p in sorted(out.glob(f"*_{kind}.json"))]
+        if not results:
+            continue
+        agg = aggregate(results)
+        agg.to_dataframe().to_csv(out / f"aggregate_{kind}.csv", index=False)
+        fig = average_effect_plot(agg)
+        fig.savefig(out / f"aggregate_{kind}.png", dpi=120)
+        plt.close(fig)
+        print(f"aggregate {kind}: {len(results)} prompts -> {out / f'aggregate_{kind}.png'}")

@@ -1,0 +1,132 @@
+"""The two entry points: :func:`trace` (ROME's causal tracing) and :func:`patch` (pairs).
+
+Both build :class:`~mechedit.patching.corruption.Runs`, run the batched engine over the
+whole grid and return a :class:`~mechedit.patching.results.PatchResult`.
+
+``trace`` kinds follow ROME: ``"resid"`` restores a block's output (``resid_post``),
+``"mlp"``/``"attn"`` restore a window of MLP/attention outputs (default 10 layers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from mechedit.errors import ConfigError
+from mechedit.interventions import run
+from mechedit.models import model_info
+from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, noise_sigma, pair_runs
+from mechedit.patching.engine import PatchConfig, PatchKind, Sever, grid_cells, patch_cells, reference
+from mechedit.patching.metrics import MetricConfig, normalize
+from mechedit.patching.results import PatchResult
+from mechedit.tokens import Prefix, encode, str_tokens, subject_span
+
+TraceKind = Literal["resid", "mlp", "attn"]
+TRACE_KINDS: dict[str, PatchKind] = {"resid": PatchKind.RESID_POST, "mlp": PatchKind.MLP_OUT,
+                                     "attn": PatchKind.ATTN_OUT}
+
+
+def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRAL) -> tuple[int, ...]:
+    """The model's greedy next token after ``prompt`` (the default answer)."""
+    ids = encode(model, prompt, prefix=prefix).tensor(next(model.parameters()).device)
+    return (int(run(model, ids)[0, -1].argmax()),)
+
+
+def run_grid(model: Any, runs: Runs, config: PatchConfig, *,
+             progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample grid ``[row, layer, sample]`` and the clean / corrupted per-sample scores."""
+    ref = reference(model, runs, config)
+    cells = grid_cells(model, runs, config)
+    values = patch_cells(model, runs, config, cells, ref=ref, progress=progress)
+    grid = values.view(-1, model_info(model).n_layers, runs.samples)
+    clean, corrupt = ref.clean_scores.cpu(), ref.corrupt_scores.cpu()
+    if config.metric.name == "normalized":
+        c, k = float(clean.mean()), float(corrupt.mean())
+        grid, clean, corrupt = normalize(grid, c, k), normalize(clean, c, k), normalize(corrupt, c, k)
+    return grid, clean, corrupt
+
+
+def trace(
+    model: Any, prompt: str, subject: str, *, answer: str | Sequence[int] | None = None,
+    kind: TraceKind | PatchKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
+    sigma: float | None = None, subjects: Sequence[str] | None = None,
+    metric: MetricConfig | str = "prob", direction: Direction | str = Direction.DENOISE,
+    sever: Sever | None = None, prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
+    progress: Callable[[int], None] | None = None,
+) -> PatchResult:
+    """Causal trace of ``prompt``: noise the subject, restore each (position, layer).
+
+    Args:
+        answer: text (tokenised in context) or token ids; default the model's top-1.
+        kind: ``resid``/``mlp``/``attn`` (ROME) or any :class:`PatchKind`.
+        window: layers restored per cell for ``mlp``/``attn`` (ignored for ``resid``).
+        noise: scale rule, distribution, samples, seed (default ROME's 3σ, 10 samples).
+        sigma: use this σ instead of measuring it; ``subjects``: strings to measure σ_emb.
+    """
+    from mechedit.tokens import target_ids
+
+    noise = noise or NoiseConfig()
+    pkind = TRACE_KINDS.get(str(kind)) or _patch_kind(kind)
+    config = PatchConfig(kind=pkind, window=1 if pkind.is_resid else window, direction=direction,
+                         sever=sever, metric=_metric(metric), memory_mb=memory_mb)
+    span = subject_span(model, prompt, subject, prefix=prefix)
+    ids = target_ids(model, prompt, answer) if isinstance(answer, str) else (
+        tuple(int(i) for i in answer) if answer is not None else top1_answer(model, prompt, prefix=prefix))
+    sigma = float(sigma) if sigma is not None else noise_sigma(model, noise, subjects)
+    runs = noise_runs(model, prompt, ids, range(*span), sigma, noise, prefix=prefix)
+    grid, clean, corrupt = run_grid(model, runs, config, progress=progress)
+    tokens = encode(model, prompt, prefix=prefix).ids
+    return PatchResult(
+        scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean, corrupted_per_sample=corrupt,
+        tokens=tuple(str_tokens(model, tokens)), answer=_decode(model, ids), answer_ids=ids,
+        kind=pkind.value, metric=config.metric.label, direction=config.direction.value,
+        model=model_info(model).name, prompt=prompt, subject_range=span, window=config.window,
+        sever=sever, noise_std=sigma, noise_distribution=noise.distribution, samples=noise.samples,
+        seed=noise.seed, extra={"noise": noise.to_dict(), "prefix": str(Prefix(prefix))},
+    )
+
+
+def patch(
+    model: Any, clean: str, corrupted: str, answer: str | Sequence[int], *,
+    wrong: str | Sequence[int] | None = None, kind: PatchKind | str = PatchKind.RESID_PRE,
+    window: int = 1, metric: MetricConfig | str = "logit_diff",
+    direction: Direction | str = Direction.DENOISE, prefix: Prefix | str = Prefix.NEUTRAL,
+    memory_mb: float = 1024.0, progress: Callable[[int], None] | None = None,
+) -> PatchResult:
+    """Patch every (position, layer) — or (head, layer) for ``head_z`` — between two prompts."""
+    config = PatchConfig(kind=_patch_kind(kind), window=window, direction=direction, metric=_metric(metric),
+                         memory_mb=memory_mb)
+    ans = answer if isinstance(answer, str) else tuple(int(i) for i in answer)
+    wr = wrong if wrong is None or isinstance(wrong, str) else tuple(int(i) for i in wrong)
+    runs = pair_runs(model, clean, corrupted, ans, wrong=wr, prefix=prefix)
+    grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress)
+    tokens = str_tokens(model, encode(model, clean, prefix=prefix).ids)
+    return PatchResult(
+        scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean_s, corrupted_per_sample=corrupt_s,
+        tokens=tuple(tokens), answer=_decode(model, runs.answer), answer_ids=runs.answer,
+        kind=config.kind.value, metric=config.metric.label, direction=config.direction.value,
+        model=model_info(model).name, prompt=clean, corrupted_prompt=corrupted,
+        row_axis="head" if config.kind is PatchKind.HEAD_Z else "pos",
+        wrong=_decode(model, runs.wrong) if runs.wrong else None, window=window,
+        extra={"prefix": str(Prefix(prefix))},
+    )
+
+
+def _patch_kind(kind: Any) -> PatchKind:
+    aliases = {"head": PatchKind.HEAD_Z, "mlp": PatchKind.MLP_OUT, "attn": PatchKind.ATTN_OUT}
+    try:
+        return aliases.get(str(kind)) or PatchKind(kind)
+    except ValueError:
+        raise ConfigError(f"unknown kind {kind!r}; known: {[k.value for k in PatchKind] + list(aliases)}") from None
+
+
+def _metric(metric: MetricConfig | str) -> MetricConfig:
+    if isinstance(metric, MetricConfig):
+        return metric
+    return MetricConfig(metric)  # type: ignore[arg-type]
+
+
+def _decode(model: Any, ids: Sequence[int]) -> str:
+    return str(model_info(model).tokenizer.decode(list(ids)))

@@ -1,0 +1,343 @@
+"""The batched patching engine: many (row, layer) cells per forward pass.
+
+Activation patching asks, for each cell (a position or head, at a layer), what the
+metric becomes when that cell's activation is taken from the *source* run while
+everything else runs as in the *base* run (base = corrupted and source = clean when
+denoising; the reverse when noising; see :mod:`~mechedit.patching.corruption`).
+
+A naive tracer spends one forward per cell. This engine does the same arithmetic with
+far less work, and is tested equal to that naive loop:
+
+1. **Reference runs once.** The clean and the corrupted run are each computed once per
+   prompt; every activation a patch or a severed path needs is cached from them.
+2. **Skip what no patch can change.** A cell whose earliest patched layer is ``s``
+   leaves blocks ``< s`` exactly as in the base run, so its rows start at block ``s``
+   from the cached base ``resid_pre`` (:func:`mechedit.interventions.run_from`); lower
+   blocks never run. Cells whose source and base activations are identical (e.g.
+   positions before the noised subject, in a causal model) are not run at all: their
+   score is the base score.
+3. **Batch cells.** Cells with the same start layer share one forward whose batch is
+   ``cells × samples`` rows, chunked so a forward stays within a memory budget (and,
+   when a start layer has few rows, merged with the next ones: see ``MIN_ROWS``).
+4. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
+
+Windows (ROME): for ``mlp_out``/``attn_out``/``head_z`` a cell centred at layer ``l``
+restores layers ``max(0, l - w//2) … min(L, l + ceil(w/2)) - 1``.
+Severed paths (ROME's frozen MLP/attention): with ``sever="mlp"`` (or ``"attn"``) a
+residual cell also holds that component's output at every position of every *later*
+block (``l..L-1`` after ``resid_pre@l``; ``l+1..L-1`` after ``resid_post@l``) at its
+base-run value, so the restored state cannot act through it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechedit import tlens
+from mechedit.errors import ConfigError
+from mechedit.interventions import Capture, HookFn, intervened
+from mechedit.models import model_info
+from mechedit.patching.corruption import Direction, Runs
+from mechedit.patching.metrics import MetricConfig, Targets, evaluate
+from mechedit.sites import Site, SiteKind
+
+
+class PatchKind(StrEnum):
+    """What a cell patches."""
+
+    RESID_PRE = "resid_pre"
+    RESID_POST = "resid_post"
+    MLP_OUT = "mlp_out"
+    ATTN_OUT = "attn_out"
+    HEAD_Z = "head_z"
+
+    @property
+    def is_resid(self) -> bool:
+        return self in (PatchKind.RESID_PRE, PatchKind.RESID_POST)
+
+
+Sever = Literal["mlp", "attn"]
+_SEVER_KIND = {"mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
+
+
+@dataclass(frozen=True)
+class PatchConfig:
+    """One patching experiment's settings (everything but the inputs)."""
+
+    kind: PatchKind = PatchKind.RESID_PRE
+    window: int = 1
+    direction: Direction = Direction.DENOISE
+    sever: Sever | None = None
+    metric: MetricConfig = field(default_factory=MetricConfig)
+    memory_mb: float = 1024.0
+
+    def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "kind", PatchKind(self.kind))
+            object.__setattr__(self, "direction", Direction(self.direction))
+        except ValueError as e:
+            raise ConfigError(f"{e}; kinds: {[k.value for k in PatchKind]}, "
+                              f"directions: {[d.value for d in Direction]}") from None
+        if isinstance(self.metric, dict):
+            object.__setattr__(self, "metric", MetricConfig.from_dict(self.metric))
+        if not (isinstance(self.window, int) and self.window >= 1):
+            raise ConfigError(f"window must be an integer >= 1, got {self.window!r}")
+        if self.kind.is_resid and self.window != 1:
+            raise ConfigError("windows apply to mlp_out, attn_out and head_z; a residual cell has window 1")
+        if self.sever is not None and (self.sever not in _SEVER_KIND or not self.kind.is_resid):
+            raise ConfigError(f"sever must be 'mlp' or 'attn', and only with residual kinds; got "
+                              f"sever={self.sever!r} with kind={self.kind.value!r}")
+        if not self.memory_mb > 0:
+            raise ConfigError(f"memory_mb must be > 0, got {self.memory_mb}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(kind=self.kind.value, direction=self.direction.value, metric=self.metric.to_dict())
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A patched cell: a layer and a position (None = all) and, for heads, a head."""
+
+    layer: int
+    pos: int | None
+    head: int | None = None
+
+
+def window_layers(layer: int, window: int, n_layers: int) -> range:
+    """ROME's window centred at ``layer``: ``max(0, l - w//2) .. min(L, l + ceil(w/2)) - 1``."""
+    return range(max(0, layer - window // 2), min(n_layers, layer + math.ceil(window / 2)))
+
+
+def _site_kind(kind: PatchKind) -> SiteKind:
+    return SiteKind(kind.value)
+
+
+def patch_entries(cell: Cell, config: PatchConfig, n_layers: int) -> list[tuple[Site, Cell]]:
+    """The (site, where) pairs a cell restores from the source run."""
+    layers = [cell.layer] if config.kind.is_resid else window_layers(cell.layer, config.window, n_layers)
+    return [(Site(_site_kind(config.kind), j), cell) for j in layers]
+
+
+def sever_sites(cell: Cell, config: PatchConfig, n_layers: int) -> list[Site]:
+    """The component sites a severed-path cell holds at base values (all positions)."""
+    if config.sever is None:
+        return []
+    first = cell.layer if config.kind is PatchKind.RESID_PRE else cell.layer + 1
+    return [Site(_SEVER_KIND[config.sever], j) for j in range(first, n_layers)]
+
+
+def start_layer(cell: Cell, config: PatchConfig, n_layers: int) -> int:
+    return min(site.layer for site, _ in patch_entries(cell, config, n_layers))  # type: ignore[type-var]
+
+
+# --- the reference runs -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Reference:
+    """Clean and corrupted runs, computed once: cached activations and raw scores."""
+
+    clean: dict[Site, Tensor]  # [1, seq, ...]
+    corrupt: dict[Site, Tensor]  # [samples, seq, ...]
+    clean_scores: Tensor  # [1] raw metric
+    corrupt_scores: Tensor  # [samples]
+    targets: Targets
+
+    def base(self, direction: Direction) -> dict[Site, Tensor]:
+        return self.corrupt if direction is Direction.DENOISE else self.clean
+
+    def source(self, direction: Direction) -> dict[Site, Tensor]:
+        return self.clean if direction is Direction.DENOISE else self.corrupt
+
+    def base_scores(self, direction: Direction) -> Tensor:
+        return self.corrupt_scores if direction is Direction.DENOISE else self.clean_scores
+
+
+def needed_sites(config: PatchConfig, n_layers: int) -> list[Site]:
+    kinds = {SiteKind.RESID_PRE, _site_kind(config.kind)}
+    if config.sever is not None:
+        kinds.add(_SEVER_KIND[config.sever])
+    return [Site(k, j) for k in sorted(kinds) for j in range(n_layers)]
+
+
+def reference(model: Any, runs: Runs, config: PatchConfig) -> Reference:
+    """Run clean (1 row) and corrupted (``samples`` rows) once, caching what patches need."""
+    n_layers = model_info(model).n_layers
+    sites = tuple(needed_sites(config, n_layers))
+    k = len(runs.answer)
+    clean_cap, corrupt_cap = Capture(sites), Capture(sites)
+    noise = [runs.noise] if runs.noise is not None else []
+    clean_logits = _answer_logits(model, k, [clean_cap], input_ids=runs.clean_ids)
+    corrupt_logits = _answer_logits(model, k, [*noise, corrupt_cap],
+                                    input_ids=runs.corrupt_ids.repeat(runs.samples, 1))
+    targets = Targets(runs.answer, runs.wrong, torch.log_softmax(clean_logits.double(), -1))
+    return Reference(
+        clean=clean_cap.store, corrupt=corrupt_cap.store,
+        clean_scores=evaluate(config.metric, clean_logits, targets),
+        corrupt_scores=evaluate(config.metric, corrupt_logits, targets), targets=targets,
+    )
+
+
+def _answer_logits(model: Any, k: int, interventions: list, **forward: Any) -> Tensor:
+    """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded)."""
+    with intervened(model, interventions), torch.no_grad(), tlens.logits_for_last(model, k):
+        logits = tlens.forward_blocks(model, **forward)
+    assert logits is not None
+    return logits
+
+
+# --- batched cells --------------------------------------------------------------------------
+
+
+def _select(cell: Cell) -> tuple[Any, ...]:
+    pos = slice(None) if cell.pos is None else cell.pos
+    return (slice(None), pos) if cell.head is None else (slice(None), pos, cell.head)
+
+
+@dataclass(frozen=True, eq=False)
+class CellBatch:
+    """An intervention patching a chunk of cells, ``samples`` batch rows per cell."""
+
+    cells: tuple[Cell, ...]
+    config: PatchConfig
+    source: dict[Site, Tensor]
+    base: dict[Site, Tensor]
+    samples: int
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        n_layers = model_info(model).n_layers
+        patches: dict[Site, list[tuple[int, Cell]]] = defaultdict(list)
+        holds: dict[Site, list[int]] = defaultdict(list)
+        for c, cell in enumerate(self.cells):
+            for site, where in patch_entries(cell, self.config, n_layers):
+                patches[site].append((c, where))
+            for site in sever_sites(cell, self.config, n_layers):
+                holds[site].append(c)
+        for site in sorted(set(patches) | set(holds), key=lambda s: (s.layer, s.kind.value)):
+            yield site.resolve(model), self._hook(site, patches.get(site, []), holds.get(site, []))
+
+    def _hook(self, site: Site, patches: list[tuple[int, Cell]], holds: list[int]) -> HookFn:
+        n = self.samples
+
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            out = act.clone()
+            for c in holds:
+                out[c * n:(c + 1) * n] = self.base[site].to(act.dtype)
+            for c, where in patches:
+                sel = _select(where)
+                out[(slice(c * n, (c + 1) * n), *sel[1:])] = self.source[site][sel].to(act.dtype)
+            return out
+
+        return fn
+
+
+def is_noop(cell: Cell, config: PatchConfig, ref: Reference, n_layers: int) -> bool:
+    """True when every activation the cell patches is the same in source and base."""
+    src, base = ref.source(config.direction), ref.base(config.direction)
+    for site, where in patch_entries(cell, config, n_layers):
+        a, b = src[site][_select(where)], base[site][_select(where)]
+        if not torch.equal(*torch.broadcast_tensors(a, b)):
+            return False
+    return True
+
+
+def _rows_per_forward(model: Any, seq: int, k: int, memory_mb: float) -> int:
+    info = model_info(model)
+    per_row = 4 * (seq * (8 * info.d_model + 3 * info.d_mlp + 2 * info.n_heads * seq) + 2 * k * info.d_vocab)
+    return max(1, int(memory_mb * 2**20 // per_row))
+
+
+#: Forwards of fewer rows are dominated by per-call overhead: consecutive start layers are
+#: merged (starting at the lowest, still exact) until a chunk has at least this many rows.
+MIN_ROWS = 48
+
+
+def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig,
+            runs: Runs) -> list[tuple[int, list[int]]]:
+    """Indices ``todo`` of cells grouped by start layer, chunked to the memory budget.
+
+    Small groups (few samples, e.g. clean/corrupted pairs) are merged with the next start
+    layers: a cell starting later simply recomputes, unpatched, the blocks in between.
+    """
+    n_layers = model_info(model).n_layers
+    by_start: dict[int, list[int]] = defaultdict(list)
+    for i in todo:
+        by_start[start_layer(cells[i], config, n_layers)].append(i)
+    per = max(1, _rows_per_forward(model, runs.seq_len, len(runs.answer), config.memory_mb) // runs.samples)
+    merged: list[tuple[int, list[int]]] = []
+    for start, idx in sorted(by_start.items()):
+        last = merged[-1] if merged else None
+        if last is not None and len(last[1]) * runs.samples < MIN_ROWS and len(last[1]) + len(idx) <= per:
+            last[1].extend(idx)
+        else:
+            merged.append((start, list(idx)))
+    return [(s, idx[i:i + per]) for s, idx in merged for i in range(0, len(idx), per)]
+
+
+def patch_cells(
+    model: Any, runs: Runs, config: PatchConfig, cells: Sequence[Cell], *,
+    ref: Reference | None = None, progress: Callable[[int], None] | None = None,
+) -> Float[Tensor, "cell sample"]:
+    """Raw metric per cell and sample (float64), batched; see the module docstring.
+
+    ``ref`` reuses reference runs computed by :func:`reference` (same runs and config);
+    ``progress`` is called with the number of cells finished after each forward.
+    """
+    n_layers = model_info(model).n_layers
+    for cell in cells:
+        _check_cell(cell, runs, model)
+    ref = ref if ref is not None else reference(model, runs, config)
+    n = runs.samples
+    out = torch.empty(len(cells), n, dtype=torch.float64)
+    base_scores = ref.base_scores(config.direction).expand(n)
+    todo = []
+    for i, cell in enumerate(cells):
+        if is_noop(cell, config, ref, n_layers):
+            out[i] = base_scores
+        else:
+            todo.append(i)
+    if progress is not None and len(todo) < len(cells):
+        progress(len(cells) - len(todo))
+    base, source = ref.base(config.direction), ref.source(config.direction)
+    for start, idx in _chunks(model, cells, todo, config, runs):
+        chunk = tuple(cells[i] for i in idx)
+        resid = base[Site(SiteKind.RESID_PRE, start)].expand(n, -1, -1).repeat(len(chunk), 1, 1)
+        batch = CellBatch(chunk, config, source, base, n)
+        logits = _answer_logits(model, len(runs.answer), [batch], resid=resid, start=start)
+        out[idx] = evaluate(config.metric, logits, ref.targets).view(len(chunk), n).cpu()
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def _check_cell(cell: Cell, runs: Runs, model: Any) -> None:
+    info = model_info(model)
+    if not 0 <= cell.layer < info.n_layers:
+        raise ConfigError(f"cell layer {cell.layer} out of range 0..{info.n_layers - 1}")
+    if cell.pos is not None and not 0 <= cell.pos < runs.n_prompt:
+        raise ConfigError(f"cell position {cell.pos} out of range 0..{runs.n_prompt - 1} (the prompt)")
+    if cell.head is not None and not 0 <= cell.head < info.n_heads:
+        raise ConfigError(f"cell head {cell.head} out of range 0..{info.n_heads - 1}")
+
+
+def grid_cells(model: Any, runs: Runs, config: PatchConfig) -> list[Cell]:
+    """Every cell of the standard grid: (position, layer), or (head, layer) for head_z."""
+    info = model_info(model)
+    if config.kind is PatchKind.HEAD_Z:
+        return [Cell(layer, None, h) for h in range(info.n_heads) for layer in range(info.n_layers)]
+    return [Cell(layer, t) for t in range(runs.n_prompt) for layer in range(info.n_layers)]
