@@ -7,11 +7,13 @@ import logging
 import sys
 
 from mechedit.cli import eval as eval_cmd
+from mechedit.cli import patch as patch_cmd
 from mechedit.cli import predict as predict_cmd
 from mechedit.cli import synth as synth_cmd
+from mechedit.cli import trace as trace_cmd
 from mechedit.errors import MecheditError
 
-SUBCOMMANDS = [predict_cmd, eval_cmd, synth_cmd]
+SUBCOMMANDS = [predict_cmd, trace_cmd, patch_cmd, eval_cmd, synth_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
