@@ -73,11 +73,11 @@ _SEVER_KIND = {"mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
 class PatchConfig:
     """One patching experiment's settings (everything but the inputs)."""
 
-    kind: PatchKind = PatchKind.RESID_PRE
+    kind: PatchKind | str = PatchKind.RESID_PRE  # a str is converted in __post_init__
     window: int = 1
-    direction: Direction = Direction.DENOISE
+    direction: Direction | str = Direction.DENOISE
     sever: Sever | None = None
-    metric: MetricConfig = field(default_factory=MetricConfig)
+    metric: MetricConfig | dict = field(default_factory=MetricConfig)  # a dict is converted
     memory_mb: float = 1024.0
 
     def __post_init__(self) -> None:
