@@ -1,0 +1,1 @@
+"""Editors: ROME, MEMIT and constrained fine-tuning, as reversible edits."""
