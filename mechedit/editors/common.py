@@ -63,7 +63,7 @@ def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[in
     wds = tuple(WeightDelta(layer, d.detach().float().contiguous()) for layer, d in sorted(deltas.items()))
     draft = Edit(method, model_info(model).name, wds, tuple(requests), config.to_dict(),
                  EditDiagnostics({}), tensors or {})
-    after = tuple(target_probability(model, r, prefix, [draft]) for r in requests)
+    after = tuple(target_probability(model, r.text, r.target_new, prefix, [draft]) for r in requests)
     diag = EditDiagnostics(
         delta_norms={w.layer: float(w.delta.double().norm()) for w in wds},
         loss_curves=tuple(tuple(c) for c in losses), p_target_before=tuple(p_before),
@@ -73,4 +73,4 @@ def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[in
 
 
 def probabilities_before(model: Any, requests: Sequence[EditRequest], prefix: Prefix) -> list[float]:
-    return [target_probability(model, r, prefix) for r in requests]
+    return [target_probability(model, r.text, r.target_new, prefix) for r in requests]

@@ -171,14 +171,13 @@ def load_edit(directory: str | Path) -> Edit:
                 version=meta["version"])
 
 
-def target_probability(model: Any, request: EditRequest, prefix: Any, interventions: Any = (),
-                       target: str | None = None) -> float:
-    """Teacher-forced ``P(target | prompt)`` (product over the target's tokens)."""
+def target_probability(model: Any, text: str, target: str, prefix: Any, interventions: Any = ()) -> float:
+    """Teacher-forced ``P(target | text)`` (product over the target's tokens)."""
     from mechedit.interventions import run
     from mechedit.tokens import encode, target_ids
 
-    tgt = target_ids(model, request.text, target or request.target_new)
-    enc = encode(model, request.text, prefix=prefix)
+    tgt = target_ids(model, text, target)
+    enc = encode(model, text, prefix=prefix)
     ids = torch.tensor([list(enc.ids) + list(tgt[:-1])], device=next(model.parameters()).device)
     logp = torch.log_softmax(run(model, ids, interventions)[0].double(), dim=-1)
     n = len(enc.ids)
