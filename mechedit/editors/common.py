@@ -42,18 +42,23 @@ def validate(model: Any, requests: Sequence[EditRequest], layers: Sequence[int],
 
 def subject_keys(model: Any, request: EditRequest, templates: Sequence[str], layers: Sequence[int],
                  prefix: Prefix) -> dict[int, Float[Tensor, "n_templates d_mlp"]]:
-    """``mlp_key`` at the subject's last token of each ``template.format(prompt)``, per layer."""
-    sites = [Site("mlp_key", layer) for layer in layers]
-    out: dict[int, list[Tensor]] = {layer: [] for layer in layers}
-    device = next(model.parameters()).device
-    for template in templates:  # one short forward each, stopped at the last layer needed
+    """``mlp_key`` at the subject's last token of each ``template.format(prompt)``, per layer.
+
+    One right-padded batch, the forward stopped after the last layer needed.
+    """
+    rows, last = [], []
+    for template in templates:
         text = template.format(request.prompt).format(request.subject)
         occ = template.split("{}")[0].count(request.subject)
         _, end = subject_span(model, text, request.subject, prefix=prefix, occurrence=occ)
-        acts = capture_until(model, encode(model, text, prefix=prefix).tensor(device), sites)
-        for layer, site in zip(layers, sites, strict=True):
-            out[layer].append(acts[site][0, end - 1])
-    return {layer: torch.stack(v) for layer, v in out.items()}
+        rows.append(list(encode(model, text, prefix=prefix).ids))
+        last.append(end - 1)
+    ids = torch.full((len(rows), max(map(len, rows))), model_info(model).neutral_token_id, dtype=torch.long)
+    for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
+        ids[i, : len(row)] = torch.tensor(row)
+    sites = [Site("mlp_key", layer) for layer in layers]
+    acts = capture_until(model, ids.to(next(model.parameters()).device), sites)
+    return {layer: acts[site][torch.arange(len(rows)), last] for layer, site in zip(layers, sites, strict=True)}
 
 
 def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[int, Tensor], config: Any,

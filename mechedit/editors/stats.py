@@ -193,7 +193,8 @@ def key_second_moments(
     """``E[k kᵀ]`` at every layer in ``layers``, from cache where present.
 
     Args:
-        corpus: default :meth:`Corpus.model_samples` (offline, seeded).
+        corpus: default :meth:`Corpus.model_samples` with ``max_length`` tokens per text
+            (offline, seeded).
         n_samples: number of texts read from the corpus (fewer if it runs out).
         max_length: texts are truncated to this many tokens (after the prefix token).
         prefix: what precedes each text (:class:`~mechedit.tokens.Prefix`; the editors
@@ -209,7 +210,7 @@ def key_second_moments(
         raise ConfigError(f"layers {bad or layers} out of range: this model has layers 0..{n_layers - 1}")
     if n_samples < 1 or max_length < 1:
         raise ConfigError(f"n_samples and max_length must be >= 1, got {n_samples}, {max_length}")
-    corpus = corpus or Corpus.model_samples()
+    corpus = corpus or Corpus.model_samples(n_tokens=max_length)
     prefix = Prefix(prefix)
     root = None if cache_dir is False else Path(cache_dir) if cache_dir is not None else default_stats_dir()
     provs = {layer: provenance(model, layer, corpus, n_samples, max_length, prefix) for layer in layers}
