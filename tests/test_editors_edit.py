@@ -65,6 +65,8 @@ def test_save_load_round_trip(tiny_gpt2, edits, tmp_path):
     assert loaded.diagnostics == edit.diagnostics and loaded.config == edit.config
     assert RomeConfig.from_dict(loaded.config) == RomeConfig(layer=2, **SMALL)
     assert not list(tmp_path.rglob("*.pkl"))
+    df = edit.to_dataframe()
+    assert set(df.quantity) == {"p_target_before", "p_target_after", "loss"} and (df.method == "rome").all()
     ids = mechedit.encode(tiny_gpt2, REQ.text).tensor()
     torch.testing.assert_close(run(tiny_gpt2, ids, [loaded]), run(tiny_gpt2, ids, [edit]), atol=0, rtol=0)
 

@@ -149,6 +149,21 @@ class Edit:
         (out / "edit.json").write_text(json.dumps(meta, indent=2))
         return out
 
+    def to_dataframe(self):
+        """Diagnostics in long format: one row per (request, quantity, step)."""
+        import pandas as pd
+
+        d, rows = self.diagnostics, []
+        for i, req in enumerate(self.requests):
+            subject = req.subject
+            for q, values in (("p_target_before", d.p_target_before), ("p_target_after", d.p_target_after)):
+                if i < len(values):
+                    rows.append({"request": i, "subject": subject, "quantity": q, "step": None, "value": values[i]})
+            curve = d.loss_curves[i] if i < len(d.loss_curves) else ()
+            rows += [{"request": i, "subject": subject, "quantity": "loss", "step": s, "value": v}
+                     for s, v in enumerate(curve)]
+        return pd.DataFrame(rows).assign(method=self.method, model=self.model)
+
     def summary(self) -> dict[str, Any]:
         return {"method": self.method, "model": self.model, "layers": list(self.layers),
                 **{k: v for k, v in self.diagnostics.to_dict().items() if k != "extra"}}
