@@ -33,7 +33,7 @@ def main() -> None:
     optimize_delta(model, batch, site, config.optim(), fast=True)  # warm-up
     times: dict[bool, list[float]] = {True: [], False: []}
     results = {}
-    for _ in range(int(os.environ.get("BENCH_REPEATS", "2"))):
+    for _ in range(int(os.environ.get("BENCH_REPEATS", "1"))):
         for fast in (True, False):
             t0 = time.perf_counter()
             results[fast] = optimize_delta(model, batch, site, config.optim(), fast=fast)
