@@ -33,3 +33,16 @@ __all__ = [
     "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "run_from", "subject_span",
     "target_ids",
 ]
+
+
+def __getattr__(name: str):
+    """Lazy re-exports of heavier subpackages (no import cost until used)."""
+    if name == "load_edit":
+        from mechedit.editors import load_edit
+
+        return load_edit
+    if name == "evaluate":
+        from mechedit.evaluation import evaluate
+
+        return evaluate
+    raise AttributeError(f"module 'mechedit' has no attribute {name!r}")

@@ -274,3 +274,15 @@ def logits_for_last(model: "TransformerBridge", k: int) -> Iterator[None]:
         yield
     finally:
         handle.remove()
+
+
+# --- editors: logits at chosen positions only -----------------------------------------
+#
+# ROME's v* loss reads a few logits per sequence; unembedding every position costs as
+# much as several blocks (SmolLM2: a 49k vocabulary). The editors stop the forward after
+# the last block, pick the positions they need and call this.
+
+
+def unembed(model: "TransformerBridge", resid: torch.Tensor) -> torch.Tensor:
+    """Logits from the residual after the last block: final norm, then the unembedding."""
+    return model.unembed(model.ln_final(resid))

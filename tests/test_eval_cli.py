@@ -29,9 +29,9 @@ def test_parser_defaults_and_options():
 
 
 def test_unknown_method_fails_clearly_before_loading_anything(tmp_path):
-    args = _parser().parse_args(["eval", "--model", "/nonexistent", "--data", "x.json", "--method", "rome",
+    args = _parser().parse_args(["eval", "--model", "/nonexistent", "--data", "x.json", "--method", "nosuch",
                                  "--out", str(tmp_path / "o")])
-    with pytest.raises(MecheditError, match="(?s)rome.*mechedit.editors.*none"):
+    with pytest.raises(MecheditError, match="(?s)nosuch.*known editors.*rome"):
         args.func(args)
     assert not (tmp_path / "o").exists()
 
@@ -90,24 +90,9 @@ def test_known_filter_is_reported(tiny_dirs, tmp_path):
     assert [json.loads(x)["key"] for x in (out / "records.jsonl").read_text().splitlines()] == ["0", "1"]
 
 
-def test_resolve_editor_uses_the_registry_when_it_exists(monkeypatch):
-    import sys
-    import types
-
-    class Cfg:
-        def __init__(self, layer=3):
-            self.layer = layer
-
-    class Spec:
-        config_class = Cfg
-
-        @staticmethod
-        def apply(model, requests, config):
-            return None
-
-    fake = types.ModuleType("mechedit.editors")
-    fake.get_editor = lambda name: Spec()
-    monkeypatch.setitem(sys.modules, "mechedit.editors", fake)
+def test_resolve_editor_uses_the_registry():
     editor, cfg = eval_cmd.resolve_editor("rome", 7)
-    assert editor is Spec.apply and cfg.layer == 7
-    assert eval_cmd.resolve_editor("rome", None)[1].layer == 3
+    assert editor.name == "rome" and cfg.layer == 7
+    assert eval_cmd.resolve_editor("rome", None)[1].layer == 6  # SmolLM2's stored hparams
+    with pytest.raises(MecheditError, match="range of layers"):
+        eval_cmd.resolve_editor("memit", 3)

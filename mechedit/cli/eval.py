@@ -65,33 +65,26 @@ def no_edit(model: Any, requests: list[Any], config: Any = None) -> None:
 no_edit.name = "none"  # type: ignore[attr-defined]
 
 
-def resolve_editor(name: str, layer: int | None) -> tuple[Any, Any]:
+def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m") -> tuple[Any, Any]:
     """``(editor, editor_config)`` for ``--method name``.
 
-    ``none`` is built in. Other names go to ``mechedit.editors.get_editor(name)``. What
-    it returns is used as the editor if callable, else its ``apply``; the editor config
-    is ``spec.config_class(layer=L)`` (or ``()`` without ``--layer``) when the spec has
-    a ``config_class``, else ``None`` (and ``--layer`` is then refused).
+    ``none`` is built in. Other names come from the editor registry
+    (:func:`mechedit.editors.get_editor`), with the model's stored hyperparameters;
+    ``--layer`` overrides the edit layer of single-layer editors.
     """
     if name in BUILTIN_METHODS:
-        return no_edit, None
-    try:
-        from mechedit.editors import get_editor  # type: ignore[import-not-found]
-    except ImportError:
-        raise MecheditError(
-            f"--method {name!r} needs the editor registry mechedit.editors, which is not available in this "
-            f"installation; built-in methods: {list(BUILTIN_METHODS)}"
-        ) from None
-    spec = get_editor(name)
-    editor = spec if callable(spec) else getattr(spec, "apply", None)
-    if editor is None:
-        raise MecheditError(f"get_editor({name!r}) returned {spec!r}, which is neither callable nor has .apply")
-    config_cls = getattr(spec, "config_class", None)
-    if config_cls is None:
         if layer is not None:
-            raise MecheditError(f"editor {name!r} has no config_class, so --layer cannot be passed to it")
-        return editor, None
-    return editor, config_cls(layer=layer) if layer is not None else config_cls()
+            raise MecheditError(f"--method {name} edits nothing, so --layer cannot be passed to it")
+        return no_edit, None
+    from mechedit.editors import get_editor
+
+    spec = get_editor(name)
+    config = spec.config_for(model_name)
+    if layer is not None:
+        if not hasattr(config, "layer"):
+            raise MecheditError(f"editor {name!r} edits a range of layers; set them in its hparams, not --layer")
+        config = config.replace(layer=layer)
+    return spec, config
 
 
 def _settings(args: argparse.Namespace, eval_config: Any) -> dict[str, Any]:
@@ -124,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                              seed=args.seed, batch_size=args.batch_size)
     if args.n is not None and args.n < 1:
         raise MecheditError(f"--n must be >= 1, got {args.n}")
-    editor, editor_config = resolve_editor(args.method, args.layer)  # fail before loading anything
+    editor, editor_config = resolve_editor(args.method, args.layer, args.model)  # fail before loading anything
 
     from tqdm import tqdm
 

@@ -1,0 +1,115 @@
+"""``mechedit edit``: edit one fact, show top tokens and target probabilities before/after."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def _layers(text: str) -> tuple[int, ...]:
+    a, sep, b = text.partition("-")
+    try:
+        return tuple(range(int(a), int(b) + 1)) if sep else (int(a),)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers takes A-B or L, got {text!r}") from None
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("edit", help="edit a fact with ROME, MEMIT or FT-L and show its effect")
+    p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    p.add_argument("--prompt", required=True, help="template with {} for the subject, e.g. '{} is located in'")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--target-new", required=True, help="the new continuation, e.g. ' Rome'")
+    p.add_argument("--target-true", default=None, help="the current continuation (shown if given)")
+    p.add_argument("--method", choices=["rome", "memit", "ft"], default="rome")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--layer", type=int, help="layer to edit (rome; ft)")
+    where.add_argument("--layers", type=_layers, help="layer range A-B (memit; ft)")
+    p.add_argument("--check", action="append", default=[], metavar="PROMPT",
+                   help="another prompt to show (may contain {} for the subject); repeatable")
+    p.add_argument("--hparams", help="JSON file with config fields to override")
+    p.add_argument("--stats-samples", type=int, help="texts in the key statistics (default from hparams)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--save", metavar="DIR", help="write the edit (deltas + provenance) to DIR")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=run)
+
+
+def _config(spec: Any, model: Any, args: argparse.Namespace) -> Any:
+    config = spec.config_for(model)
+    changes: dict[str, Any] = {}
+    if args.hparams:
+        with open(args.hparams) as f:
+            changes.update(json.load(f))
+    layers = args.layers or ((args.layer,) if args.layer is not None else None)
+    if layers is not None:
+        if spec.name == "rome":
+            if len(layers) != 1:
+                raise SystemExit("mechedit edit: error: rome edits one layer; use --layer L")
+            changes["layer"] = layers[0]
+        else:
+            changes["layers"] = list(layers)
+    if args.stats_samples is not None and hasattr(config, "mom2_n_samples"):
+        changes["mom2_n_samples"] = args.stats_samples
+    return spec.config_class.from_dict({**config.to_dict(), **changes})
+
+
+def _report(model: Any, text: str, args: argparse.Namespace, prefix: Any, ivs: list) -> dict[str, Any]:
+    from mechedit.editors import target_probability
+    from mechedit.interventions import intervened
+    from mechedit.predict import predict
+
+    with intervened(model, ivs):
+        pred = predict(model, text, top_k=args.top_k, prefix=prefix)
+        probs = {"p_new": target_probability(model, text, args.target_new, prefix)}
+        if args.target_true:
+            probs["p_true"] = target_probability(model, text, args.target_true, prefix)
+    return {"top": [{"token": t, "prob": p} for t, p in zip(pred.tokens, pred.probs, strict=True)], **probs}
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechedit import EditRequest, load_model
+    from mechedit.editors import EditorCache, get_editor
+
+    model = load_model(args.model)
+    spec = get_editor(args.method)
+    config = _config(spec, model, args)
+    request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
+    edit = spec.fn(model, [request], config, cache=EditorCache(progress=not args.json))
+    if args.save:
+        edit.save(args.save)
+    texts = [request.text] + [c.format(args.subject) if "{}" in c else c for c in args.check]
+    rows = [{"prompt": t, "before": _report(model, t, args, config.prefix, []),
+             "after": _report(model, t, args, config.prefix, [edit])} for t in texts]
+    result = {"edit": edit.summary(), "prefix": config.prefix.value, "prompts": rows, "saved": args.save}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_tables(result, args)
+    return 0
+
+
+def _print_tables(result: dict[str, Any], args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    e = result["edit"]
+    norms = ", ".join(f"L{k}: {v:.3g}" for k, v in e["delta_norms"].items())
+    console = Console()
+    console.print(f"{e['method']} edit of {e['model']} at layers {e['layers']} (‖ΔW‖ {norms}); "
+                  f"prompts behind prefix '{result['prefix']}'")
+    for row in result["prompts"]:
+        table = Table(title=repr(row["prompt"]))
+        table.add_column("rank", justify="right")
+        table.add_column("before")
+        table.add_column("after")
+        for i, (b, a) in enumerate(zip(row["before"]["top"], row["after"]["top"], strict=True), 1):
+            table.add_row(str(i), f"{b['token']!r} {b['prob']:.3f}", f"{a['token']!r} {a['prob']:.3f}")
+        console.print(table)
+        line = f"  P({args.target_new!r}): {row['before']['p_new']:.4f} → {row['after']['p_new']:.4f}"
+        if args.target_true:
+            line += f"   P({args.target_true!r}): {row['before']['p_true']:.4f} → {row['after']['p_true']:.4f}"
+        console.print(line)
+    if result["saved"]:
+        console.print(f"edit saved to {result['saved']} (load with mechedit.editors.load_edit)")

@@ -1,0 +1,72 @@
+"""Typed editor configs: frozen dataclasses, validated on construction, JSON round trip.
+
+Per-model hyperparameters live in ``mechedit/editors/hparams/{method}/{model}.json``
+(ROME's convention); :meth:`EditorConfig.for_model` reads them, and a field missing
+from the file keeps the class default (the published value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar, get_type_hints
+
+from mechedit.errors import ConfigError
+
+HPARAMS_DIR = Path(__file__).parent / "hparams"
+
+
+def _to_jsonable(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple | list):
+        return [_to_jsonable(v) for v in value]
+    return value
+
+
+def _tuplify(value: Any) -> Any:
+    return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+@dataclasses.dataclass(frozen=True)
+class EditorConfig:
+    """Base class: ``to_dict``/``from_dict``/``for_model`` for every editor's config."""
+
+    method: ClassVar[str] = "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EditorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:  # a typo must not be silently ignored
+            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+        hints = get_type_hints(cls)
+        kwargs = {}
+        for k, v in d.items():
+            kwargs[k] = _tuplify(v) if "tuple" in str(hints.get(k, "")) else v
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any) -> "EditorConfig":
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def for_model(cls, model_name: str) -> "EditorConfig":
+        """The config in ``hparams/{method}/{model_name}.json`` (class defaults if absent)."""
+        path = HPARAMS_DIR / cls.method / f"{model_name}.json"
+        if not path.is_file():
+            return cls()
+        return cls.from_dict(json.loads(path.read_text()))
+
+    @classmethod
+    def known_models(cls) -> list[str]:
+        return sorted(p.stem for p in (HPARAMS_DIR / cls.method).glob("*.json"))
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)

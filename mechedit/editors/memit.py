@@ -1,0 +1,135 @@
+"""MEMIT: many facts at once, spread over a range of layers (Meng et al. 2023).
+
+For requests ``i = 1..n`` and layers ``l₁ < … < l_L`` (the "critical" MLPs):
+
+1. **z** — per request, the target residual at the last layer of the range:
+   ``zᵢ = h_{l_L}(prompt) + δᵢ`` where δᵢ, added to ``resid_post`` of ``l_L`` at the
+   subject's last token, is optimised with ROME's loss (:mod:`mechedit.editors.vstar`).
+2. For each layer ``l`` in order, with the updates of the earlier layers applied:
+   keys ``K`` (``[d_mlp, n]``, each averaged over the context templates), the current
+   ``h_{l_L}`` of each bare prompt, the residual ``R = (z − h)/(layers left)`` (so the
+   remaining change is spread over the remaining layers), and
+   ``ΔW_l = (λ C_l + K Kᵀ)⁻¹ K Rᵀ`` in ``[d_mlp, d_model]`` (the paper's
+   ``R Kᵀ (λC + K Kᵀ)⁻¹``), solved in float64.
+
+Defaults are the published GPT-2 XL values (layers 13–17 of 48, λ = 20000, 20 steps,
+clamp 0.75, 21 context templates); ``hparams/memit/{model}.json`` holds per-model ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechedit.editors.cache import EditorCache
+from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
+from mechedit.editors.config import EditorConfig, check
+from mechedit.editors.edit import Edit
+from mechedit.editors.vstar import OptimSettings, build_batch, optimize_delta
+from mechedit.interventions import capture_until
+from mechedit.requests import EditRequest
+from mechedit.sites import Site
+from mechedit.tokens import Prefix, encode, subject_span
+from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
+
+
+@dataclasses.dataclass(frozen=True)
+class MemitConfig(EditorConfig):
+    """MEMIT hyperparameters (published GPT-2 XL defaults)."""
+
+    layers: tuple[int, ...] = (13, 14, 15, 16, 17)
+    mom2_update_weight: float = 20000.0  # λ
+    steps: int = 20
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 0.75
+    early_stop_loss: float = 0.05
+    kl_prompt: str = "{} is a"
+    context_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
+    context_seed: int = 0
+    prefix: Prefix | str = Prefix.NEUTRAL  # a str is converted on construction
+    mom2_n_samples: int = 1000
+    mom2_max_length: int = 128
+    fast: bool = True
+
+    method: ClassVar[str] = "memit"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", Prefix(self.prefix))
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
+        check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
+              f"layers must be distinct ints >= 0, got {self.layers}")
+        check(self.mom2_update_weight >= 0, "mom2_update_weight (λ) must be >= 0")
+        check(self.steps >= 1 and self.lr > 0 and self.clamp_norm_factor > 0, "steps >= 1, lr > 0, clamp > 0")
+        check(self.kl_factor >= 0 and self.weight_decay >= 0, "kl_factor and weight_decay must be >= 0")
+        check(self.kl_prompt.count("{}") == 1, f"kl_prompt needs one '{{}}', got {self.kl_prompt!r}")
+        check(all(len(p) == 2 and p[0] >= 1 and p[1] >= 0 for p in self.context_lengths),
+              "context_lengths are (n_tokens >= 1, count >= 0) pairs")
+
+    def optim(self) -> OptimSettings:
+        return OptimSettings(self.steps, self.lr, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
+                             self.early_stop_loss, self.kl_prompt, self.prefix)
+
+
+def memit_solve(
+    c: Float[Tensor, "d_mlp d_mlp"],
+    keys: Float[Tensor, "n d_mlp"],
+    resid: Float[Tensor, "n d_model"],
+    lam: float,
+) -> Float[Tensor, "d_mlp d_model"]:
+    """``ΔW = (λC + KKᵀ)⁻¹ K R`` (float64): the least-squares update that maps each key
+    ``kᵢ`` as close as possible to ``rᵢ`` while staying small under the metric ``λC``."""
+    k = keys.double().T  # [d_mlp, n]
+    a = lam * c.double() + k @ k.T
+    return torch.linalg.solve(a, k) @ resid.double()
+
+
+def _bare_last(model: Any, requests: Sequence[EditRequest], layer: int, prefix: Prefix) -> Tensor:
+    """``resid_post`` of ``layer`` at the subject's last token of each bare prompt."""
+    out = []
+    device = next(model.parameters()).device
+    for r in requests:
+        _, end = subject_span(model, r.text, r.subject, prefix=prefix)
+        site = Site("resid_post", layer)
+        out.append(capture_until(model, encode(model, r.text, prefix=prefix).tensor(device), [site])[site][0, end - 1])
+    return torch.stack(out)
+
+
+def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | None = None, *,
+          cache: EditorCache | None = None) -> Edit:
+    """Compute a MEMIT edit for all ``requests`` at once (the model is left unchanged)."""
+    config = config or MemitConfig()
+    layers = sorted(config.layers)
+    requests = validate(model, requests, layers, config.prefix, config.kl_prompt)
+    cache = cache or EditorCache()
+    p_before = probabilities_before(model, requests, config.prefix)
+    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
+    z_site = Site("resid_post", layers[-1])
+    zs, losses = [], []
+    for r in requests:
+        res = optimize_delta(model, build_batch(model, r, templates, config.optim()), z_site, config.optim(),
+                             fast=config.fast)
+        zs.append(res.v0 + res.delta)
+        losses.append(res.losses)
+    z = torch.stack(zs)
+    stats = cache.key_stats(model, layers, n_samples=config.mom2_n_samples, max_length=config.mom2_max_length,
+                            prefix=config.prefix)
+    deltas: dict[int, Tensor] = {}
+    for i, layer in enumerate(layers):
+        with edited_weights(model, [WeightDelta(ly, d.float()) for ly, d in deltas.items()]):
+            keys = torch.stack([subject_keys(model, r, templates, [layer], config.prefix)[layer].mean(0)
+                                for r in requests])
+            cur = _bare_last(model, requests, layers[-1], config.prefix)
+        resid = (z - cur).double() / (len(layers) - i)
+        deltas[layer] = memit_solve(stats[layer].moment, keys, resid, config.mom2_update_weight)
+    shape = tuple(mlp_out_weight(model, layers[0]).shape)
+    assert all(tuple(d.shape) == shape for d in deltas.values())
+    return finish(model, "memit", requests, deltas, config, config.prefix, losses, p_before,
+                  {"z": z.detach()})

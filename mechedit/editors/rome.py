@@ -1,0 +1,140 @@
+"""ROME: a rank-one update of ``W_out`` at one layer (Meng et al. 2022), r-ROME keys by default.
+
+For a request (prompt, subject, new target) at layer ``l``:
+
+1. **k\\*** — the MLP key (``Site("mlp_key", l)``) at the subject's last token, averaged
+   over context templates (short seeded texts sampled from the model, then the prompt).
+2. **v\\*** — ``v* = W k + δ`` where δ, added to ``mlp_out`` at the subject's last token
+   of every template, is optimised so the model predicts the new target
+   (:mod:`mechedit.editors.vstar`: teacher-forced NLL + KL on ``"{subject} is a"`` +
+   weight decay, norm-clamped; only the blocks from ``l`` up are recomputed per step).
+3. **Update** — ``u = C⁻¹ k*`` with ``C = E[k kᵀ]`` (:mod:`mechedit.editors.stats`),
+   ``Λ = (v* − W k) / (uᵀ k)``, ``ΔW = u Λᵀ`` (``[d_mlp, d_model]``).
+
+``key`` chooses ``k`` in step 3. ``"consistent"`` (default, r-ROME, Gupta et al. 2024):
+``k = k*``, the same averaged key in ``u``, in the residual and in the denominator —
+so ``(W + ΔW) k* = v*`` exactly, and ROME's "disabling edits" disappear.
+``"original"``: ``k`` is the key of the bare prompt (no template), as in ROME's code.
+Either way, keys ``k`` with ``uᵀ k = 0`` map exactly as before.
+
+Several requests are edited one after another, each on top of the previous ones
+(sequential ROME); the returned :class:`~mechedit.editors.edit.Edit` holds the sum.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechedit.editors.cache import EditorCache
+from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
+from mechedit.editors.config import EditorConfig, check
+from mechedit.editors.edit import Edit
+from mechedit.editors.vstar import DeltaResult, OptimSettings, build_batch, optimize_delta
+from mechedit.requests import EditRequest
+from mechedit.sites import Site
+from mechedit.tokens import Prefix
+from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
+
+RomeKey = Literal["consistent", "original"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RomeConfig(EditorConfig):
+    """ROME hyperparameters; defaults are the published GPT-2 XL values except ``layer``."""
+
+    layer: int = 5
+    steps: int = 20
+    lr: float = 0.5
+    kl_factor: float = 0.0625
+    weight_decay: float = 0.5
+    clamp_norm_factor: float = 4.0
+    early_stop_loss: float = 0.05
+    kl_prompt: str = "{} is a"
+    context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)  # (tokens, count): 5 texts of 10 tokens
+    context_seed: int = 0
+    key: RomeKey = "consistent"
+    prefix: Prefix | str = Prefix.NEUTRAL  # a str is converted on construction
+    mom2_n_samples: int = 1000  # texts in the key statistics
+    mom2_max_length: int = 128
+    fast: bool = True  # only blocks >= layer per v* step (False: the full-forward reference)
+
+    method: ClassVar[str] = "rome"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefix", Prefix(self.prefix))
+        object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
+        check(isinstance(self.layer, int) and self.layer >= 0, f"layer must be an int >= 0, got {self.layer!r}")
+        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        check(self.lr > 0 and self.clamp_norm_factor > 0, "lr and clamp_norm_factor must be > 0")
+        check(self.kl_factor >= 0 and self.weight_decay >= 0, "kl_factor and weight_decay must be >= 0")
+        check(self.key in ("consistent", "original"), f"key must be 'consistent' or 'original', got {self.key!r}")
+        check(self.kl_prompt.count("{}") == 1, f"kl_prompt needs one '{{}}', got {self.kl_prompt!r}")
+        check(all(len(p) == 2 and p[0] >= 1 and p[1] >= 0 for p in self.context_lengths),
+              "context_lengths are (n_tokens >= 1, count >= 0) pairs")
+        check(self.mom2_n_samples >= 1 and self.mom2_max_length >= 1, "mom2 sizes must be >= 1")
+
+    def optim(self) -> OptimSettings:
+        return OptimSettings(self.steps, self.lr, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
+                             self.early_stop_loss, self.kl_prompt, self.prefix)
+
+
+def rank_one_update(
+    c: Float[Tensor, "d_mlp d_mlp"],
+    k_star: Float[Tensor, "d_mlp"],
+    k: Float[Tensor, "d_mlp"],
+    w: Float[Tensor, "d_mlp d_model"],
+    v_star: Float[Tensor, "d_model"],
+) -> Float[Tensor, "d_mlp d_model"]:
+    """``ΔW = u Λᵀ`` with ``u = C⁻¹ k*`` and ``Λ = (v* − W k) / (uᵀ k)``, in float64.
+
+    ``W k`` is ``k @ w`` in the ``[d_mlp, d_model]`` layout. Afterwards
+    ``k @ (w + ΔW) = v*``, and ``k' @ ΔW = 0`` for every ``k'`` with ``uᵀ k' = 0``.
+    """
+    c64, ks, k64, w64 = c.double(), k_star.double(), k.double(), w.double()
+    u = torch.linalg.solve(c64, ks)
+    denom = u @ k64
+    if not torch.isfinite(denom) or denom.abs() < 1e-12:
+        raise FloatingPointError(f"uᵀk = {float(denom):.3g}: the key statistics are degenerate for this key")
+    lam = (v_star.double() - k64 @ w64) / denom
+    return torch.outer(u, lam)
+
+
+def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCache) -> tuple[Tensor, DeltaResult,
+                                                                                              Tensor, Tensor]:
+    layer = config.layer
+    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
+    keys = subject_keys(model, request, templates, [layer], config.prefix)[layer]
+    k_star = keys.mean(0)
+    k = k_star if config.key == "consistent" else keys[0]  # templates[0] is "{}": the bare prompt
+    batch = build_batch(model, request, templates, config.optim())
+    res = optimize_delta(model, batch, Site("mlp_out", layer), config.optim(), fast=config.fast)
+    w = mlp_out_weight(model, layer).detach()
+    v_star = (k.double() @ w.double() + res.delta.double()).float()
+    c = cache.second_moment(model, layer, n_samples=config.mom2_n_samples, max_length=config.mom2_max_length,
+                            prefix=config.prefix)
+    return rank_one_update(c, k_star, k, w, v_star), res, k_star, v_star
+
+
+def rome(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None = None, *,
+         cache: EditorCache | None = None) -> Edit:
+    """Compute a ROME edit (the model is left unchanged)."""
+    config = config or RomeConfig()
+    requests = validate(model, requests, [config.layer], config.prefix, config.kl_prompt)
+    cache = cache or EditorCache()
+    p_before = probabilities_before(model, requests, config.prefix)
+    total = torch.zeros_like(mlp_out_weight(model, config.layer), dtype=torch.float64).detach()
+    losses, tensors = [], {}
+    for i, req in enumerate(requests):
+        with edited_weights(model, [WeightDelta(config.layer, total.float())] if i else []):
+            dw, res, k_star, v_star = _one(model, req, config, cache)
+        total = total + dw
+        losses.append(res.losses)
+        tensors.update({f"k_star.{i}": k_star, f"v_star.{i}": v_star, f"delta.{i}": res.delta})
+    return finish(model, "rome", requests, {config.layer: total}, config, config.prefix, losses, p_before,
+                  tensors)

@@ -1,0 +1,194 @@
+"""The target-vector optimisation shared by ROME (v*) and MEMIT (z).
+
+Given a request and context templates, find δ such that adding δ at one site (ROME:
+``mlp_out`` of the edited layer; MEMIT: ``resid_post`` of the last layer of the range)
+at the subject's last token of every template makes the model predict the new target.
+The loss is ROME's (Meng et al. 2022, ``compute_v``):
+
+* teacher-forced NLL of every target token, averaged over target tokens then templates;
+* ``kl_factor`` · KL(current ‖ initial) of the next-token distribution at the subject's
+  last token of ``"{subject} is a"`` (keeps the subject's other properties);
+* ``weight_decay`` · ‖δ‖ / ‖v₀‖² where v₀ is the unedited activation;
+
+Adam on δ, stop when the loss falls below ``early_stop_loss``, and after every step
+project δ back onto the ball ‖δ‖ ≤ ``clamp_norm_factor`` · ‖v₀‖.
+
+**Speed.** Blocks below the site do not depend on δ, so the residual entering the
+site's block is computed once for the whole batch of templates and every step runs
+only the blocks above (:func:`mechedit.interventions.run_from`'s machinery), stops after
+the last block and unembeds only the positions the loss reads. ``fast=False`` runs the
+reference algorithm instead (every block and every logit at each step); both give the
+same δ up to float rounding (``benchmarks/bench_rome.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from mechedit import tlens
+from mechedit.interventions import Capture, capture_until, intervened, run
+from mechedit.models import model_info
+from mechedit.requests import EditRequest
+from mechedit.sites import Site
+from mechedit.tokens import Prefix, encode, subject_span, target_ids
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The hyperparameters of the optimisation (a view of an editor config)."""
+
+    steps: int
+    lr: float
+    kl_factor: float
+    weight_decay: float
+    clamp_norm_factor: float
+    early_stop_loss: float
+    kl_prompt: str
+    prefix: Prefix
+
+
+@dataclass(frozen=True, eq=False)
+class TemplateBatch:
+    """Rewrite prompts (one per template) then the KL prompt, right-padded into one batch."""
+
+    ids: Int[Tensor, "batch pos"]
+    lookup: tuple[int, ...]  # subject's last token, per row
+    target_rows: tuple[int, ...]  # (row, position, token) of every teacher-forced target token
+    target_pos: tuple[int, ...]
+    target_tok: tuple[int, ...]
+    n_rewrite: int
+    kl_row: int
+
+
+def _subject_last(model: Any, template: str, prompt: str, subject: str, prefix: Prefix) -> tuple[list[int], int]:
+    text = template.format(prompt).format(subject)
+    before = template.split("{}")[0]
+    enc = encode(model, text, prefix=prefix)
+    _, end = subject_span(model, text, subject, prefix=prefix, occurrence=before.count(subject))
+    return list(enc.ids), end - 1
+
+
+def build_batch(model: Any, request: EditRequest, templates: tuple[str, ...], s: OptimSettings) -> TemplateBatch:
+    """Encode every template + prompt + target (minus its last token), and the KL prompt."""
+    target = target_ids(model, request.text, request.target_new)
+    rows, lookup, t_rows, t_pos, t_tok = [], [], [], [], []
+    for template in templates:
+        ids, last = _subject_last(model, template, request.prompt, request.subject, s.prefix)
+        for j, tok in enumerate(target):
+            t_rows.append(len(rows))
+            t_pos.append(len(ids) - 1 + j)
+            t_tok.append(int(tok))
+        rows.append(ids + list(target[:-1]))
+        lookup.append(last)
+    ids, last = _subject_last(model, "{}", s.kl_prompt, request.subject, s.prefix)
+    rows.append(ids)
+    lookup.append(last)
+    width = max(map(len, rows))
+    pad = model_info(model).neutral_token_id
+    tensor = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
+        tensor[i, : len(row)] = torch.tensor(row)
+    return TemplateBatch(tensor, tuple(lookup), tuple(t_rows), tuple(t_pos), tuple(t_tok),
+                         len(templates), len(rows) - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class AddAtRows:
+    """Add ``delta`` to the activation at one position per batch row (differentiable)."""
+
+    site: Site
+    delta: Tensor
+    positions: tuple[int, ...]
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, Any]]:
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            mask = torch.zeros(act.shape[:2], dtype=act.dtype, device=act.device)
+            mask[torch.arange(act.shape[0]), list(self.positions)] = 1.0
+            return act + mask[..., None] * self.delta.to(act.dtype)
+
+        yield self.site.resolve(model), fn
+
+
+@dataclass(frozen=True, eq=False)
+class DeltaResult:
+    """The optimised δ, the unedited activation v₀ (row 0, subject's last token), losses."""
+
+    delta: Float[Tensor, "d_model"]
+    v0: Float[Tensor, "d_model"]
+    losses: tuple[float, ...]
+    nll: tuple[float, ...] = field(default=())
+
+
+def _loss(logits_sel: Tensor, batch: TemplateBatch, kl_init: Tensor | None, delta: Tensor, v0: Tensor,
+          s: OptimSettings) -> tuple[Tensor, Tensor, Tensor]:
+    """Total loss, NLL part, and the KL log-probs. ``logits_sel``: targets then the KL row."""
+    n_t = len(batch.target_tok)
+    logp = torch.log_softmax(logits_sel[:n_t].float(), dim=-1)
+    tok_lp = logp[torch.arange(n_t), list(batch.target_tok)]
+    rows = torch.tensor(batch.target_rows)
+    per_row = torch.zeros(batch.n_rewrite, dtype=tok_lp.dtype).index_add(0, rows, tok_lp)
+    counts = torch.zeros(batch.n_rewrite).index_add(0, rows, torch.ones(n_t))
+    nll = -(per_row / counts).mean()
+    kl_lp = torch.log_softmax(logits_sel[n_t].float(), dim=-1)
+    init = kl_lp.detach() if kl_init is None else kl_init
+    kl = torch.sum(kl_lp.exp() * (kl_lp - init))
+    wd = s.weight_decay * delta.norm() / v0.norm() ** 2
+    return nll + s.kl_factor * kl + wd, nll, kl_lp.detach()
+
+
+def _rows_positions(batch: TemplateBatch) -> tuple[list[int], list[int]]:
+    rows = list(batch.target_rows) + [batch.kl_row]
+    pos = list(batch.target_pos) + [batch.lookup[batch.kl_row]]
+    return rows, pos
+
+
+def _logits_fast(model: Any, resid: Tensor, start: int, batch: TemplateBatch, add: AddAtRows) -> Tensor:
+    last = model_info(model).n_layers - 1
+    cap = Capture((Site("resid_post", last),), detach=False)
+    with intervened(model, [add, cap]):
+        tlens.forward_blocks(model, resid=resid, start=start, stop_after=last)
+    rows, pos = _rows_positions(batch)
+    return tlens.unembed(model, cap.store[Site("resid_post", last)][rows, pos])
+
+
+def _logits_reference(model: Any, batch: TemplateBatch, add: AddAtRows) -> Tensor:
+    rows, pos = _rows_positions(batch)
+    return run(model, batch.ids, [add], grad=True)[rows, pos]
+
+
+def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSettings, *,
+                   fast: bool = True) -> DeltaResult:
+    """Optimise δ at ``site`` (subject's last token of every row) for ``batch``."""
+    device = next(model.parameters()).device
+    ids = batch.ids.to(device)
+    start = int(site.layer)  # the site's own block must run: δ enters inside it
+    pre = Site("resid_pre", start)
+    acts = capture_until(model, ids, [pre, site])
+    resid, v0 = acts[pre], acts[site][0, batch.lookup[0]].detach()
+    delta = torch.zeros_like(v0, requires_grad=True)
+    opt = torch.optim.Adam([delta], lr=s.lr)
+    max_norm = s.clamp_norm_factor * v0.norm()
+    kl_init, losses, nlls = None, [], []
+    for it in range(s.steps):
+        add = AddAtRows(site, delta, batch.lookup)
+        with torch.enable_grad():
+            logits = _logits_fast(model, resid, start, batch, add) if fast else _logits_reference(model, batch, add)
+            loss, nll, kl_lp = _loss(logits, batch, kl_init, delta, v0, s)
+        kl_init = kl_lp if kl_init is None else kl_init
+        losses.append(float(loss.detach()))
+        nlls.append(float(nll.detach()))
+        if losses[-1] < s.early_stop_loss or it == s.steps - 1:
+            break
+        opt.zero_grad()
+        (delta.grad,) = torch.autograd.grad(loss, [delta])
+        opt.step()
+        with torch.no_grad():
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+    return DeltaResult(delta.detach().clone(), v0, tuple(losses), tuple(nlls))

@@ -1,0 +1,119 @@
+"""The Edit value object: hook form = weight form, exact restore, save/load, registry, errors."""
+
+import pytest
+import torch
+
+import mechedit
+from mechedit import tlens
+from mechedit.editors import EditorCache, FTConfig, RomeConfig, ft, get_editor, load_edit, rome
+from mechedit.editors.stats import Corpus
+from mechedit.errors import ConfigError
+from mechedit.interventions import run
+from mechedit.weights import mlp_out_weight
+
+REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=Corpus.model_samples(n_tokens=16),
+                       progress=False)
+
+
+@pytest.fixture(scope="module")
+def edits(tiny_gpt2, tiny_llama, cache):
+    cfg = RomeConfig(layer=2, **SMALL)
+    return {id(m): rome(m, [REQ], cfg, cache=cache) for m in (tiny_gpt2, tiny_llama)}
+
+
+def _params(model):
+    return {n: p.detach().clone() for n, p in tlens.hf_model(model).named_parameters()}
+
+
+def test_computing_an_edit_leaves_the_model_alone(tiny_model, cache):
+    before = _params(tiny_model)
+    rome(tiny_model, [REQ], RomeConfig(layer=1, **SMALL), cache=cache)
+    for n, p in tlens.hf_model(tiny_model).named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_hook_form_equals_weight_form_and_restores_bits(tiny_model, edits):
+    edit = edits[id(tiny_model)]
+    ids = mechedit.encode(tiny_model, "Where is The Eiffel Tower? It is in", prefix="neutral").tensor()
+    before = _params(tiny_model)
+    clean = run(tiny_model, ids)
+    hooked = run(tiny_model, ids, [edit])
+    with edit.applied(tiny_model):
+        weighted = run(tiny_model, ids)
+    torch.testing.assert_close(hooked, weighted, atol=1e-5, rtol=0)
+    assert not torch.allclose(hooked, clean, atol=1e-3)
+    for n, p in tlens.hf_model(tiny_model).named_parameters():
+        assert torch.equal(p, before[n]), n
+    with pytest.raises(RuntimeError, match="boom"):
+        with edit.applied(tiny_model):
+            raise RuntimeError("boom")
+    for n, p in tlens.hf_model(tiny_model).named_parameters():
+        assert torch.equal(p, before[n]), n
+
+
+def test_save_load_round_trip(tiny_gpt2, edits, tmp_path):
+    edit = edits[id(tiny_gpt2)]
+    loaded = load_edit(edit.save(tmp_path / "e"))
+    assert loaded.layers == edit.layers and loaded.requests == edit.requests
+    assert torch.equal(loaded.delta(2), edit.delta(2))
+    assert loaded.diagnostics == edit.diagnostics and loaded.config == edit.config
+    assert RomeConfig.from_dict(loaded.config) == RomeConfig(layer=2, **SMALL)
+    assert not list(tmp_path.rglob("*.pkl"))
+    df = edit.to_dataframe()
+    assert set(df.quantity) == {"p_target_before", "p_target_after", "loss"} and (df.method == "rome").all()
+    ids = mechedit.encode(tiny_gpt2, REQ.text).tensor()
+    torch.testing.assert_close(run(tiny_gpt2, ids, [loaded]), run(tiny_gpt2, ids, [edit]), atol=0, rtol=0)
+
+
+def test_apply_permanently(tiny_dirs, edits, tiny_gpt2):
+    model = mechedit.load_model(tiny_dirs["gpt2"])  # private copy
+    edit = edits[id(tiny_gpt2)]
+    w = mlp_out_weight(model, 2).detach().clone()
+    edit.apply_permanently(model)
+    torch.testing.assert_close(mlp_out_weight(model, 2), w + edit.delta(2), atol=0, rtol=0)
+
+
+def test_ft_respects_the_linf_bound_and_raises_the_target(tiny_llama):
+    cfg = FTConfig(layers=(1, 2), steps=10, lr=1e-2, linf=2e-2)
+    edit = ft(tiny_llama, [REQ], cfg)
+    assert edit.layers == (1, 2)
+    assert all(float(edit.delta(layer).abs().max()) <= 2e-2 + 1e-7 for layer in (1, 2))
+    d = edit.diagnostics
+    assert d.p_target_after[0] > d.p_target_before[0] and d.loss_curves[0][-1] < d.loss_curves[0][0]
+
+
+def test_registry():
+    spec = get_editor("rome")
+    assert spec.config_class is RomeConfig and spec.fn is rome
+    assert {get_editor(n).name for n in ("rome", "memit", "ft")} == {"rome", "memit", "ft"}
+    with pytest.raises(ConfigError, match=r"known editors: \['ft', 'memit', 'rome'\]"):
+        get_editor("mend")
+    assert spec.config_for("smollm2-135m") == RomeConfig.for_model("smollm2-135m")
+    with pytest.raises(ConfigError, match="unknown RomeConfig field"):
+        RomeConfig.from_dict({"layr": 3})
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "ft"])
+def test_bad_requests_fail_before_any_computation(tiny_gpt2, name):
+    spec = get_editor(name)
+    cache = EditorCache(stats_dir=False, progress=False)
+    with pytest.raises(ConfigError, match=r"out of range: this model has layers 0\.\.3"):
+        spec.fn(tiny_gpt2, [REQ], _cfg(name, 9), cache=cache)
+    with pytest.raises(ConfigError, match="no edit requests"):
+        spec.fn(tiny_gpt2, [], _cfg(name, 1), cache=cache)
+    with pytest.raises(ConfigError, match="list of EditRequest"):
+        spec.fn(tiny_gpt2, REQ, _cfg(name, 1), cache=cache)
+    with pytest.raises(ConfigError, match="is not an EditRequest"):
+        spec.fn(tiny_gpt2, [{"prompt": "{} is", "subject": "X"}], _cfg(name, 1), cache=cache)
+    assert len(cache.templates) == 0 and not cache._stats  # nothing was computed
+
+
+def _cfg(name, layer):
+    spec = get_editor(name)
+    return spec.config_class.from_dict({"layer": layer} if name == "rome" else {"layers": [layer]})
