@@ -18,7 +18,10 @@ from mechedit.interventions import intervened, run
 
 pytestmark = pytest.mark.smollm2
 
-FACTS = json.loads((Path(__file__).parent / "data" / "smollm2_facts.json").read_text())["facts"]
+ALL_FACTS = json.loads((Path(__file__).parent / "data" / "smollm2_facts.json").read_text())["facts"]
+# CI edits the first 5 of the 20 facts (20 ROME edits take ~10 min on 2 cores); the
+# fact-set check below still covers all 20. The full 20-fact rates are an open item.
+FACTS = ALL_FACTS[:5]
 STATS = dict(mom2_n_samples=128, mom2_max_length=64)
 
 
@@ -52,7 +55,7 @@ def _rates(model, edits_for, skip=frozenset()):
 
 
 def test_the_fact_set_is_right_before_editing(smollm2):
-    for f in FACTS:
+    for f in ALL_FACTS:
         assert _top1(smollm2, f["prompt"].format(f["subject"])) == f["target_true"], f
         for n in f["neighbours"]:
             assert _top1(smollm2, n["prompt"]) == n["target"], n
@@ -64,10 +67,10 @@ def rome_edits(smollm2, cache):
     return [rome(smollm2, [_request(f)], config, cache=cache) for f in FACTS]
 
 
-def test_rome_rewrites_the_20_facts(smollm2, rome_edits, record_property):
+def test_rome_rewrites_the_facts(smollm2, rome_edits, record_property):
     efficacy, paraphrase, neighbourhood = _rates(smollm2, lambda i: [rome_edits[i]])
     record_property("rome", {"efficacy": efficacy, "paraphrase": paraphrase, "neighbourhood": neighbourhood})
-    print(f"\nROME on 20 facts: efficacy {efficacy:.2f}, paraphrase {paraphrase:.2f}, "
+    print(f"\nROME on {len(FACTS)} facts: efficacy {efficacy:.2f}, paraphrase {paraphrase:.2f}, "
           f"neighbourhood {neighbourhood:.2f}")
     assert efficacy >= 0.9
     assert neighbourhood >= 0.5  # a report more than a bar: the edit must not wipe out neighbours
@@ -82,11 +85,11 @@ def test_hook_and_weight_forms_agree_on_smollm2(smollm2, rome_edits):
     torch.testing.assert_close(hooked, weighted, atol=1e-4, rtol=0)
 
 
-def test_memit_rewrites_the_20_facts_at_once(smollm2, cache):
+def test_memit_rewrites_the_facts_at_once(smollm2, cache):
     config = MemitConfig.for_model("smollm2-135m").replace(**STATS)
     edit = memit(smollm2, [_request(f) for f in FACTS], config, cache=cache)
     edited = frozenset(f["prompt"].format(f["subject"]) for f in FACTS)
     efficacy, paraphrase, neighbourhood = _rates(smollm2, lambda i: [edit], skip=edited)
-    print(f"\nMEMIT, 20 facts in one edit at layers {edit.layers}: efficacy {efficacy:.2f}, "
+    print(f"\nMEMIT, {len(FACTS)} facts in one edit at layers {edit.layers}: efficacy {efficacy:.2f}, "
           f"paraphrase {paraphrase:.2f}, neighbourhood (unedited neighbours) {neighbourhood:.2f}")
     assert efficacy >= 0.8

@@ -38,7 +38,7 @@ def _fisher_ci(r: float, n: int, se_factor: float = 1.0) -> tuple[float, float]:
     return (math.tanh(z - q * se), math.tanh(z + q * se))
 
 
-def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float | int]:
     """Pearson and Spearman correlation of x and y with 95% CIs and p-values."""
     n = int(len(x))
     if n < 3 or np.std(x) == 0 or np.std(y) == 0:
@@ -53,7 +53,7 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
                 spearman_r=float(sr), spearman_lo=slo, spearman_hi=shi, spearman_p=float(sp))
 
 
-def r2_models(df: pd.DataFrame, score: str = "score", effect: str = "tracing_effect") -> dict[str, float]:
+def r2_models(df: pd.DataFrame, score: str = "score", effect: str = "tracing_effect") -> dict[str, float | int]:
     """R² of layer-only, tracing-only and layer×tracing OLS models, and the nested F-test."""
     import statsmodels.formula.api as smf
     from statsmodels.stats.anova import anova_lm
@@ -74,7 +74,7 @@ def r2_models(df: pd.DataFrame, score: str = "score", effect: str = "tracing_eff
                 f_stat=float(f) if pd.notna(f) else float("nan"), f_p=float(p) if pd.notna(p) else float("nan"))
 
 
-def verdict(method: str, variant: str, metric: str, r2: dict[str, float]) -> str:
+def verdict(method: str, variant: str, metric: str, r2: dict[str, float | int]) -> str:
     """One plain sentence per group."""
     return (f"{method}/{variant}/{metric}: layer explains {100 * r2['r2_layer']:.1f}% of variance; "
             f"tracing adds {100 * r2['r2_added_by_tracing']:.1f} points "
