@@ -108,9 +108,9 @@ def test_bad_requests_fail_before_any_computation(tiny_gpt2, name):
     with pytest.raises(ConfigError, match="no edit requests"):
         spec.fn(tiny_gpt2, [], _cfg(name, 1), cache=cache)
     # wrong types: the library says what to pass; under the test-time type checker a TypeError comes first
-    with pytest.raises((ConfigError, TypeError), match="list of EditRequest|violates type hint"):
+    with pytest.raises((ConfigError, TypeError), match="list of EditRequest|Type-check error"):
         spec.fn(tiny_gpt2, REQ, _cfg(name, 1), cache=cache)
-    with pytest.raises((ConfigError, TypeError), match="is not an EditRequest|violates type hint"):
+    with pytest.raises((ConfigError, TypeError), match="is not an EditRequest|Type-check error"):
         spec.fn(tiny_gpt2, [{"prompt": "{} is", "subject": "X"}], _cfg(name, 1), cache=cache)
     assert len(cache.templates) == 0 and not cache._stats  # nothing was computed
 
