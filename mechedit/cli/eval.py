@@ -190,23 +190,3 @@ def _print_table(summary: Any, args: argparse.Namespace) -> None:
         ci = "" if math.isnan(s.ci_low) else f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]"
         table.add_row(name, _fmt(s.mean), ci)
     Console().print(table)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m mechedit.cli.eval ...``: the subcommand on its own, until ``mechedit eval`` is wired."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="python -m mechedit.cli.eval")
-    sub = parser.add_subparsers(dest="command", required=True)
-    register(sub)
-    args = parser.parse_args(["eval", *(argv if argv is not None else sys.argv[1:])])
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except MecheditError as e:
-        print(f"mechedit: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

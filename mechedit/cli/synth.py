@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -97,25 +95,3 @@ def run_train(args: argparse.Namespace) -> int:
     print(json.dumps({"out": args.out, "steps": result.steps, "seconds": result.seconds,
                       "reached_target": result.reached_target, "recall": recalls}, indent=2))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m mechedit.cli.synth``) until main.py wires ``register``."""
-    from mechedit.errors import MecheditError
-
-    parser = argparse.ArgumentParser(prog="mechedit")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
-    register(parser.add_subparsers(dest="command", required=True))
-    argv = list(sys.argv[1:] if argv is None else argv)
-    flags = [a for a in argv if a in ("-v", "--verbose")]
-    args = parser.parse_args([*flags, "synth", *(a for a in argv if a not in flags)])
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        return int(args.func(args) or 0)
-    except MecheditError as e:
-        print(f"mechedit: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
