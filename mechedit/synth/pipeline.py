@@ -144,7 +144,7 @@ synthetic knowledge graph of {len(kg.entities)} invented entities and {len(kg.fa
 ({len(corpus.sentences)} training sentences). Open it with `mechedit.load_model(path)`; the graph
 and its prompts with `mechedit.synth.pipeline.load_kg_dir(path)`.
 
-Rebuild (CPU, one thread; `python -m mechedit.cli.synth` works in place of `mechedit synth`):
+Rebuild (CPU, one thread):
 
 ```bash
 {rebuild_command(kg, corpus, config, out, f"/tmp/{Path(out).name}-graph")}
