@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mechedit.cli import synth as synth_cli
+from mechedit.cli.main import main as cli_main
 from mechedit.synth.kg import KnowledgeGraph
 
 BUILD = ["synth", "build-kg", "--seed", "4", "--n-persons", "10", "--n-cities", "4", "--n-countries", "2",
@@ -44,7 +45,7 @@ def test_build_then_train_then_skip(tmp_path, capsys):
     before = (kg_dir / "kg.json").stat().st_mtime_ns
     assert args.func(args) == 0 and (kg_dir / "kg.json").stat().st_mtime_ns == before  # resumable: skipped
     # another graph into the same directory: a clean error through the stand-alone entry point
-    assert synth_cli.main(["build-kg", "--seed", "5", *BUILD[4:], "--out", str(kg_dir)]) == 2
+    assert cli_main(["synth", "build-kg", "--seed", "5", *BUILD[4:], "--out", str(kg_dir)]) == 2
     assert "different graph" in capsys.readouterr().err
 
     args = _parse([*TRAIN, "--kg", str(kg_dir), "--out", str(model_dir)])
