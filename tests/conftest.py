@@ -60,6 +60,14 @@ def smollm2():
     return _track(mechedit.load_model("smollm2-135m"))
 
 
+@pytest.fixture(scope="session")
+def synth_model():
+    """The shipped synthetic-KG model (4 layers): every fact of its graph is known."""
+    from mechedit.synth import shipped_model_dir
+
+    return _track(mechedit.load_model(shipped_model_dir()))
+
+
 @pytest.fixture(params=["tiny_gpt2", "tiny_llama"])
 def tiny_model(request):
     """Each tiny architecture in turn."""

@@ -23,6 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-new", required=True, help="the new continuation, e.g. ' Rome'")
     p.add_argument("--target-true", default=None, help="the current continuation (shown if given)")
     p.add_argument("--method", choices=["rome", "memit", "ft"], default="rome")
+    p.add_argument("--objective", choices=["inject", "erase", "amplify"], default=None,
+                   help="inject target_new (default), or erase / amplify target_true (needs --target-true)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--layer", type=int, help="layer to edit (rome; ft)")
     where.add_argument("--layers", type=_layers, help="layer range A-B (memit; ft)")
@@ -50,6 +52,8 @@ def _config(spec: Any, model: Any, args: argparse.Namespace) -> Any:
             changes["layer"] = layers[0]
         else:
             changes["layers"] = list(layers)
+    if args.objective is not None:
+        changes["objective"] = args.objective
     if args.stats_samples is not None and hasattr(config, "mom2_n_samples"):
         changes["mom2_n_samples"] = args.stats_samples
     return spec.config_class.from_dict({**config.to_dict(), **changes})

@@ -9,6 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechedit.editors.objective import Objective
 from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
 from mechedit.errors import ConfigError
 from mechedit.interventions import capture_until
@@ -20,7 +21,7 @@ from mechedit.weights import WeightDelta
 
 
 def validate(model: Any, requests: Sequence[EditRequest], layers: Sequence[int], prefix: Prefix,
-             kl_prompt: str | None = None) -> list[EditRequest]:
+             kl_prompt: str | None = None, *, objective: Objective = Objective.INJECT) -> list[EditRequest]:
     """Fail before any computation, saying what to fix."""
     if isinstance(requests, EditRequest):
         raise ConfigError("pass a list of EditRequest, e.g. [request]")
@@ -31,6 +32,7 @@ def validate(model: Any, requests: Sequence[EditRequest], layers: Sequence[int],
         if not isinstance(r, EditRequest):
             raise ConfigError(f"{r!r} is not an EditRequest (prompt with '{{}}', subject, target_new)")
         r.validate(model, prefix=prefix)
+        objective.target(r)  # erase / amplify need target_true
         if kl_prompt is not None:
             subject_span(model, kl_prompt.format(r.subject), r.subject, prefix=prefix)
     n = model_info(model).n_layers
@@ -63,12 +65,13 @@ def subject_keys(model: Any, request: EditRequest, templates: Sequence[str], lay
 
 def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[int, Tensor], config: Any,
            prefix: Prefix, losses: Sequence[Sequence[float]], p_before: Sequence[float],
-           tensors: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None) -> Edit:
-    """Build the :class:`Edit`, measuring each target's probability with the edit applied."""
+           tensors: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None, *,
+           objective: Objective = Objective.INJECT) -> Edit:
+    """Build the :class:`Edit`, measuring each objective target's probability with the edit applied."""
     wds = tuple(WeightDelta(layer, d.detach().float().contiguous()) for layer, d in sorted(deltas.items()))
     draft = Edit(method, model_info(model).name, wds, tuple(requests), config.to_dict(),
                  EditDiagnostics({}), tensors or {})
-    after = tuple(target_probability(model, r.text, r.target_new, prefix, [draft]) for r in requests)
+    after = tuple(target_probability(model, r.text, objective.target(r), prefix, [draft]) for r in requests)
     diag = EditDiagnostics(
         delta_norms={w.layer: float(w.delta.double().norm()) for w in wds},
         loss_curves=tuple(tuple(c) for c in losses), p_target_before=tuple(p_before),
@@ -77,5 +80,6 @@ def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[in
     return Edit(method, draft.model, wds, tuple(requests), config.to_dict(), diag, tensors or {})
 
 
-def probabilities_before(model: Any, requests: Sequence[EditRequest], prefix: Prefix) -> list[float]:
-    return [target_probability(model, r.text, r.target_new, prefix) for r in requests]
+def probabilities_before(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
+                         objective: Objective = Objective.INJECT) -> list[float]:
+    return [target_probability(model, r.text, objective.target(r), prefix) for r in requests]

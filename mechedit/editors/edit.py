@@ -42,7 +42,8 @@ class EditDiagnostics:
 
     delta_norms: dict[int, float]  # Frobenius norm of ΔW per layer
     loss_curves: tuple[tuple[float, ...], ...] = ()  # v*/z/FT loss per step
-    p_target_before: tuple[float, ...] = ()  # teacher-forced P(target_new | prompt)
+    p_target_before: tuple[float, ...] = ()  # teacher-forced P(objective target | prompt): target_new,
+    # or target_true when the objective is erase / amplify
     p_target_after: tuple[float, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -23,6 +23,7 @@ from torch import Tensor
 from mechedit import tlens
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, validate
+from mechedit.editors.objective import Objective
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit, key_delta_hooks
 from mechedit.interventions import Capture, capture_until, intervened
@@ -41,11 +42,13 @@ class FTConfig(EditorConfig):
     lr: float = 5e-4
     linf: float = 5e-4  # every entry of ΔW stays in [-linf, linf]
     prefix: Prefix | str = Prefix.NEUTRAL  # a str is converted on construction
+    objective: Objective | str = Objective.INJECT  # inject / erase / amplify (a str is converted)
 
     method: ClassVar[str] = "ft"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", Prefix(self.prefix))
+        object.__setattr__(self, "objective", Objective.parse(self.objective))
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
               f"layers must be distinct ints >= 0, got {self.layers}")
@@ -62,11 +65,12 @@ class _TrainableDeltas:
         return key_delta_hooks(model, self.deltas)
 
 
-def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix) -> tuple[Tensor, list, list, list]:
+def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
+           objective: Objective) -> tuple[Tensor, list, list, list]:
     rows, r_idx, pos, tok = [], [], [], []
     for r in requests:
         ids = list(encode(model, r.text, prefix=prefix).ids)
-        tgt = target_ids(model, r.text, r.target_new)
+        tgt = target_ids(model, r.text, objective.target(r))
         for j, t in enumerate(tgt):
             r_idx.append(len(rows))
             pos.append(len(ids) - 1 + j)
@@ -84,11 +88,11 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
     """Compute an FT-L edit (the model is left unchanged). ``cache`` is unused."""
     config = config or FTConfig()
     layers = sorted(config.layers)
-    requests = validate(model, requests, layers, config.prefix)
-    p_before = probabilities_before(model, requests, config.prefix)
+    requests = validate(model, requests, layers, config.prefix, objective=config.objective)
+    p_before = probabilities_before(model, requests, config.prefix, config.objective)
     info = model_info(model)
     device = next(model.parameters()).device
-    ids, r_idx, pos, tok = _batch(model, requests, config.prefix)
+    ids, r_idx, pos, tok = _batch(model, requests, config.prefix, config.objective)
     ids = ids.to(device)
     start, last = layers[0], info.n_layers - 1
     resid = capture_until(model, ids, [Site("resid_pre", start)])[Site("resid_pre", start)]
@@ -102,7 +106,7 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
                 tlens.forward_blocks(model, resid=resid, start=start, stop_after=last)
             logits = tlens.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
             lp = torch.log_softmax(logits.float(), -1)[torch.arange(len(tok)), tok]
-            loss = -lp.mean()
+            loss = config.objective.token_loss(lp).mean()
         losses.append(float(loss.detach()))
         opt.zero_grad()
         grads = torch.autograd.grad(loss, list(deltas.values()))
@@ -113,4 +117,4 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
             for d in deltas.values():
                 d.clamp_(-config.linf, config.linf)
     return finish(model, "ft", requests, {ly: d.detach() for ly, d in deltas.items()}, config, config.prefix,
-                  [losses], p_before)
+                  [losses], p_before, objective=config.objective)

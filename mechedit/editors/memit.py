@@ -28,6 +28,7 @@ from torch import Tensor
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
+from mechedit.editors.objective import Objective
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
 from mechedit.editors.vstar import OptimSettings, build_batch, optimize_delta
@@ -57,11 +58,13 @@ class MemitConfig(EditorConfig):
     mom2_n_samples: int = 1000
     mom2_max_length: int = 128
     fast: bool = True
+    objective: Objective | str = Objective.INJECT  # inject / erase / amplify (a str is converted)
 
     method: ClassVar[str] = "memit"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", Prefix(self.prefix))
+        object.__setattr__(self, "objective", Objective.parse(self.objective))
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
         check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
@@ -75,7 +78,8 @@ class MemitConfig(EditorConfig):
 
     def optim(self) -> OptimSettings:
         return OptimSettings(self.steps, self.lr, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
-                             self.early_stop_loss, self.kl_prompt, self.prefix)
+                             self.early_stop_loss, self.kl_prompt, self.prefix,
+                             self.objective)
 
 
 def memit_solve(
@@ -107,9 +111,10 @@ def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | Non
     """Compute a MEMIT edit for all ``requests`` at once (the model is left unchanged)."""
     config = config or MemitConfig()
     layers = sorted(config.layers)
-    requests = validate(model, requests, layers, config.prefix, config.kl_prompt)
+    requests = validate(model, requests, layers, config.prefix, config.kl_prompt,
+                        objective=config.objective)
     cache = cache or EditorCache()
-    p_before = probabilities_before(model, requests, config.prefix)
+    p_before = probabilities_before(model, requests, config.prefix, config.objective)
     templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
     z_site = Site("resid_post", layers[-1])
     zs, losses = [], []
@@ -132,4 +137,4 @@ def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | Non
     shape = tuple(mlp_out_weight(model, layers[0]).shape)
     assert all(tuple(d.shape) == shape for d in deltas.values())
     return finish(model, "memit", requests, deltas, config, config.prefix, losses, p_before,
-                  {"z": z.detach()})
+                  {"z": z.detach()}, objective=config.objective)

@@ -33,6 +33,7 @@ from torch import Tensor
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
+from mechedit.editors.objective import Objective
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
 from mechedit.editors.vstar import DeltaResult, OptimSettings, build_batch, optimize_delta
@@ -63,11 +64,13 @@ class RomeConfig(EditorConfig):
     mom2_n_samples: int = 1000  # texts in the key statistics
     mom2_max_length: int = 128
     fast: bool = True  # only blocks >= layer per v* step (False: the full-forward reference)
+    objective: Objective | str = Objective.INJECT  # inject / erase / amplify (a str is converted)
 
     method: ClassVar[str] = "rome"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prefix", Prefix(self.prefix))
+        object.__setattr__(self, "objective", Objective.parse(self.objective))
         object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
         check(isinstance(self.layer, int) and self.layer >= 0, f"layer must be an int >= 0, got {self.layer!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
@@ -81,7 +84,8 @@ class RomeConfig(EditorConfig):
 
     def optim(self) -> OptimSettings:
         return OptimSettings(self.steps, self.lr, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
-                             self.early_stop_loss, self.kl_prompt, self.prefix)
+                             self.early_stop_loss, self.kl_prompt, self.prefix,
+                             self.objective)
 
 
 def rank_one_update(
@@ -125,9 +129,10 @@ def rome(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None 
          cache: EditorCache | None = None) -> Edit:
     """Compute a ROME edit (the model is left unchanged)."""
     config = config or RomeConfig()
-    requests = validate(model, requests, [config.layer], config.prefix, config.kl_prompt)
+    requests = validate(model, requests, [config.layer], config.prefix, config.kl_prompt,
+                        objective=config.objective)
     cache = cache or EditorCache()
-    p_before = probabilities_before(model, requests, config.prefix)
+    p_before = probabilities_before(model, requests, config.prefix, config.objective)
     total = torch.zeros_like(mlp_out_weight(model, config.layer), dtype=torch.float64).detach()
     losses, tensors = [], {}
     for i, req in enumerate(requests):
@@ -137,4 +142,4 @@ def rome(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None 
         losses.append(res.losses)
         tensors.update({f"k_star.{i}": k_star, f"v_star.{i}": v_star, f"delta.{i}": res.delta})
     return finish(model, "rome", requests, {config.layer: total}, config, config.prefix, losses, p_before,
-                  tensors)
+                  tensors, objective=config.objective)

@@ -5,7 +5,9 @@ Given a request and context templates, find δ such that adding δ at one site (
 at the subject's last token of every template makes the model predict the new target.
 The loss is ROME's (Meng et al. 2022, ``compute_v``):
 
-* teacher-forced NLL of every target token, averaged over target tokens then templates;
+* teacher-forced loss of every target token (NLL of ``target_new`` by default; see
+  :mod:`~mechedit.editors.objective` for erasure and amplification), averaged over
+  target tokens then templates;
 * ``kl_factor`` · KL(current ‖ initial) of the next-token distribution at the subject's
   last token of ``"{subject} is a"`` (keeps the subject's other properties);
 * ``weight_decay`` · ‖δ‖ / ‖v₀‖² where v₀ is the unedited activation;
@@ -32,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechedit import tlens
+from mechedit.editors.objective import Objective
 from mechedit.interventions import Capture, capture_until, intervened, run
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
@@ -51,6 +54,7 @@ class OptimSettings:
     early_stop_loss: float
     kl_prompt: str
     prefix: Prefix
+    objective: Objective = Objective.INJECT
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +80,7 @@ def _subject_last(model: Any, template: str, prompt: str, subject: str, prefix: 
 
 def build_batch(model: Any, request: EditRequest, templates: tuple[str, ...], s: OptimSettings) -> TemplateBatch:
     """Encode every template + prompt + target (minus its last token), and the KL prompt."""
-    target = target_ids(model, request.text, request.target_new)
+    target = target_ids(model, request.text, s.objective.target(request))
     rows, lookup, t_rows, t_pos, t_tok = [], [], [], [], []
     for template in templates:
         ids, last = _subject_last(model, template, request.prompt, request.subject, s.prefix)
@@ -130,11 +134,11 @@ def _loss(logits_sel: Tensor, batch: TemplateBatch, kl_init: Tensor | None, delt
     """Total loss, NLL part, and the KL log-probs. ``logits_sel``: targets then the KL row."""
     n_t = len(batch.target_tok)
     logp = torch.log_softmax(logits_sel[:n_t].float(), dim=-1)
-    tok_lp = logp[torch.arange(n_t), list(batch.target_tok)]
+    tok_loss = s.objective.token_loss(logp[torch.arange(n_t), list(batch.target_tok)])
     rows = torch.tensor(batch.target_rows)
-    per_row = torch.zeros(batch.n_rewrite, dtype=tok_lp.dtype).index_add(0, rows, tok_lp)
+    per_row = torch.zeros(batch.n_rewrite, dtype=tok_loss.dtype).index_add(0, rows, tok_loss)
     counts = torch.zeros(batch.n_rewrite).index_add(0, rows, torch.ones(n_t))
-    nll = -(per_row / counts).mean()
+    nll = (per_row / counts).mean()
     kl_lp = torch.log_softmax(logits_sel[n_t].float(), dim=-1)
     init = kl_lp.detach() if kl_init is None else kl_init
     kl = torch.sum(kl_lp.exp() * (kl_lp - init))
