@@ -96,3 +96,14 @@ def test_resolve_editor_uses_the_registry():
     assert eval_cmd.resolve_editor("rome", None)[1].layer == 6  # SmolLM2's stored hparams
     with pytest.raises(MecheditError, match="range of layers"):
         eval_cmd.resolve_editor("memit", 3)
+
+
+def test_stats_samples_override_and_errors():
+    assert eval_cmd.resolve_editor("rome", None, stats_samples=128)[1].mom2_n_samples == 128
+    assert eval_cmd.resolve_editor("rome", None)[1].mom2_n_samples == 512  # SmolLM2's stored hparams
+    with pytest.raises(MecheditError, match="no key statistics"):
+        eval_cmd.resolve_editor("ft", None, stats_samples=128)
+    with pytest.raises(MecheditError, match="edits nothing"):
+        eval_cmd.resolve_editor("none", None, stats_samples=128)
+    with pytest.raises(MecheditError, match=">= 1"):
+        eval_cmd.resolve_editor("rome", None, stats_samples=0)

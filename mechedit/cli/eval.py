@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True,
                    help="editor name from mechedit.editors, or 'none' (no edit: the baseline)")
     p.add_argument("--layer", type=int, default=None, help="layer the editor writes (editor default if absent)")
+    p.add_argument("--stats-samples", type=int, default=None,
+                   help="texts in the editor's key statistics (default: its hparams, e.g. 512 for ROME)")
     p.add_argument("--n", type=int, default=None, help="evaluate the first N records (after --filter)")
     p.add_argument("--filter", choices=["none", "known"], default="none",
                    help="'known': keep only facts the unedited model knows (see --known-mode)")
@@ -65,16 +67,18 @@ def no_edit(model: Any, requests: list[Any], config: Any = None) -> None:
 no_edit.name = "none"  # type: ignore[attr-defined]
 
 
-def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m") -> tuple[Any, Any]:
+def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m", *,
+                   stats_samples: int | None = None) -> tuple[Any, Any]:
     """``(editor, editor_config)`` for ``--method name``.
 
     ``none`` is built in. Other names come from the editor registry
     (:func:`mechedit.editors.get_editor`), with the model's stored hyperparameters;
-    ``--layer`` overrides the edit layer of single-layer editors.
+    ``--layer`` overrides the edit layer of single-layer editors, ``--stats-samples``
+    the number of texts in their key statistics.
     """
     if name in BUILTIN_METHODS:
-        if layer is not None:
-            raise MecheditError(f"--method {name} edits nothing, so --layer cannot be passed to it")
+        if layer is not None or stats_samples is not None:
+            raise MecheditError(f"--method {name} edits nothing, so --layer / --stats-samples cannot be passed to it")
         return no_edit, None
     from mechedit.editors import get_editor
 
@@ -84,12 +88,18 @@ def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m
         if not hasattr(config, "layer"):
             raise MecheditError(f"editor {name!r} edits a range of layers; set them in its hparams, not --layer")
         config = config.replace(layer=layer)
+    if stats_samples is not None:
+        if not hasattr(config, "mom2_n_samples"):
+            raise MecheditError(f"editor {name!r} uses no key statistics, so --stats-samples does not apply")
+        if stats_samples < 1:
+            raise MecheditError(f"--stats-samples must be >= 1, got {stats_samples}")
+        config = config.replace(mom2_n_samples=stats_samples)
     return spec, config
 
 
 def _settings(args: argparse.Namespace, eval_config: Any) -> dict[str, Any]:
     return {"model": args.model, "data": str(Path(args.data).resolve()), "method": args.method,
-            "layer": args.layer, "n": args.n, "filter": args.filter,
+            "layer": args.layer, "stats_samples": args.stats_samples, "n": args.n, "filter": args.filter,
             "known_mode": args.known_mode if args.filter == "known" else None,
             "known_p": args.known_p if args.filter == "known" and args.known_mode == "threshold" else None,
             "eval": eval_config.to_dict()}
@@ -117,7 +127,8 @@ def run(args: argparse.Namespace) -> int:
                              seed=args.seed, batch_size=args.batch_size)
     if args.n is not None and args.n < 1:
         raise MecheditError(f"--n must be >= 1, got {args.n}")
-    editor, editor_config = resolve_editor(args.method, args.layer, args.model)  # fail before loading anything
+    # fail before loading anything
+    editor, editor_config = resolve_editor(args.method, args.layer, args.model, stats_samples=args.stats_samples)
 
     from tqdm import tqdm
 
