@@ -167,11 +167,16 @@ class Suffixes:
     positions: Int[Tensor, "batch suffix"]
 
 
-def suffixes(model: Any, batch: TemplateBatch, resid: Tensor, start: int) -> Suffixes:
-    """Cache the prefixes of ``batch`` (blocks ``start..``) and gather the suffix residuals."""
+def suffix_width(batch: TemplateBatch) -> int:
+    """Tokens per row that every step runs: from the lookup to the row's last read position."""
     rows, pos = _rows_positions(batch)
     last_read = [max(p for r, p in zip(rows, pos) if r == row) for row in range(len(batch.lookup))]
-    width = max(p - look + 1 for p, look in zip(last_read, batch.lookup))
+    return max(p - look + 1 for p, look in zip(last_read, batch.lookup))
+
+
+def suffixes(model: Any, batch: TemplateBatch, resid: Tensor, start: int) -> Suffixes:
+    """Cache the prefixes of ``batch`` (blocks ``start..``) and gather the suffix residuals."""
+    width = suffix_width(batch)
     lookup = torch.tensor(batch.lookup, device=resid.device)
     positions = (lookup[:, None] + torch.arange(width, device=resid.device)).clamp(max=resid.shape[1] - 1)
     prefix = tlens.block_kv(model, resid, start).left_aligned(batch.lookup)
