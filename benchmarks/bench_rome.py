@@ -1,5 +1,6 @@
-"""ROME v* optimisation: partial forward (blocks >= the edit layer, needed logits only)
-against the reference algorithm (every block and every logit at each step).
+"""ROME v* optimisation: partial forward (blocks >= the edit layer, positions from each
+row's subject on with the earlier ones' keys/values cached, needed logits only) against
+the reference algorithm (every block and every logit at each step).
 
 Run: ``python benchmarks/bench_rome.py``. Same request, same templates, same 20 Adam
 steps (early stopping off so both run every step); prints the time per edit of each,
@@ -18,7 +19,7 @@ import torch
 
 import mechedit
 from mechedit.editors import EditorCache, RomeConfig
-from mechedit.editors.vstar import build_batch, optimize_delta
+from mechedit.editors.vstar import build_batch, optimize_delta, suffix_width
 from mechedit.sites import Site
 
 
@@ -44,7 +45,8 @@ def main() -> None:
     print(f"SmolLM2-135M, layer {config.layer} of 30, {batch.ids.shape[0]} sequences x {batch.ids.shape[1]} "
           f"tokens, {config.steps} steps, {torch.get_num_threads()} thread(s), best of {len(times[True])}")
     print(f"reference (full forward, all logits): {ref_s:6.2f} s per v*")
-    print(f"partial (blocks >= {config.layer}, needed logits):  {fast_s:6.2f} s per v*")
+    print(f"partial (blocks >= {config.layer}, {suffix_width(batch)} suffix tokens, needed logits): "
+          f"{fast_s:6.2f} s per v*")
     print(f"speed-up: {ref_s / fast_s:.2f}x  target >= 2x [{'OK' if ref_s / fast_s >= 2 else 'MISSED'}]")
     print(f"max |v*_partial - v*_reference| = {diff:.2e}  (|v0| = {float(v0.norm()):.1f})  target <= 1e-4 "
           f"[{'OK' if diff <= 1e-4 else 'MISSED'}]")

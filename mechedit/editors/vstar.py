@@ -16,9 +16,12 @@ Adam on δ, stop when the loss falls below ``early_stop_loss``, and after every 
 project δ back onto the ball ‖δ‖ ≤ ``clamp_norm_factor`` · ‖v₀‖.
 
 **Speed.** Blocks below the site do not depend on δ, so the residual entering the
-site's block is computed once for the whole batch of templates and every step runs
-only the blocks above (:func:`mechedit.interventions.run_from`'s machinery), stops after
-the last block and unembeds only the positions the loss reads. ``fast=False`` runs the
+site's block is computed once for the whole batch of templates. Nor do positions before
+a row's subject (causal model): their keys and values at the blocks above are computed
+once too (:func:`mechedit.tlens.block_kv`), and every step runs only the blocks from the
+site's on, only on each row's positions from the subject's last token on
+(:func:`mechedit.tlens.forward_with_prefix`), stops after the last block and unembeds
+only the positions the loss reads. ``fast=False`` runs the
 reference algorithm instead (every block and every logit at each step); both give the
 same δ up to float rounding (``benchmarks/bench_rome.py``).
 """
@@ -152,13 +155,48 @@ def _rows_positions(batch: TemplateBatch) -> tuple[list[int], list[int]]:
     return rows, pos
 
 
-def _logits_fast(model: Any, resid: Tensor, start: int, batch: TemplateBatch, add: AddAtRows) -> Tensor:
+@dataclass(frozen=True, eq=False)
+class Suffixes:
+    """Every row from its lookup position on, re-aligned so lookups share column 0.
+
+    Positions before a row's lookup never see δ (causal model): their keys and values
+    are cached once (``prefix``) and each step runs only ``resid`` (``[batch, suffix,
+    d_model]``, gathered from the residual entering the site's block). ``positions`` are
+    the suffix tokens' positions in the original rows (clamped past a row's end, where
+    nothing is read).
+    """
+
+    prefix: tlens.PrefixKV
+    resid: Float[Tensor, "batch suffix d_model"]
+    positions: Int[Tensor, "batch suffix"]
+
+
+def suffix_width(batch: TemplateBatch) -> int:
+    """Tokens per row that every step runs: from the lookup to the row's last read position."""
+    rows, pos = _rows_positions(batch)
+    last_read = [max(p for r, p in zip(rows, pos) if r == row) for row in range(len(batch.lookup))]
+    return max(p - look + 1 for p, look in zip(last_read, batch.lookup))
+
+
+def suffixes(model: Any, batch: TemplateBatch, resid: Tensor, start: int) -> Suffixes:
+    """Cache the prefixes of ``batch`` (blocks ``start..``) and gather the suffix residuals."""
+    width = suffix_width(batch)
+    lookup = torch.tensor(batch.lookup, device=resid.device)
+    positions = (lookup[:, None] + torch.arange(width, device=resid.device)).clamp(max=resid.shape[1] - 1)
+    prefix = tlens.block_kv(model, resid, start).left_aligned(batch.lookup)
+    gathered = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
+    return Suffixes(prefix, gathered, positions)
+
+
+def _logits_fast(model: Any, suf: Suffixes, batch: TemplateBatch, delta: Tensor, site: Site) -> Tensor:
     last = model_info(model).n_layers - 1
     cap = Capture((Site("resid_post", last),), detach=False)
+    add = AddAtRows(site, delta, (0,) * len(batch.lookup))  # column 0 = every row's lookup
     with intervened(model, [add, cap]):
-        tlens.forward_blocks(model, resid=resid, start=start, stop_after=last)
+        tlens.forward_with_prefix(model, suf.resid, suf.prefix, suf.positions, stop_after=last)
     rows, pos = _rows_positions(batch)
-    return tlens.unembed(model, cap.store[Site("resid_post", last)][rows, pos])
+    cols = [p - batch.lookup[r] for r, p in zip(rows, pos)]
+    return tlens.unembed(model, cap.store[Site("resid_post", last)][rows, cols])
 
 
 def _logits_reference(model: Any, batch: TemplateBatch, add: AddAtRows) -> Tensor:
@@ -174,15 +212,18 @@ def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSetting
     start = int(site.layer)  # the site's own block must run: δ enters inside it
     pre = Site("resid_pre", start)
     acts = capture_until(model, ids, [pre, site])
-    resid, v0 = acts[pre], acts[site][0, batch.lookup[0]].detach()
+    v0 = acts[site][0, batch.lookup[0]].detach()
+    suf = suffixes(model, batch, acts[pre], start) if fast else None
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=s.lr)
     max_norm = s.clamp_norm_factor * v0.norm()
     kl_init, losses, nlls = None, [], []
     for it in range(s.steps):
-        add = AddAtRows(site, delta, batch.lookup)
         with torch.enable_grad():
-            logits = _logits_fast(model, resid, start, batch, add) if fast else _logits_reference(model, batch, add)
+            if suf is not None:
+                logits = _logits_fast(model, suf, batch, delta, site)
+            else:
+                logits = _logits_reference(model, batch, AddAtRows(site, delta, batch.lookup))
             loss, nll, kl_lp = _loss(logits, batch, kl_init, delta, v0, s)
         kl_init = kl_lp if kl_init is None else kl_init
         losses.append(float(loss.detach()))
