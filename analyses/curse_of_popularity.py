@@ -21,7 +21,7 @@ import torch
 
 import mechedit
 from mechedit.synth import shipped_model_dir
-from mechedit.synth.localization import trace_vs_edit
+from mechedit.synth.localization import TraceEditResult, trace_vs_edit
 from mechedit.synth.pipeline import load_kg_dir
 from mechedit.synth.popularity import PopularityConfig, known_facts, run_popularity
 from mechedit.synth.popularity_plots import correlation_forest, damage_vs_popularity
@@ -61,14 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     damage_vs_popularity(result).savefig(args.out / "damage_vs_popularity.png", dpi=120)
     damage_vs_popularity(result, measure="acc_drop").savefig(args.out / "acc_drop_vs_popularity.png", dpi=120)
     correlation_forest(result).savefig(args.out / "spearman_damage_vs_degree.png", dpi=120)
-    facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
-    tve = trace_vs_edit(model, kg, facts, window=1, progress=True)
-    tve.save(args.out)
-    wall = time.time() - t0
+    if (args.out / "trace_vs_edit.csv").is_file():  # resumed: the trace study is done
+        tve = TraceEditResult.load(args.out)
+    else:
+        facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
+        tve = trace_vs_edit(model, kg, facts, window=1, progress=True)
+        tve.save(args.out)
     cmd = "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:])
+    with open(args.out / "runs.log", "a") as fh:  # every invocation: date, command, wall time
+        fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {cmd.strip()}  "
+                 f"wall {time.time() - t0:.0f} s\n")
     (args.out / "report.md").write_text(
         f"# Curse of popularity on kg-small\n\nCommand: `{cmd.strip()}`  \nDate: {datetime.date.today()}  \n"
-        f"Wall time: {wall:.0f} s (this invocation; a resumed run skips finished rows)  \n"
+        f"Invocations and wall times (a resumed run skips finished rows):\n\n```\n"
+        f"{(args.out / 'runs.log').read_text()}```\n\n"
         f"mechedit {mechedit.__version__}; config: `{config.to_dict()}`\n\n"
         f"Damage = mean drop in teacher-forced P(correct object) over the set; correlation with entity degree:\n\n"
         f"{findings(result, tve.summary())}\n")

@@ -88,6 +88,12 @@ class TraceEditResult:
         (out / "trace_vs_edit.json").write_text(json.dumps({"model": self.model, "window": self.window}))
         return out
 
+    @classmethod
+    def load(cls, out_dir: str | Path) -> "TraceEditResult":
+        out = Path(out_dir)
+        meta = json.loads((out / "trace_vs_edit.json").read_text())
+        return cls(meta["model"], pd.read_csv(out / "trace_vs_edit.csv"), int(meta["window"]))
+
 
 def trace_vs_edit(model: Any, kg: KnowledgeGraph, facts: Sequence[int], *, window: int = 1,
                   rome_config: Any = None, cache: Any = None, progress: bool = False) -> TraceEditResult:

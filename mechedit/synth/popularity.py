@@ -276,10 +276,12 @@ def _row(kg: KnowledgeGraph, entity: str, b: int, fact: int, method: str, edit: 
 
 
 def run_popularity(model: Any, kg: KnowledgeGraph, corpus: Corpus | None, config: PopularityConfig,
-                   out_dir: str | Path | None = None, *, cache: Any = None,
+                   out_dir: str | Path | None = None, *, cache: Any = None, known: Sequence[int] | None = None,
                    progress: bool = True) -> "PopularityResult":
     """Run (or resume) the experiment; rows go to ``out_dir/rows.jsonl`` as they finish.
 
+    ``known``: the facts the model knows (default: measured, :func:`known_facts`); only
+    these are erased.
     ``corpus`` is unused beyond provenance (prompts come from the relation templates and
     popularity from the graph); it is accepted so callers pass what ``load_kg_dir`` gives.
     """
@@ -293,7 +295,8 @@ def run_popularity(model: Any, kg: KnowledgeGraph, corpus: Corpus | None, config
         _check_config(Path(out_dir), config)
     cache = cache or EditorCache(corpus=StatsCorpus.model_samples(n_tokens=16), progress=progress)
     configs = editor_configs(model, config)
-    chosen = sample_entities(kg, known_facts(model, kg, prefix=config.prefix), config)
+    known = known_facts(model, kg, prefix=config.prefix) if known is None else known
+    chosen = sample_entities(kg, known, config)
     unrelated = unrelated_sample(kg, config.n_unrelated, config.seed)
     before = _Before(model, config)
     todo = [(e, b, f, m) for e, b, f in chosen for m in config.methods]

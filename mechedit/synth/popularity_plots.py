@@ -33,6 +33,7 @@ def damage_vs_popularity(result: PopularityResult, *, measure: str = "damage", p
             ax.errorbar(med, b["mean"], yerr=[b["mean"] - b["ci_lo"], b["ci_hi"] - b["mean"]], color=color,
                         marker="o", capsize=3, label=method)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.axhline(0, color="grey", lw=0.5)
         ax.set_title(name)
         ax.set_xlabel(f"entity {popularity}")
