@@ -30,8 +30,8 @@ from mechedit.synth.popularity import (
 
 SMALL = {"mom2_n_samples": 64, "mom2_max_length": 16}
 TINY = dict(n_entities=2, n_bins=2, max_facts_per_set=3, n_unrelated=6,
-            hparams={"rome": SMALL, "memit": SMALL})
-KNOWN = [0, 1, 2, 200, 201, 1100, 1200]  # facts the shipped model knows (checked below)
+            hparams={"rome": SMALL, "memit": SMALL, "ft": {"steps": 5}})  # ft: 5 steps still erase
+KNOWN = [0, 1, 8, 24, 200, 1100, 1200]  # facts the shipped model knows (checked below)
 
 
 @pytest.fixture(scope="module")
@@ -130,24 +130,24 @@ def test_damage_equals_a_plain_before_after_loop(synth_model, kg, cache):
 
 
 def test_resume_after_a_crash_gives_the_same_rows_without_duplicates(synth_model, kg, cache, tmp_path):
-    config = PopularityConfig(methods=("rome", "ft"), **TINY)
+    config = PopularityConfig(methods=("ft",), **TINY)
     full = run_popularity(synth_model, kg, None, config, tmp_path / "a", cache=cache, known=KNOWN,
                           progress=False)
     path = tmp_path / "a" / "rows.jsonl"
     lines = path.read_text().splitlines(keepends=True)
-    assert len(lines) == 4 and len({json.loads(x)["key"] for x in lines}) == 4
+    assert len(lines) == 2 and len({json.loads(x)["key"] for x in lines}) == 2
     path.write_text(lines[0] + lines[1][:50])  # one row done, the next torn mid-write
     resumed = run_popularity(synth_model, kg, None, config, tmp_path / "a", cache=cache, known=KNOWN,
                              progress=False)
     keys = [json.loads(x)["key"] for x in path.read_text().splitlines()]
-    assert sorted(keys) == sorted({json.loads(x)["key"] for x in lines}) and len(keys) == 4
+    assert sorted(keys) == sorted({json.loads(x)["key"] for x in lines}) and len(keys) == 2
     cols = ["key", "set", "n", "p_before", "p_after", "damage", "acc_drop"]
     a = full.rows[cols].sort_values(["key", "set"]).reset_index(drop=True)
     b = resumed.rows[cols].sort_values(["key", "set"]).reset_index(drop=True)
     assert a[["key", "set", "n"]].equals(b[["key", "set", "n"]])
     assert (a[["p_before", "p_after", "damage"]] - b[["p_before", "p_after", "damage"]]).abs().max().max() < 1e-4
     with pytest.raises(ConfigError, match="another config"):
-        run_popularity(synth_model, kg, None, PopularityConfig(methods=("ft",), **TINY), tmp_path / "a",
+        run_popularity(synth_model, kg, None, PopularityConfig(methods=("ft", "rome"), **TINY), tmp_path / "a",
                        cache=cache, known=KNOWN, progress=False)
 
 
@@ -159,6 +159,7 @@ def test_result_tables_and_save(synth_model, kg, cache, tmp_path):
                        known=KNOWN, progress=False)
     df = r.to_dataframe()
     assert set(df["set"]) >= {"efficacy", "paraphrase", "same_subject", "unrelated"} and len(df["key"].unique()) == 2
+    assert (df[df["set"] == "efficacy"]["damage"] > 0.5).all()  # the 5-step erasures work
     assert set(r.correlations["popularity"]) == {"degree", "corpus_freq"}
     loaded = PopularityResult.load(r.save(tmp_path / "saved"))
     assert loaded.rows.shape == r.rows.shape and loaded.config == r.config
@@ -170,7 +171,7 @@ def test_cli_writes_its_files(tmp_path):
 
     out = tmp_path / "pop"
     argv = ["synth", "popularity", "--out", str(out), "--n-entities", "2", "--n-bins", "2", "--methods", "ft",
-            "--max-facts-per-set", "2", "--n-unrelated", "4", "--no-progress"]
+            "--max-facts-per-set", "2", "--n-unrelated", "4", "--no-progress", "--hparams", '{"ft": {"steps": 5}}']
     assert main(argv) == 0
     for name in ("rows.jsonl", "rows.csv", "correlations.csv", "binned.csv", "result.json",
                  "damage_vs_popularity.png", "config.json"):
@@ -193,7 +194,7 @@ def test_tracing_on_the_shipped_model(synth_model, kg):
     from mechedit.patching import trace
 
     prompt, target = fact_prompt(kg, 0)  # "Drougir Droustor was born in" -> "Boubaitru"
-    subjects = [e.name for e in kg.entities]
+    subjects = [e.name for e in kg.entities[:: 10]]  # σ of the embeddings over 31 entity names
     res = trace(synth_model, prompt, kg.name(kg.facts[0].subject), answer=target, kind="mlp", window=1,
                 subjects=subjects)
     clean, corrupt = float(res.clean_per_sample.mean()), float(res.corrupted_per_sample.mean())
