@@ -45,6 +45,13 @@ def cache(tmp_path_factory):
                        progress=False)
 
 
+@pytest.fixture(scope="module")
+def erased(synth_model, kg, cache):
+    """ROME erasure of fact 0 ("Drougir Droustor was born in" -> "Boubaitru"), kg-small hparams."""
+    return rome(synth_model, [erase_request(kg, 0)], RomeConfig.for_model("kg-small").replace(
+        objective="erase", **SMALL), cache=cache)
+
+
 def _plain_probs(model, prompt, target):
     """Next-token distribution from a plain forward on hand-built ids (neutral prefix),
     and the first target token's id."""
@@ -61,10 +68,9 @@ def _plain_p(model, prompt, target):
     return float(probs[target_id])
 
 
-def test_erasure_lowers_p_target_checked_by_a_plain_forward(synth_model, kg, cache):
+def test_erasure_lowers_p_target_checked_by_a_plain_forward(synth_model, kg, erased):
     prompt, target = fact_prompt(kg, 0)
-    edit = rome(synth_model, [erase_request(kg, 0)], RomeConfig.for_model("kg-small").replace(
-        objective="erase", **SMALL), cache=cache)
+    edit = erased
     before = _plain_p(synth_model, prompt, target)
     with edit.applied(synth_model):
         after = _plain_p(synth_model, prompt, target)
@@ -113,11 +119,10 @@ def test_batched_probabilities_match_one_prompt_at_a_time(synth_model, kg):
         assert bool(hi) == (int(probs.argmax()) == target_id)
 
 
-def test_damage_equals_a_plain_before_after_loop(synth_model, kg, cache):
+def test_damage_equals_a_plain_before_after_loop(synth_model, kg, erased):
     config = PopularityConfig(max_facts_per_set=4, n_unrelated=10)
     sets = measure_sets(kg, 0, list(range(0, 1282, 128)), config.max_facts_per_set, config.seed)
-    edit = rome(synth_model, [erase_request(kg, 0)], RomeConfig.for_model("kg-small").replace(
-        objective="erase", **SMALL), cache=cache)
+    edit = erased
     got = {r["set"]: r for r in set_damage(synth_model, sets, edit, _Before(synth_model, config), config)}
     assert set(got) == {"efficacy", "paraphrase", "same_subject", "as_object", "same_relation_object", "unrelated"}
     for name, pairs in sets.items():
