@@ -2,7 +2,8 @@
 
 Each step writes one directory (``--out``) and is resumable: ``build-kg`` leaves a
 complete directory with the same configuration alone, ``train`` skips a finished model
-directory and resumes an interrupted run from its checkpoint.
+directory and resumes an interrupted run from its checkpoint, ``popularity`` skips the
+(entity, fact, method) rows already in ``OUT/rows.jsonl``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     steps = p.add_subparsers(dest="synth_command", required=True)
     _register_build(steps)
     _register_train(steps)
+    _register_popularity(steps)
 
 
 def _register_build(steps: argparse._SubParsersAction) -> None:
@@ -94,4 +96,52 @@ def run_train(args: argparse.Namespace) -> int:
     recalls = {f"{r.name}/{r.prefix}": round(r.value, 4) for r in result.recalls}
     print(json.dumps({"out": args.out, "steps": result.steps, "seconds": result.seconds,
                       "reached_target": result.reached_target, "recall": recalls}, indent=2))
+    return 0
+
+
+def _register_popularity(steps: argparse._SubParsersAction) -> None:
+    from mechedit.synth.popularity import PopularityConfig
+
+    d = PopularityConfig()
+    p = steps.add_parser("popularity", help="erase facts about entities across the popularity range; "
+                         "measure side effects (curse of popularity)")
+    p.add_argument("--model", default=None, help="model directory with its graph (default: the shipped kg-small)")
+    p.add_argument("--out", required=True, help="output directory (resumable)")
+    p.add_argument("--methods", default=",".join(d.methods), help=f"comma-separated editors (default {','.join(d.methods)})")
+    for name in ("n_entities", "n_bins", "seed", "max_facts_per_set", "n_unrelated"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
+                       help=f"default {getattr(d, name)}")
+    p.add_argument("--hparams", default=None,
+                   help='JSON of per-method overrides, e.g. \'{"rome": {"layer": 1}}\'')
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run_popularity_cmd)
+
+
+def run_popularity_cmd(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import mechedit
+    from mechedit.synth import shipped_model_dir
+    from mechedit.synth.pipeline import load_kg_dir
+    from mechedit.synth.popularity import PopularityConfig, run_popularity
+    from mechedit.synth.popularity_plots import damage_vs_popularity
+
+    model_dir = Path(args.model) if args.model else shipped_model_dir()
+    config = PopularityConfig(
+        methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), n_entities=args.n_entities,
+        n_bins=args.n_bins, seed=args.seed, max_facts_per_set=args.max_facts_per_set,
+        n_unrelated=args.n_unrelated, hparams=json.loads(args.hparams) if args.hparams else {},
+    )
+    kg, corpus = load_kg_dir(model_dir)
+    model = mechedit.load_model(model_dir)
+    result = run_popularity(model, kg, corpus, config, args.out, progress=not args.no_progress)
+    result.save(args.out)
+    fig = damage_vs_popularity(result)
+    fig.savefig(Path(args.out) / "damage_vs_popularity.png", dpi=120)
+    c = result.correlations
+    c = c[(c["damage_measure"] == "damage") & (c["popularity"] == "degree")]
+    summary = {f"{r.method}/{r.set}": {"spearman_r": round(r.spearman_r, 3),
+                                      "ci": [round(r.spearman_lo, 3), round(r.spearman_hi, 3)], "n": int(r.n)}
+               for r in c.itertuples()}
+    print(json.dumps({"out": args.out, "rows": len(result.rows), "spearman_damage_vs_degree": summary}, indent=2))
     return 0
