@@ -364,7 +364,7 @@ def _run_cached(model: "TransformerBridge", resid: torch.Tensor, start: int, pre
             raise ValueError(f"prefix for block {prefix.start}, {prefix.valid.shape[0]} rows; "
                              f"running block {start}, {batch} rows")
         allowed = torch.cat([prefix.valid[:, None, :].expand(-1, q_len, -1), allowed], dim=2)
-        for i, (k, v) in enumerate(zip(prefix.keys, prefix.values)):
+        for i, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
             data[start + i] = (k, v)
     cache = DynamicCache(ddp_cache_data=data)
     mask = _attention_mask(model, allowed, resid.dtype)
