@@ -315,6 +315,15 @@ class PrefixKV:
 
         return PrefixKV(self.start, tuple(map(take, self.keys)), tuple(map(take, self.values)), valid)
 
+    def window(self, start: int, length: int) -> "PrefixKV":
+        """Blocks ``start..`` and positions ``< length`` only (views, no copy)."""
+        i = start - self.start
+        if not 0 <= i < len(self.keys) or not 0 <= length <= self.length:
+            raise ValueError(f"window (block {start}, {length} positions) outside blocks "
+                             f"{self.start}..{self.start + len(self.keys) - 1}, {self.length} positions")
+        return PrefixKV(start, tuple(k[:, :, :length] for k in self.keys[i:]),
+                        tuple(v[:, :, :length] for v in self.values[i:]), self.valid[:, :length])
+
     def rows(self, index: Int[Tensor, " row"]) -> "PrefixKV":
         """Rows ``index`` (repeats allowed), e.g. the base run's rows once per patched cell."""
         return PrefixKV(self.start, tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values),
@@ -355,7 +364,7 @@ def _run_cached(model: "TransformerBridge", resid: torch.Tensor, start: int, pre
             raise ValueError(f"prefix for block {prefix.start}, {prefix.valid.shape[0]} rows; "
                              f"running block {start}, {batch} rows")
         allowed = torch.cat([prefix.valid[:, None, :].expand(-1, q_len, -1), allowed], dim=2)
-        for i, (k, v) in enumerate(zip(prefix.keys, prefix.values)):
+        for i, (k, v) in enumerate(zip(prefix.keys, prefix.values, strict=True)):
             data[start + i] = (k, v)
     cache = DynamicCache(ddp_cache_data=data)
     mask = _attention_mask(model, allowed, resid.dtype)

@@ -219,3 +219,31 @@ def test_logits_for_last_matches_and_cleans_up(tiny_llama):
     with pytest.raises(RuntimeError), tlens.logits_for_last(tiny_llama, 1):
         raise RuntimeError("inside")
     assert len(head._forward_pre_hooks) == 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_cached_prefix_path_equals_naive_loop(tiny_model, kind, monkeypatch):
+    """Cells after position 0, one group per forward: positions before each cell come from the
+    base run's cached keys/values, and only the rest run. Both directions; severed paths too."""
+    from mechedit.patching import engine
+
+    monkeypatch.setattr(engine, "MIN_ROWS", 1)  # no merging down to position 0
+    prefixes = []
+    real = tlens.forward_with_prefix
+    monkeypatch.setattr(tlens, "forward_with_prefix",
+                        lambda model, resid, prefix, *a, **k: prefixes.append(prefix.length) or
+                        real(model, resid, prefix, *a, **k))
+    runs = _noise_runs(tiny_model)
+    L, last = mechedit.model_info(tiny_model).n_layers, runs.n_prompt - 1
+    if kind == "head_z":
+        cells = [Cell(1, 2, 0), Cell(L - 1, last, 3), Cell(0, last, 1)]
+    else:
+        cells = [Cell(layer, t) for t in (2, last) for layer in (0, 1, L - 1)]
+    configs = [PatchConfig(kind=kind, window=1 if kind.startswith("resid") else 3, direction=d,
+                           metric=MetricConfig("logprob")) for d in ("denoise", "noise")]
+    if kind.startswith("resid"):
+        configs.append(PatchConfig(kind=kind, sever="mlp", metric=MetricConfig("logprob")))
+    for cfg in configs:
+        prefixes.clear()
+        _check(tiny_model, runs, cfg, cells)
+        assert prefixes and min(prefixes) >= 2  # every forward ran from a cached prefix

@@ -174,8 +174,8 @@ class Suffixes:
 def suffix_width(batch: TemplateBatch) -> int:
     """Tokens per row that every step runs: from the lookup to the row's last read position."""
     rows, pos = _rows_positions(batch)
-    last_read = [max(p for r, p in zip(rows, pos) if r == row) for row in range(len(batch.lookup))]
-    return max(p - look + 1 for p, look in zip(last_read, batch.lookup))
+    last_read = [max(p for r, p in zip(rows, pos, strict=True) if r == row) for row in range(len(batch.lookup))]
+    return max(p - look + 1 for p, look in zip(last_read, batch.lookup, strict=True))
 
 
 def suffixes(model: Any, batch: TemplateBatch, resid: Tensor, start: int) -> Suffixes:
@@ -195,7 +195,7 @@ def _logits_fast(model: Any, suf: Suffixes, batch: TemplateBatch, delta: Tensor,
     with intervened(model, [add, cap]):
         tlens.forward_with_prefix(model, suf.resid, suf.prefix, suf.positions, stop_after=last)
     rows, pos = _rows_positions(batch)
-    cols = [p - batch.lookup[r] for r, p in zip(rows, pos)]
+    cols = [p - batch.lookup[r] for r, p in zip(rows, pos, strict=True)]
     return tlens.unembed(model, cap.store[Site("resid_post", last)][rows, cols])
 
 

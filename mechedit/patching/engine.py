@@ -16,17 +16,24 @@ far less work, and is tested equal to that naive loop:
    blocks never run. Cells whose source and base activations are identical (e.g.
    positions before the noised subject, in a causal model) are not run at all: their
    score is the base score.
-3. **Batch cells.** Cells with the same start layer share one forward whose batch is
-   ``cells × samples`` rows, chunked so a forward stays within a memory budget (and,
-   when a start layer has few rows, merged with the next ones: see ``MIN_ROWS``).
-4. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
+3. **Skip the positions no patch can change.** A cell patching position ``t`` leaves
+   positions ``< t`` exactly as in the base run at every layer (causal model): their
+   keys and values come from the base run, cached once (:func:`mechedit.tlens.block_kv`),
+   and only positions ``t..`` run (:func:`mechedit.tlens.forward_with_prefix`). A cell
+   patching every position (``pos=None``, e.g. whole heads) runs every position.
+4. **Batch cells.** Cells with the same (first patched position, start layer) share one
+   forward whose batch is ``cells × samples`` rows, chunked so a forward stays within a
+   memory budget (and, when a group has few rows, merged with the next ones, starting at
+   the lowest layer and position of the merged cells: see ``MIN_ROWS``).
+5. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
 
 Windows (ROME): for ``mlp_out``/``attn_out``/``head_z`` a cell centred at layer ``l``
 restores layers ``max(0, l - w//2) … min(L, l + ceil(w/2)) - 1``.
 Severed paths (ROME's frozen MLP/attention): with ``sever="mlp"`` (or ``"attn"``) a
 residual cell also holds that component's output at every position of every *later*
 block (``l..L-1`` after ``resid_pre@l``; ``l+1..L-1`` after ``resid_post@l``) at its
-base-run value, so the restored state cannot act through it.
+base-run value, so the restored state cannot act through it (before the patched position
+those outputs are the base run's anyway, so the cached prefix is exact here too).
 """
 
 from __future__ import annotations
@@ -193,10 +200,18 @@ def reference(model: Any, runs: Runs, config: PatchConfig) -> Reference:
     )
 
 
-def _answer_logits(model: Any, k: int, interventions: list, **forward: Any) -> Tensor:
-    """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded)."""
+def _answer_logits(model: Any, k: int, interventions: list, *, prefix: tlens.PrefixKV | None = None,
+                   positions: Tensor | None = None, **forward: Any) -> Tensor:
+    """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded).
+
+    With ``prefix``, ``forward`` holds ``resid`` for the positions after it.
+    """
     with intervened(model, interventions), torch.no_grad(), tlens.logits_for_last(model, k):
-        logits = tlens.forward_blocks(model, **forward)
+        if prefix is None:
+            logits = tlens.forward_blocks(model, **forward)
+        else:
+            assert positions is not None
+            logits = tlens.forward_with_prefix(model, forward["resid"], prefix, positions)
     assert logits is not None
     return logits
 
@@ -204,20 +219,33 @@ def _answer_logits(model: Any, k: int, interventions: list, **forward: Any) -> T
 # --- batched cells --------------------------------------------------------------------------
 
 
-def _select(cell: Cell) -> tuple[Any, ...]:
-    pos = slice(None) if cell.pos is None else cell.pos
+def _select(cell: Cell, offset: int = 0) -> tuple[Any, ...]:
+    """Index of the cell in an activation whose position 0 is position ``offset``."""
+    if cell.pos is None and offset:
+        raise ValueError("a cell patching every position cannot run from a cached prefix")
+    pos = slice(None) if cell.pos is None else cell.pos - offset
     return (slice(None), pos) if cell.head is None else (slice(None), pos, cell.head)
+
+
+def first_position(cell: Cell) -> int:
+    """Positions before this one are the base run's at every layer (0 if all are patched)."""
+    return 0 if cell.pos is None else cell.pos
 
 
 @dataclass(frozen=True, eq=False)
 class CellBatch:
-    """An intervention patching a chunk of cells, ``samples`` batch rows per cell."""
+    """An intervention patching a chunk of cells, ``samples`` batch rows per cell.
+
+    ``offset``: the forward runs positions ``offset..`` only (after a cached prefix), so
+    position ``p`` of the sequence is position ``p - offset`` of the activations.
+    """
 
     cells: tuple[Cell, ...]
     config: PatchConfig
     source: dict[Site, Tensor]
     base: dict[Site, Tensor]
     samples: int
+    offset: int = 0
 
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
         n_layers = model_info(model).n_layers
@@ -232,15 +260,15 @@ class CellBatch:
             yield site.resolve(model), self._hook(site, patches.get(site, []), holds.get(site, []))
 
     def _hook(self, site: Site, patches: list[tuple[int, Cell]], holds: list[int]) -> HookFn:
-        n = self.samples
+        n, off = self.samples, self.offset
 
         def fn(act: Tensor, *, hook: Any) -> Tensor:
             out = act.clone()
             for c in holds:
-                out[c * n:(c + 1) * n] = self.base[site].to(act.dtype)
+                out[c * n:(c + 1) * n] = self.base[site][:, off:].to(act.dtype)
             for c, where in patches:
-                sel = _select(where)
-                out[(slice(c * n, (c + 1) * n), *sel[1:])] = self.source[site][sel].to(act.dtype)
+                sel = _select(where, off)
+                out[(slice(c * n, (c + 1) * n), *sel[1:])] = self.source[site][_select(where)].to(act.dtype)
             return out
 
         return fn
@@ -268,25 +296,27 @@ MIN_ROWS = 48
 
 
 def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig,
-            runs: Runs) -> list[tuple[int, list[int]]]:
-    """Indices ``todo`` of cells grouped by start layer, chunked to the memory budget.
+            runs: Runs) -> list[tuple[int, int, list[int]]]:
+    """``(start layer, first position, indices)``: cells ``todo`` grouped, chunked to the budget.
 
-    Small groups (few samples, e.g. clean/corrupted pairs) are merged with the next start
-    layers: a cell starting later simply recomputes, unpatched, the blocks in between.
+    Groups share a first patched position and a start layer. Small groups (few samples,
+    e.g. clean/corrupted pairs) are merged with the next ones, layers first (a cell
+    starting later recomputes, unpatched, the blocks in between; cheaper than recomputing
+    positions): the chunk starts at its cells' lowest layer and first position.
     """
     n_layers = model_info(model).n_layers
-    by_start: dict[int, list[int]] = defaultdict(list)
+    groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i in todo:
-        by_start[start_layer(cells[i], config, n_layers)].append(i)
+        groups[(first_position(cells[i]), start_layer(cells[i], config, n_layers))].append(i)
     per = max(1, _rows_per_forward(model, runs.seq_len, len(runs.answer), config.memory_mb) // runs.samples)
-    merged: list[tuple[int, list[int]]] = []
-    for start, idx in sorted(by_start.items()):
+    merged: list[tuple[int, int, list[int]]] = []
+    for (pos, start), idx in sorted(groups.items()):
         last = merged[-1] if merged else None
-        if last is not None and len(last[1]) * runs.samples < MIN_ROWS and len(last[1]) + len(idx) <= per:
-            last[1].extend(idx)
+        if last is not None and len(last[2]) * runs.samples < MIN_ROWS and len(last[2]) + len(idx) <= per:
+            merged[-1] = (min(last[0], start), min(last[1], pos), last[2] + idx)
         else:
-            merged.append((start, list(idx)))
-    return [(s, idx[i:i + per]) for s, idx in merged for i in range(0, len(idx), per)]
+            merged.append((start, pos, list(idx)))
+    return [(s, p, idx[i:i + per]) for s, p, idx in merged for i in range(0, len(idx), per)]
 
 
 def patch_cells(
@@ -314,11 +344,21 @@ def patch_cells(
     if progress is not None and len(todo) < len(cells):
         progress(len(cells) - len(todo))
     base, source = ref.base(config.direction), ref.source(config.direction)
-    for start, idx in _chunks(model, cells, todo, config, runs):
+    base_kv = None
+    for start, pos, idx in _chunks(model, cells, todo, config, runs):
         chunk = tuple(cells[i] for i in idx)
-        resid = base[Site(SiteKind.RESID_PRE, start)].expand(n, -1, -1).repeat(len(chunk), 1, 1)
-        batch = CellBatch(chunk, config, source, base, n)
-        logits = _answer_logits(model, len(runs.answer), [batch], resid=resid, start=start)
+        resid = base[Site(SiteKind.RESID_PRE, start)][:, pos:].expand(n, -1, -1).repeat(len(chunk), 1, 1)
+        batch = CellBatch(chunk, config, source, base, n, offset=pos)
+        if pos == 0:
+            logits = _answer_logits(model, len(runs.answer), [batch], resid=resid, start=start)
+        else:
+            if base_kv is None:  # the base run's keys and values, every block and position
+                base_kv = tlens.block_kv(model, base[Site(SiteKind.RESID_PRE, 0)], 0)
+            rows = torch.arange(n * len(chunk), device=resid.device) % base_kv.valid.shape[0]
+            prefix = base_kv.window(start, pos).rows(rows)
+            positions = torch.arange(pos, runs.seq_len, device=resid.device).expand(len(rows), -1)
+            logits = _answer_logits(model, len(runs.answer), [batch], resid=resid, prefix=prefix,
+                                    positions=positions)
         out[idx] = evaluate(config.metric, logits, ref.targets).view(len(chunk), n).cpu()
         if progress is not None:
             progress(len(chunk))
