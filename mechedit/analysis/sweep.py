@@ -133,7 +133,8 @@ class SweepConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ConfigError(f"unknown SweepConfig fields {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        lists = ("layers", "methods", "variants")
+        return cls(**{k: tuple(v) if k in lists else v for k, v in d.items()})
 
 
 # --- tracing ---------------------------------------------------------------------------
