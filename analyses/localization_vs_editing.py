@@ -9,8 +9,9 @@ score the edit; then regress the score on layer and tracing effect.
 
 Resumable: rerun the same command and finished rows are skipped. Results go to
 ``analyses/results/localization_vs_editing/`` (see ``report.md`` there). ROME uses the
-stored SmolLM2 hparams except the key statistics, read from 128 (not 512) model-sampled
-texts so that one pass over the corpus serves every layer on a CPU.
+stored SmolLM2 hparams except the key statistics (``--mom2-samples``/``--mom2-length``,
+default 128 model-sampled texts of 128 tokens instead of 512): on a shared CPU, sampling
+the corpus for new layers dominates a small run.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import mechedit
 from mechedit.analysis.report import write_report
 from mechedit.analysis.sweep import SweepConfig, run_sweep
 from mechedit.data import KnownFilter, filter_known, load_counterfact
-from mechedit.editors import get_editor
+from mechedit.editors import EditorCache, get_editor
+from mechedit.editors.stats import Corpus
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parent.parent / "shared" / "data" / "counterfact_500.json"
@@ -49,10 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(OUT))
     p.add_argument("--n", type=int, default=None, help="the first N known facts (default all)")
     p.add_argument("--layer-step", type=int, default=3)
+    p.add_argument("--layers", default="", help="comma-separated central layers (overrides --layer-step)")
     p.add_argument("--methods", default="rome")
     p.add_argument("--variants", default="injection")
     p.add_argument("--samples", type=int, default=10, help="noise samples per trace")
     p.add_argument("--mom2-samples", type=int, default=128)
+    p.add_argument("--mom2-length", type=int, default=128)
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -60,12 +64,16 @@ def main(argv: list[str] | None = None) -> int:
     model = mechedit.load_model("smollm2-135m")
     records, _ = load_counterfact(args.data)
     facts = known_facts(model, records, out)[: args.n]
-    config = SweepConfig(layer_step=args.layer_step, methods=tuple(args.methods.split(",")),
+    layers = tuple(int(x) for x in args.layers.split(",") if x)
+    config = SweepConfig(layers=layers, layer_step=args.layer_step, methods=tuple(args.methods.split(",")),
                          variants=tuple(args.variants.split(",")), noise_samples=args.samples, known_only=False,
                          essence_texts=2, essence_tokens=20)
-    bases = {m: get_editor(m).config_for(model).replace(mom2_n_samples=args.mom2_samples)
+    bases = {m: get_editor(m).config_for(model).replace(mom2_n_samples=args.mom2_samples,
+                                                          mom2_max_length=args.mom2_length)
              for m in ("rome", "memit") if m in config.methods}
-    result = run_sweep(model, facts, config, out, editor_configs=bases)
+    # texts sampled at 128 tokens (then cut to --mom2-length): the corpus of the cached statistics
+    cache = EditorCache(corpus=Corpus.model_samples(n_tokens=128), progress=False)
+    result = run_sweep(model, facts, config, out, editor_configs=bases, cache=cache)
     command = "python analyses/localization_vs_editing.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
     stats = write_report(result, out, command)
     print(f"{len(result.rows)} rows ({result.n_new} new) from {len(facts)} known facts -> {out}")
