@@ -1,0 +1,419 @@
+"""The localization-vs-editing sweep (Hase et al. 2023, "Does Localization Inform Editing?").
+
+For each fact: trace it once (MLP restoration, a window of 5 layers, Gaussian noise on
+the subject), then for every (edit layer, method, variant) compute the edit and score
+it. One row per (fact, layer, method, variant) goes to a :class:`~mechedit.store.ResultStore`
+as soon as it is finished; a rerun with the same store skips the rows already there.
+The per-fact trace is stored too (``traces.jsonl``), so a resumed sweep does not retrace.
+
+**Tracing effect.** With ``restored[pos, l]`` the probability of the answer when the MLP
+outputs of the window centred at ``l`` are restored at ``pos`` in the noised run,
+
+    effect[pos, l] = max(0, (restored[pos, l] − corrupted) / |clean − corrupted|)
+
+and the per-layer tracing effect is ``max_pos effect[pos, l]`` (column ``tracing_effect``);
+``tracing_effect_last_subject`` is the value at the subject's last token.
+
+**Methods.** ``rome`` edits the central layer; ``memit`` and ``ft5`` a window of 5 layers
+centred on it (clipped at the ends, the tracing window's rule); ``ft`` the central layer.
+
+**Variants** (the objectives are in :mod:`mechedit.editors.objective`):
+
+==================  =========  ========================================================
+variant             objective  ``rewrite`` / ``paraphrase`` score
+==================  =========  ========================================================
+``injection``       inject     rewrite score of ``target_new``
+``reversal``        inject     rewrite score of the noised model's top-1 answer
+                               (``target_new`` := that token; the true answer's first
+                               token is excluded so the problem is never trivial)
+``erasure``         erase      erasure score of ``target_true``
+``amplification``   amplify    rewrite score of ``target_true``
+==================  =========  ========================================================
+
+``neighborhood`` and ``essence_drift`` are the Hase neighbourhood score and essence
+drift for every variant. Hase's fifth variant, fact forcing (amplify with the subject
+noised during the edit and its evaluation), is not implemented: the editors have no
+hook for extra interventions in their own forward passes yet.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from mechedit.data import CounterFactRecord
+from mechedit.errors import ConfigError
+from mechedit.evaluation.hase import erasure_score, rewrite_score
+from mechedit.patching.results import PatchResult
+from mechedit.store import ResultStore
+from mechedit.tokens import Prefix
+
+METHODS = ("rome", "memit", "ft", "ft5")
+VARIANTS = ("injection", "reversal", "erasure", "amplification")
+NOT_IMPLEMENTED_VARIANTS = ("forcing",)
+OBJECTIVES = {"injection": "inject", "reversal": "inject", "erasure": "erase", "amplification": "amplify"}
+SCORE_METRICS = ("rewrite", "paraphrase", "neighborhood", "essence_drift")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """What the sweep covers and how it traces and scores.
+
+    ``layers``: central edit layers; empty = every ``layer_step``-th layer plus the last.
+    ``n_facts``: the first N facts (after the known filter, if ``known_only``).
+    ``noise_samples``/``noise_multiple``/``seed``: the tracing noise (σ = multiple × σ_emb).
+    ``essence_texts``/``essence_tokens``: the subject texts of the essence perplexity.
+    """
+
+    layers: tuple[int, ...] = ()
+    layer_step: int = 4
+    methods: tuple[str, ...] = ("rome",)
+    variants: tuple[str, ...] = ("injection",)
+    window: int = 5
+    edit_window: int = 5
+    noise_samples: int = 10
+    noise_multiple: float = 3.0
+    n_facts: int | None = None
+    known_only: bool = True
+    prefix: Prefix | str = Prefix.NEUTRAL
+    essence_texts: int = 3
+    essence_tokens: int = 30
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "methods", "variants"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "prefix", Prefix(self.prefix))
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ConfigError(f"unknown or no methods {bad or list(self.methods)}; known: {list(METHODS)}")
+        todo = [v for v in self.variants if v in NOT_IMPLEMENTED_VARIANTS]
+        if todo:
+            raise ConfigError(f"variant(s) {todo} are not implemented yet; available: {list(VARIANTS)}")
+        bad = [v for v in self.variants if v not in VARIANTS]
+        if bad or not self.variants:
+            raise ConfigError(f"unknown or no variants {bad or list(self.variants)}; known: {list(VARIANTS)}")
+        if any(int(x) < 0 for x in self.layers):
+            raise ConfigError(f"layers must be >= 0, got {list(self.layers)}")
+        for name in ("layer_step", "window", "edit_window", "noise_samples", "essence_texts", "essence_tokens",
+                     "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"SweepConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_facts is not None and self.n_facts < 1:
+            raise ConfigError(f"SweepConfig.n_facts must be >= 1 or None, got {self.n_facts}")
+
+    def layers_for(self, n_layers: int) -> tuple[int, ...]:
+        """The central layers on a model with ``n_layers`` layers."""
+        if self.layers:
+            bad = [x for x in self.layers if x >= n_layers]
+            if bad:
+                raise ConfigError(f"layers {bad} do not exist in a {n_layers}-layer model")
+            return tuple(sorted(set(self.layers)))
+        return tuple(sorted({*range(0, n_layers, self.layer_step), n_layers - 1}))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(layers=list(self.layers), methods=list(self.methods), variants=list(self.variants),
+                 prefix=str(self.prefix))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SweepConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown SweepConfig fields {unknown}; known: {sorted(known)}")
+        lists = ("layers", "methods", "variants")
+        return cls(**{k: tuple(v) if k in lists else v for k, v in d.items()})
+
+
+# --- tracing ---------------------------------------------------------------------------
+
+def restored_fraction(result: PatchResult) -> Float[Tensor, "pos layer"]:
+    """``max(0, (restored − corrupted) / |clean − corrupted|)`` per cell (0 where clean = corrupted)."""
+    denom = abs(result.clean_score - result.corrupted_score)
+    if denom == 0:
+        return torch.zeros_like(result.scores, dtype=torch.float64)
+    return ((result.scores.double() - result.corrupted_score) / denom).clamp(min=0)
+
+
+def tracing_effects(result: PatchResult) -> tuple[Float[Tensor, "layer"], Float[Tensor, "layer"]]:
+    """Per layer: the max over positions, and the value at the last subject token."""
+    if result.subject_range is None:
+        raise ConfigError("tracing effects need a trace with a subject range")
+    frac = restored_fraction(result)
+    return frac.max(0).values, frac[result.subject_range[1] - 1]
+
+
+def noised_top1(model: Any, record: CounterFactRecord, result: PatchResult, config: SweepConfig) -> int:
+    """The corrupted run's answer: argmax of the next-token probabilities averaged over the
+    noise samples of ``result`` (same draws), the true answer's first token excluded."""
+    from mechedit.interventions import run
+    from mechedit.patching.corruption import NoiseConfig, subject_noise
+    from mechedit.tokens import encode, target_ids
+
+    assert result.subject_range is not None and result.noise_std is not None
+    noise = NoiseConfig.from_dict(result.extra["noise"])
+    ids = encode(model, record.text, prefix=config.prefix).tensor(next(model.parameters()).device)
+    ids = ids.expand(noise.samples, -1)
+    intervention = subject_noise(range(*result.subject_range), result.noise_std, noise)
+    probs = torch.softmax(run(model, ids, [intervention])[:, -1].double(), -1).mean(0)
+    probs[target_ids(model, record.text, record.target_true)[0]] = -1.0
+    return int(probs.argmax())
+
+
+def trace_fact(model: Any, record: CounterFactRecord, config: SweepConfig, sigma: float) -> tuple[dict[str, Any],
+                                                                                                 PatchResult]:
+    """Trace one fact; returns the JSON-ready trace row and the :class:`PatchResult`."""
+    from mechedit.models import model_info
+    from mechedit.patching import trace
+    from mechedit.patching.corruption import NoiseConfig
+
+    t0 = time.perf_counter()
+    noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
+    result = trace(model, record.text, record.subject, answer=record.target_true, kind="mlp",
+                   window=config.window, noise=noise, sigma=sigma, prefix=config.prefix)
+    best, last = tracing_effects(result)
+    rev = noised_top1(model, record, result, config)
+    row = {"case_id": record.case_id, "subject": record.subject, "effect": best.tolist(),
+           "effect_last_subject": last.tolist(), "peak_layer": int(best.argmax()),
+           "clean_score": result.clean_score, "corrupted_score": result.corrupted_score, "sigma": sigma,
+           "reversal_id": rev, "reversal_target": str(model_info(model).tokenizer.decode([rev])),
+           "trace_seconds": time.perf_counter() - t0}
+    return row, result
+
+
+# --- editing and scoring ---------------------------------------------------------------
+
+def edit_layers(method: str, layer: int, n_layers: int, edit_window: int = 5) -> tuple[int, ...]:
+    """The layers ``method`` writes for central layer ``layer``."""
+    from mechedit.patching.engine import window_layers
+
+    if method in ("rome", "ft"):
+        return (layer,)
+    return tuple(window_layers(layer, edit_window, n_layers))
+
+
+def editor_config(method: str, layer: int, variant: str, n_layers: int, base: Any, edit_window: int = 5) -> Any:
+    """``base`` (the method's hyperparameters) moved to ``layer`` with the variant's objective."""
+    layers = edit_layers(method, layer, n_layers, edit_window)
+    moved = base.replace(layer=layers[0]) if method == "rome" else base.replace(layers=layers)
+    return moved.replace(objective=OBJECTIVES[variant])
+
+
+def variant_record(record: CounterFactRecord, variant: str, trace_row: Mapping[str, Any]) -> CounterFactRecord:
+    """The record the variant edits and scores (reversal: ``target_new`` := the noised answer)."""
+    if variant == "reversal":
+        return dataclasses.replace(record, target_new=trace_row["reversal_target"], target_new_id=None)
+    return record
+
+
+def variant_scores(variant: str, p_pre: Mapping[str, Sequence[float]],
+                   p_post: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    """``rewrite`` and ``paraphrase`` scores of a variant from the Hase (new, true) probabilities."""
+    idx = 1 if variant in ("erasure", "amplification") else 0
+    score = erasure_score if variant == "erasure" else rewrite_score
+    out = {}
+    for name, kind in (("rewrite", "rewrite"), ("paraphrase", "paraphrase")):
+        out[name] = score(p_pre[kind][idx], p_post[kind][idx]) if kind in p_pre else float("nan")
+    return out
+
+
+def row_key(case_id: Any, layer: int, method: str, variant: str) -> str:
+    return f"{case_id}|{layer}|{method}|{variant}"
+
+
+@dataclass
+class _Context:
+    """What the rows of one sweep share: model, configs, editor cache, stores."""
+
+    model: Any
+    config: SweepConfig
+    bases: dict[str, Any]
+    cache: Any
+    rows: ResultStore
+    traces: ResultStore
+    n_layers: int
+
+
+def score_row(ctx: _Context, record: CounterFactRecord, trace_row: Mapping[str, Any], layer: int, method: str,
+              variant: str) -> dict[str, Any]:
+    """Edit one (fact, layer, method, variant) and score it: the stored row."""
+    from mechedit.editors import get_editor
+    from mechedit.evaluation.run import EvalConfig, evaluate_record
+
+    cfg = ctx.config
+    rec = variant_record(record, variant, trace_row)
+    econf = editor_config(method, layer, variant, ctx.n_layers, ctx.bases[method], cfg.edit_window)
+    t0 = time.perf_counter()
+    edit = get_editor("ft" if method == "ft5" else method).fn(ctx.model, [rec.to_request()], econf, cache=ctx.cache)
+    t1 = time.perf_counter()
+    eval_config = EvalConfig(metrics=("hase",), prefix=cfg.prefix, batch_size=cfg.batch_size, seed=cfg.seed,
+                             essence_n_texts=cfg.essence_texts, essence_max_new_tokens=cfg.essence_tokens)
+    hase = evaluate_record(ctx.model, rec, [edit], eval_config)
+    scores = variant_scores(variant, hase["hase_p_pre"], hase["hase_p_post"])
+    return {"case_id": record.case_id, "subject": record.subject, "layer": layer, "method": method,
+            "variant": variant, "edit_layers": list(econf.layers if method != "rome" else (econf.layer,)),
+            "target": rec.target_true if variant in ("erasure", "amplification") else rec.target_new,
+            "tracing_effect": trace_row["effect"][layer],
+            "tracing_effect_last_subject": trace_row["effect_last_subject"][layer],
+            "peak_layer": trace_row["peak_layer"], **scores,
+            "neighborhood": hase["hase_neighborhood"], "essence_drift": hase["hase_essence_drift"],
+            **{k: v for k, v in hase.items() if k.startswith("hase_")},
+            "edit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
+
+
+# --- the sweep -------------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class SweepResult:
+    """Rows (one per fact × layer × method × variant) and traces (one per fact) of a sweep."""
+
+    rows: pd.DataFrame
+    traces: pd.DataFrame
+    config: SweepConfig
+    model: str
+    n_layers: int
+    n_new: int = 0
+    n_skipped: int = 0
+
+    def to_dataframe(self) -> pd.DataFrame:
+        return self.rows
+
+    def long(self) -> pd.DataFrame:
+        """Tidy: one row per (row, metric) with ``score`` (what :func:`localization_stats` reads)."""
+        return long_rows(self.rows)
+
+    def stats(self):
+        from mechedit.analysis.stats import localization_stats
+
+        return localization_stats(self.long())
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``rows.csv``, ``traces.csv`` and ``sweep.json`` (config and provenance)."""
+        import json
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        flat = self.rows.drop(columns=[c for c in ("hase_p_pre", "hase_p_post") if c in self.rows], errors="ignore")
+        flat.to_csv(out / "rows.csv", index=False)
+        self.traces.to_csv(out / "traces.csv", index=False)
+        meta = {"model": self.model, "n_layers": self.n_layers, "config": self.config.to_dict(),
+                "n_rows": len(self.rows), "n_facts": len(self.traces)}
+        (out / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n")
+        return out
+
+
+def long_rows(rows: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:
+    """Melt the score columns of sweep rows into ``metric``/``score``."""
+    ids = [c for c in ("case_id", "layer", "method", "variant", "tracing_effect", "tracing_effect_last_subject",
+                       "peak_layer") if c in rows]
+    return rows.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="score")
+
+
+def stores(out_dir: str | Path | None) -> tuple[ResultStore, ResultStore]:
+    """The rows and traces stores of a sweep directory (in memory when ``None``)."""
+    if out_dir is None:
+        return ResultStore(None), ResultStore(None)
+    out = Path(out_dir)
+    return ResultStore(out / "rows.jsonl"), ResultStore(out / "traces.jsonl")
+
+
+def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig) -> list[CounterFactRecord]:
+    """The known facts (top-1 filter, if ``known_only``), first ``n_facts`` of them."""
+    from mechedit.data import KnownFilter, filter_known
+
+    records = list(records)
+    if config.known_only:
+        records, _ = filter_known(model, records, KnownFilter("top1", prefix=config.prefix))
+    return records[: config.n_facts] if config.n_facts is not None else records
+
+
+def _base_configs(model: Any, methods: Sequence[str], given: Mapping[str, Any] | None) -> dict[str, Any]:
+    from mechedit.editors import get_editor
+
+    given = dict(given or {})
+    bases = {}
+    for m in methods:
+        key = m if m in given else ("ft" if m == "ft5" and "ft" in given else None)
+        bases[m] = given[key] if key else get_editor("ft" if m == "ft5" else m).config_for(model)
+    return bases
+
+
+def prefetch_stats(ctx: _Context, layers: Sequence[int]) -> None:
+    """Key statistics of every layer ROME/MEMIT will write, in one pass over the corpus."""
+    for method in ("rome", "memit"):
+        if method in ctx.config.methods:
+            base = ctx.bases[method]
+            needed = sorted({x for c in layers for x in edit_layers(method, c, ctx.n_layers, ctx.config.edit_window)})
+            ctx.cache.key_stats(ctx.model, needed, n_samples=base.mom2_n_samples, max_length=base.mom2_max_length,
+                                prefix=base.prefix)
+
+
+def _fact_trace(ctx: _Context, record: CounterFactRecord, sigma: float) -> dict[str, Any]:
+    key = str(record.case_id)
+    if key not in ctx.traces:
+        row, _ = trace_fact(ctx.model, record, ctx.config, sigma)
+        ctx.traces.append(key, row)
+    return ctx.traces.get(key)  # type: ignore[return-value]
+
+
+def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig | None = None,
+              out_dir: str | Path | None = None, *, editor_configs: Mapping[str, Any] | None = None,
+              cache: Any = None, progress: bool = True, max_rows: int | None = None) -> SweepResult:
+    """Run (or resume) the sweep over ``records`` (already filtered; see :func:`select_facts`).
+
+    Args:
+        out_dir: where ``rows.jsonl`` and ``traces.jsonl`` live; rows already there are
+            skipped, traces already there are reused. ``None``: in memory only.
+        editor_configs: base hyperparameters per method (``"ft"`` also serves ``"ft5"``);
+            default: the model's stored hparams. The sweep sets layer(s) and objective.
+        cache: an :class:`~mechedit.editors.EditorCache` (statistics once per layer).
+        max_rows: stop after computing this many new rows (for tests and budgets).
+    """
+    from tqdm.auto import tqdm
+
+    from mechedit.editors import EditorCache
+    from mechedit.models import model_info
+    from mechedit.patching.corruption import NoiseConfig, noise_sigma
+
+    config = config or SweepConfig()
+    info = model_info(model)
+    layers = config.layers_for(info.n_layers)
+    rows_store, traces_store = stores(out_dir)
+    ctx = _Context(model, config, _base_configs(model, config.methods, editor_configs),
+                   cache if cache is not None else EditorCache(progress=False), rows_store, traces_store, info.n_layers)
+    prefetch_stats(ctx, layers)
+    sigma = noise_sigma(model, NoiseConfig(value=config.noise_multiple, samples=config.noise_samples))
+    units = [(r, layer, m, v) for r in records for layer in layers for m in config.methods for v in config.variants]
+    keys = [row_key(r.case_id, layer, m, v) for r, layer, m, v in units]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("records have duplicate case ids; each fact needs its own id")
+    done = sum(k in rows_store for k in keys)
+    n_new = 0
+    bar = tqdm(total=len(units), initial=done, desc="localization sweep", unit="row", disable=not progress)
+    try:
+        for (rec, layer, method, variant), key in zip(units, keys, strict=True):
+            if key in rows_store:
+                continue
+            if max_rows is not None and n_new >= max_rows:
+                break
+            trace_row = _fact_trace(ctx, rec, sigma)
+            rows_store.append(key, score_row(ctx, rec, trace_row, layer, method, variant))
+            n_new += 1
+            bar.update(1)
+    finally:
+        bar.close()
+    rows = pd.DataFrame([rows_store.get(k) for k in keys if k in rows_store])
+    traces = pd.DataFrame([traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store])
+    return SweepResult(rows, traces, config, info.name, info.n_layers, n_new, done)

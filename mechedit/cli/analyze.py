@@ -1,0 +1,118 @@
+"""``mechedit analyze localization-vs-editing``: the Hase et al. (2023) study, resumably.
+
+Writes into ``--out DIR``: ``rows.jsonl`` and ``traces.jsonl`` (appended and fsynced as
+each row / trace finishes; a rerun skips what is there), ``run.json`` (the settings; a
+rerun with other settings is refused), ``rows.csv``, ``traces.csv``, ``r2.csv``,
+``correlations.csv``, ``verdicts.json``, the figures and ``report.md``
+(:mod:`mechedit.analysis.report`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from mechedit.errors import MecheditError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("analyze", help="analyses built on tracing and editing")
+    inner = p.add_subparsers(dest="analysis", required=True)
+    q = inner.add_parser("localization-vs-editing",
+                         help="does the tracing effect predict edit success? (Hase et al. 2023)")
+    q.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    q.add_argument("--data", required=True, help="CounterFact-schema JSON file")
+    q.add_argument("--n", type=int, default=None, help="the first N known facts")
+    q.add_argument("--layers", default=None, help="comma-separated central edit layers (default: --layer-step)")
+    q.add_argument("--layer-step", type=int, default=4, help="every K-th layer plus the last (default 4)")
+    q.add_argument("--methods", default="rome", help="comma-separated subset of rome,memit,ft,ft5")
+    q.add_argument("--variants", default="injection",
+                   help="comma-separated subset of injection,reversal,erasure,amplification")
+    q.add_argument("--samples", type=int, default=10, help="noise samples of the trace (default 10)")
+    q.add_argument("--window", type=int, default=5, help="MLP tracing window (default 5)")
+    q.add_argument("--essence-texts", type=int, default=3, help="subject texts for the essence score")
+    q.add_argument("--essence-tokens", type=int, default=30, help="tokens per essence text")
+    q.add_argument("--all-facts", action="store_true", help="do not filter to facts the model knows (top-1)")
+    q.add_argument("--hparams", default=None,
+                   help='JSON file {"rome": {"lr": 2.0}, ...}: fields overriding the stored hparams per method')
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
+    q.set_defaults(func=run)
+
+
+def _csv(text: str | None, cast: Any = str) -> tuple[Any, ...]:
+    return () if not text else tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+
+
+def sweep_config(args: argparse.Namespace) -> Any:
+    from mechedit.analysis.sweep import SweepConfig
+
+    return SweepConfig(layers=_csv(args.layers, int), layer_step=args.layer_step, methods=_csv(args.methods),
+                       variants=_csv(args.variants), window=args.window, noise_samples=args.samples,
+                       n_facts=args.n, known_only=not args.all_facts, essence_texts=args.essence_texts,
+                       essence_tokens=args.essence_tokens, seed=args.seed)
+
+
+def _hparams(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    d = json.loads(Path(path).read_text())
+    if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
+        raise MecheditError(f"{path}: --hparams must map method names to objects of config fields")
+    return d
+
+
+def base_configs(model: Any, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Stored hparams of each overridden method, with the given fields replaced."""
+    from mechedit.editors import get_editor
+
+    out = {}
+    for method, fields in overrides.items():
+        spec = get_editor("ft" if method == "ft5" else method)
+        base = spec.config_for(model).to_dict()
+        out[method] = spec.config_class.from_dict({**base, **fields})
+    return out
+
+
+def _check_run_file(out: Path, settings: dict[str, Any]) -> None:
+    path = out / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise MecheditError(f"{out} holds a sweep with other settings ({', '.join(diff)}); "
+                                "use another --out, or delete the directory to start over")
+    else:
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = sweep_config(args)  # fails on a bad option before anything is loaded
+    from mechedit import load_model
+    from mechedit.analysis.report import write_report
+    from mechedit.analysis.sweep import run_sweep, select_facts
+    from mechedit.data import load_counterfact
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_file(out, {"model": args.model, "data": str(Path(args.data).resolve()), "hparams": _hparams(args.hparams),
+                          "sweep": config.to_dict()})
+    records, report = load_counterfact(args.data)
+    model = load_model(args.model)
+    facts = select_facts(model, records, config)
+    print(f"{report.source}: {report.n_loaded} records, {len(facts)} facts in the sweep", file=sys.stderr)
+    if not facts:
+        raise MecheditError("no facts to sweep (none known by the model?); try --all-facts")
+    result = run_sweep(model, facts, config, out, editor_configs=base_configs(model, _hparams(args.hparams)),
+                       progress=not args.quiet)
+    command = "mechedit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "mechedit analyze"
+    stats = write_report(result, out, command)
+    print(f"{len(result.rows)} rows ({result.n_new} new, {result.n_skipped} resumed) -> {out}", file=sys.stderr)
+    for line in stats.verdicts:
+        print(line)
+    return 0
