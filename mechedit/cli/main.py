@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from mechedit.cli import analyze as analyze_cmd
 from mechedit.cli import edit as edit_cmd
 from mechedit.cli import eval as eval_cmd
 from mechedit.cli import patch as patch_cmd
@@ -14,7 +15,7 @@ from mechedit.cli import synth as synth_cmd
 from mechedit.cli import trace as trace_cmd
 from mechedit.errors import MecheditError
 
-SUBCOMMANDS = [predict_cmd, trace_cmd, patch_cmd, edit_cmd, eval_cmd, synth_cmd]
+SUBCOMMANDS = [predict_cmd, trace_cmd, patch_cmd, edit_cmd, eval_cmd, analyze_cmd, synth_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
