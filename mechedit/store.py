@@ -130,3 +130,20 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "to_dict"):
         return obj.to_dict()
     raise TypeError(f"cannot store {type(obj).__name__} in a JSON row")
+
+
+def check_run_settings(out: str | os.PathLike, settings: Mapping[str, Any], *, what: str = "run") -> None:
+    """Write ``out/run.json`` the first time; afterwards refuse other settings.
+
+    A resumed run must use the settings it started with, or its rows would mix two
+    experiments. The error names the keys that differ and says what to do.
+    """
+    path = Path(out) / "run.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != settings:
+            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+            raise MecheditError(f"{out} holds a {what} with other settings ({', '.join(diff)}); "
+                                "use another --out, or delete the directory to start over")
+    else:
+        path.write_text(json.dumps(dict(settings), indent=2) + "\n")

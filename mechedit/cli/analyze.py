@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mechedit.errors import MecheditError
+from mechedit.store import check_run_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -79,16 +80,6 @@ def base_configs(model: Any, overrides: dict[str, dict[str, Any]]) -> dict[str, 
     return out
 
 
-def _check_run_file(out: Path, settings: dict[str, Any]) -> None:
-    path = out / "run.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise MecheditError(f"{out} holds a sweep with other settings ({', '.join(diff)}); "
-                                "use another --out, or delete the directory to start over")
-    else:
-        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_run_file(out, {"model": args.model, "data": str(Path(args.data).resolve()), "hparams": _hparams(args.hparams),
-                          "sweep": config.to_dict()})
+    settings = {"model": args.model, "data": str(Path(args.data).resolve()), "hparams": _hparams(args.hparams),
+                "sweep": config.to_dict()}
+    check_run_settings(out, settings, what="sweep")
     records, report = load_counterfact(args.data)
     model = load_model(args.model)
     facts = select_facts(model, records, config)

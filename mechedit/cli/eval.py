@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from mechedit.errors import MecheditError
+from mechedit.store import check_run_settings
 
 BUILTIN_METHODS = ("none",)
 
@@ -105,16 +106,6 @@ def _settings(args: argparse.Namespace, eval_config: Any) -> dict[str, Any]:
             "eval": eval_config.to_dict()}
 
 
-def _check_run_file(out: Path, settings: dict[str, Any]) -> None:
-    path = out / "run.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise MecheditError(f"{out} holds a run with other settings ({', '.join(diff)}); "
-                                "use another --out, or delete the directory to start over")
-    else:
-        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     settings = _settings(args, eval_config)
-    _check_run_file(out, settings)
+    check_run_settings(out, settings, what="run")
     records, report = load_counterfact(args.data)
     print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
     for prob in report.problems:
