@@ -80,6 +80,17 @@ def any_model(request):
     return request.getfixturevalue(request.param)
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """An editor cache for small models: key statistics from 16-token model samples, in a
+    temporary directory (one per test module; a module may define its own)."""
+    from mechedit.editors import EditorCache
+    from mechedit.editors.stats import Corpus
+
+    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=Corpus.model_samples(n_tokens=16),
+                       progress=False)
+
+
 @pytest.fixture(autouse=True)
 def _no_hooks_left_behind():
     """Every test must leave every loaded model with no hook attached."""

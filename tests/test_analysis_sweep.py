@@ -19,8 +19,7 @@ import mechedit
 from mechedit.analysis import sweep as sweep_mod
 from mechedit.analysis.sweep import SweepConfig, run_sweep, trace_fact, variant_scores
 from mechedit.data import load_counterfact
-from mechedit.editors import EditorCache, FTConfig, RomeConfig, get_editor
-from mechedit.editors.stats import Corpus
+from mechedit.editors import FTConfig, RomeConfig, get_editor
 from mechedit.errors import ConfigError
 from mechedit.evaluation.hase import erasure_score, neighborhood_score, rewrite_score
 from mechedit.synth import shipped_model_dir
@@ -29,12 +28,6 @@ SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
 BASES = {"rome": RomeConfig(layer=0, lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
 CONFIG = SweepConfig(layers=(0,), methods=("rome",), variants=("injection",), noise_samples=3,
                      essence_texts=1, essence_tokens=4, known_only=False)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=Corpus.model_samples(n_tokens=16),
-                       progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import mechedit
-from mechedit.editors import EditorCache, MemitConfig, RomeConfig, memit, memit_solve, rank_one_update, rome
-from mechedit.editors.stats import Corpus
+from mechedit.editors import MemitConfig, RomeConfig, memit, memit_solve, rank_one_update, rome
 from mechedit.weights import mlp_out_weight
 
 REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
@@ -51,12 +50,6 @@ def test_memit_one_request_one_layer_is_a_least_squares_solve():
     np.testing.assert_allclose(ours.numpy(), ref, atol=1e-10)
     # and as λ → 0 the key is written exactly
     torch.testing.assert_close(k @ memit_solve(c, k, r, 1e-9), r, atol=1e-6, rtol=0)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=Corpus.model_samples(n_tokens=16),
-                       progress=False)
 
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=8)

@@ -6,19 +6,12 @@ import torch
 import mechedit
 from mechedit import tlens
 from mechedit.editors import EditorCache, FTConfig, RomeConfig, ft, get_editor, load_edit, rome
-from mechedit.editors.stats import Corpus
 from mechedit.errors import ConfigError
 from mechedit.interventions import run
 from mechedit.weights import mlp_out_weight
 
 REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=Corpus.model_samples(n_tokens=16),
-                       progress=False)
 
 
 @pytest.fixture(scope="module")

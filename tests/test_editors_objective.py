@@ -10,19 +10,12 @@ import pytest
 import torch
 
 import mechedit
-from mechedit.editors import EditorCache, FTConfig, Objective, RomeConfig, ft, rome
 from mechedit.data import load_counterfact
-from mechedit.editors.stats import Corpus
+from mechedit.editors import FTConfig, Objective, RomeConfig, ft, rome
 from mechedit.errors import ConfigError
 from mechedit.synth import shipped_model_dir
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=Corpus.model_samples(n_tokens=16),
-                       progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-from mechedit.editors import EditorCache, RomeConfig, rome, target_probability
-from mechedit.editors.stats import Corpus as StatsCorpus
+from mechedit.editors import RomeConfig, rome, target_probability
 from mechedit.errors import ConfigError
 from mechedit.models import model_info
 from mechedit.synth import shipped_model_dir
@@ -37,12 +36,6 @@ KNOWN = [0, 1, 8, 24, 200, 1100, 1200]  # facts the shipped model knows (checked
 @pytest.fixture(scope="module")
 def kg():
     return load_kg_dir(shipped_model_dir())[0]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return EditorCache(stats_dir=tmp_path_factory.mktemp("stats"), corpus=StatsCorpus.model_samples(n_tokens=16),
-                       progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +144,7 @@ def test_resume_after_a_crash_gives_the_same_rows_without_duplicates(synth_model
     b = resumed.rows[cols].sort_values(["key", "set"]).reset_index(drop=True)
     assert a[["key", "set", "n"]].equals(b[["key", "set", "n"]])
     assert (a[["p_before", "p_after", "damage"]] - b[["p_before", "p_after", "damage"]]).abs().max().max() < 1e-4
-    with pytest.raises(ConfigError, match="another config"):
+    with pytest.raises(ConfigError, match="other settings"):
         run_popularity(synth_model, kg, None, PopularityConfig(methods=("ft", "rome"), **TINY), tmp_path / "a",
                        cache=cache, known=KNOWN, progress=False)
 

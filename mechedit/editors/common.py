@@ -9,8 +9,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechedit.editors.objective import Objective
 from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
+from mechedit.editors.objective import Objective
 from mechedit.errors import ConfigError
 from mechedit.interventions import capture_until
 from mechedit.models import model_info

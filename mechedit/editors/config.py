@@ -13,7 +13,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
 
+from mechedit.editors.objective import Objective
 from mechedit.errors import ConfigError
+from mechedit.tokens import Prefix
 
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 
@@ -35,6 +37,22 @@ class EditorConfig:
     """Base class: ``to_dict``/``from_dict``/``for_model`` for every editor's config."""
 
     method: ClassVar[str] = "base"
+
+    def __post_init__(self) -> None:
+        """Coerce the fields every editor shares by name (JSON gives strings and lists).
+
+        Subclasses call ``super().__post_init__()`` first, then check their own fields.
+        """
+        coerce = {
+            "prefix": Prefix,
+            "objective": Objective.parse,
+            "layers": lambda v: tuple(int(x) for x in v),
+            "context_lengths": lambda v: tuple(tuple(int(x) for x in p) for p in v),
+        }
+        names = {f.name for f in dataclasses.fields(self)}
+        for name, fn in coerce.items():
+            if name in names:
+                object.__setattr__(self, name, fn(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}

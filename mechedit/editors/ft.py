@@ -23,9 +23,9 @@ from torch import Tensor
 from mechedit import tlens
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, validate
-from mechedit.editors.objective import Objective
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit, key_delta_hooks
+from mechedit.editors.objective import Objective
 from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
@@ -47,9 +47,7 @@ class FTConfig(EditorConfig):
     method: ClassVar[str] = "ft"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefix", Prefix(self.prefix))
-        object.__setattr__(self, "objective", Objective.parse(self.objective))
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        super().__post_init__()
         check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
               f"layers must be distinct ints >= 0, got {self.layers}")
         check(self.steps >= 1 and self.lr > 0 and self.linf > 0, "steps >= 1, lr > 0 and linf > 0")

@@ -28,9 +28,9 @@ from torch import Tensor
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
-from mechedit.editors.objective import Objective
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
+from mechedit.editors.objective import Objective
 from mechedit.editors.vstar import OptimSettings, build_batch, optimize_delta
 from mechedit.interventions import capture_until
 from mechedit.requests import EditRequest
@@ -63,10 +63,7 @@ class MemitConfig(EditorConfig):
     method: ClassVar[str] = "memit"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefix", Prefix(self.prefix))
-        object.__setattr__(self, "objective", Objective.parse(self.objective))
-        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
-        object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
+        super().__post_init__()
         check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
               f"layers must be distinct ints >= 0, got {self.layers}")
         check(self.mom2_update_weight >= 0, "mom2_update_weight (λ) must be >= 0")
@@ -77,9 +74,7 @@ class MemitConfig(EditorConfig):
               "context_lengths are (n_tokens >= 1, count >= 0) pairs")
 
     def optim(self) -> OptimSettings:
-        return OptimSettings(self.steps, self.lr, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
-                             self.early_stop_loss, self.kl_prompt, self.prefix,
-                             self.objective)
+        return OptimSettings.from_config(self)
 
 
 def memit_solve(

@@ -33,9 +33,9 @@ from torch import Tensor
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
-from mechedit.editors.objective import Objective
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
+from mechedit.editors.objective import Objective
 from mechedit.editors.vstar import DeltaResult, OptimSettings, build_batch, optimize_delta
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
@@ -69,9 +69,7 @@ class RomeConfig(EditorConfig):
     method: ClassVar[str] = "rome"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prefix", Prefix(self.prefix))
-        object.__setattr__(self, "objective", Objective.parse(self.objective))
-        object.__setattr__(self, "context_lengths", tuple(tuple(int(x) for x in p) for p in self.context_lengths))
+        super().__post_init__()
         check(isinstance(self.layer, int) and self.layer >= 0, f"layer must be an int >= 0, got {self.layer!r}")
         check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         check(self.lr > 0 and self.clamp_norm_factor > 0, "lr and clamp_norm_factor must be > 0")
@@ -83,9 +81,7 @@ class RomeConfig(EditorConfig):
         check(self.mom2_n_samples >= 1 and self.mom2_max_length >= 1, "mom2 sizes must be >= 1")
 
     def optim(self) -> OptimSettings:
-        return OptimSettings(self.steps, self.lr, self.kl_factor, self.weight_decay, self.clamp_norm_factor,
-                             self.early_stop_loss, self.kl_prompt, self.prefix,
-                             self.objective)
+        return OptimSettings.from_config(self)
 
 
 def rank_one_update(

@@ -28,6 +28,7 @@ same δ up to float rounding (``benchmarks/bench_rome.py``).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,11 @@ class OptimSettings:
     kl_prompt: str
     prefix: Prefix
     objective: Objective = Objective.INJECT
+
+    @classmethod
+    def from_config(cls, config: Any) -> "OptimSettings":
+        """The settings of an editor config that has these fields (ROME, MEMIT)."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True, eq=False)

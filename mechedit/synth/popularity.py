@@ -44,7 +44,7 @@ from mechedit.errors import ConfigError
 from mechedit.interventions import run
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
-from mechedit.store import ResultStore
+from mechedit.store import ResultStore, check_run_settings
 from mechedit.synth.corpus import N_TEMPLATES, Corpus, prompt_template
 from mechedit.synth.kg import RELATIONS, KnowledgeGraph
 from mechedit.tokens import Prefix, encode, target_ids
@@ -290,9 +290,9 @@ def run_popularity(model: Any, kg: KnowledgeGraph, corpus: Corpus | None, config
     from mechedit.editors import EditorCache, get_editor
     from mechedit.editors.stats import Corpus as StatsCorpus
 
+    if out_dir is not None:  # a directory resumes only the run it was started with
+        check_run_settings(out_dir, config.to_dict(), name="config.json")
     store = ResultStore(None if out_dir is None else Path(out_dir) / "rows.jsonl")
-    if out_dir is not None:
-        _check_config(Path(out_dir), config)
     cache = cache or EditorCache(corpus=StatsCorpus.model_samples(n_tokens=16), progress=progress)
     configs = editor_configs(model, config)
     known = known_facts(model, kg, prefix=config.prefix) if known is None else known
@@ -316,17 +316,6 @@ def run_popularity(model: Any, kg: KnowledgeGraph, corpus: Corpus | None, config
     return PopularityResult(config, model_info(model).name, rows, corr, binned,
                             {m: c.to_dict() for m, c in configs.items()})
 
-
-def _check_config(out: Path, config: PopularityConfig) -> None:
-    """A directory resumes only the run it was started with."""
-    path = out / "config.json"
-    if path.is_file():
-        old = json.loads(path.read_text())
-        if old != config.to_dict():
-            raise ConfigError(f"{out} holds a run with another config ({old}); use another --out")
-    else:
-        out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config.to_dict(), indent=2))
 
 
 def rows_frame(store: ResultStore) -> pd.DataFrame:
