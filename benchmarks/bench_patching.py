@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+DEVICE = ["cpu"]  # set by main(); read by measure()
 PROMPT, SUBJECT = "The Eiffel Tower is located in the city of", "The Eiffel Tower"
 CORRUPTED = "The Colosseum is located in the city of"
 
@@ -43,7 +44,13 @@ def _rss_mb() -> float:
 
 
 def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
-    """(result, seconds, peak RSS increase in MB) of one call."""
+    """(result, seconds, peak memory increase in MB) of one call.
+
+    On CPU the memory is the process's resident set size; on CUDA it is torch's peak
+    allocated device memory above what was allocated before the call.
+    """
+    if torch.cuda.is_available() and DEVICE[0].startswith("cuda"):
+        return _measure_cuda(fn)
     base, peak, stop = _rss_mb(), [0.0], threading.Event()
 
     def sample() -> None:
@@ -61,6 +68,17 @@ def measure(fn: Callable[[], Any]) -> tuple[Any, float, float]:
         stop.set()
         th.join()
     return out, seconds, max(0.0, max(peak[0], _rss_mb()) - base)
+
+
+def _measure_cuda(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    t0 = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    return out, seconds, (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def naive_trace_cells(model: Any, runs: Any, config: Any, cells: list) -> list[float]:
@@ -86,6 +104,8 @@ def naive_trace_cells(model: Any, runs: Any, config: Any, cells: list) -> list[f
 def spread_cells(n_pos: int, n_layers: int, k: int) -> list:
     from mechedit.patching.engine import Cell
 
+    if k <= 0:  # every cell
+        return [Cell(layer, pos) for pos in range(n_pos) for layer in range(n_layers)]
     step = max(1, (n_pos * n_layers) // k)
     return [Cell(i % n_layers, (i // n_layers) % n_pos) for i in range(0, n_pos * n_layers, step)][:k]
 
@@ -104,6 +124,8 @@ def part_a(model: Any, k: int, save: Any = None) -> None:
         return [trace(model, PROMPT, SUBJECT, answer=answer, kind=kind, window=10, noise=noise, sigma=sigma)
                 for kind in ("resid", "mlp", "attn")]
 
+    if DEVICE[0] != "cpu":  # first calls on an accelerator pay for kernel loading: not timed
+        trace(model, PROMPT, SUBJECT, answer=answer, kind="mlp", window=10, noise=noise, sigma=sigma)
     results, t_fast, mem_fast = measure(fast)
     if save is not None:  # the README's Eiffel Tower trace comes from this run
         for r, kind in zip(results, ("resid", "mlp", "attn"), strict=True):
@@ -123,12 +145,13 @@ def part_a(model: Any, k: int, save: Any = None) -> None:
         max_diff = max(max_diff, max(abs(a - float(b)) for a, b in zip(slow, fast_vals, strict=True)))
     total = 3 * n_pos * n_layers
     t_naive = t_naive_subset / (3 * len(cells)) * total
+    timed = "MEASURED on every cell" if len(cells) == n_pos * n_layers else (
+        f"EXTRAPOLATED from {3 * len(cells)} cells timed ({t_naive_subset:.1f} s; {len(cells)} per kind, "
+        "spread over positions and layers)")
     print(f"(a) full trace, resid + mlp w10 + attn w10, 10 samples, {n_pos} tokens x {n_layers} layers "
           f"= {total} cells")
-    print(f"    batched engine: {t_fast:8.1f} s   peak RSS +{mem_fast:.0f} MB")
-    print(f"    naive loop:     {t_naive:8.1f} s   EXTRAPOLATED from {3 * len(cells)} cells timed "
-          f"({t_naive_subset:.1f} s; {len(cells)} per kind, spread over positions and layers)   "
-          f"peak RSS +{mem_naive:.0f} MB")
+    print(f"    batched engine: {t_fast:8.1f} s   peak memory +{mem_fast:.0f} MB")
+    print(f"    naive loop:     {t_naive:8.1f} s   {timed}   peak memory +{mem_naive:.0f} MB")
     print(f"    max |engine - naive| on the timed cells: {max_diff:.2e}")
     ratio = t_naive / t_fast
     print(f"    speed-up: {ratio:.1f}x   target >= 20x [{'OK' if ratio >= 20 else 'MISSED'}]")
@@ -143,8 +166,9 @@ def part_b(model: Any) -> None:
     from mechedit.patching import patch
 
     paris, rome = target_ids(model, PROMPT, " Paris")[0], target_ids(model, PROMPT, " Rome")[0]
-    clean_ids = encode(model, PROMPT, prefix="neutral").tensor()
-    corrupt_ids = encode(model, CORRUPTED, prefix="neutral").tensor()
+    dev = next(model.parameters()).device
+    clean_ids = encode(model, PROMPT, prefix="neutral").tensor().to(dev)
+    corrupt_ids = encode(model, CORRUPTED, prefix="neutral").tensor().to(dev)
 
     def ours():
         return patch(model, PROMPT, CORRUPTED, (paris,), wrong=(rome,), kind="resid_pre")
@@ -157,11 +181,11 @@ def part_b(model: Any) -> None:
 
     res, t_fast, mem_fast = measure(ours)
     grid_tl, t_tl, mem_tl = measure(theirs)
-    diff = float((res.scores.T.float() - grid_tl.float()).abs().max())
+    diff = float((res.scores.T.float().cpu() - grid_tl.float().cpu()).abs().max())
     n_pos, n_layers = res.scores.shape
     print(f"(b) clean/corrupted resid_pre grid, {n_pos} tokens x {n_layers} layers = {n_pos * n_layers} cells")
-    print(f"    batched engine:                   {t_fast:8.1f} s   peak RSS +{mem_fast:.0f} MB")
-    print(f"    TransformerLens get_act_patch_resid_pre: {t_tl:8.1f} s   peak RSS +{mem_tl:.0f} MB "
+    print(f"    batched engine:                   {t_fast:8.1f} s   peak memory +{mem_fast:.0f} MB")
+    print(f"    TransformerLens get_act_patch_resid_pre: {t_tl:8.1f} s   peak memory +{mem_tl:.0f} MB "
           "(works with the bridge; run in full)")
     print(f"    max |engine - TransformerLens| over the grid: {diff:.2e}")
     ratio = t_tl / t_fast
@@ -170,15 +194,25 @@ def part_b(model: Any) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--naive-cells", type=int, default=12, help="naive cells timed per kind in (a)")
+    ap.add_argument("--naive-cells", type=int, default=12,
+                    help="naive cells timed per kind in (a); 0 times every cell (no extrapolation)")
+    ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    ap.add_argument("--min-rows", type=int, help="override the engine's merge threshold on an accelerator "
+                    "(mechedit.patching.engine.MIN_ROWS_ACCELERATOR)")
     ap.add_argument("--part", choices=["a", "b", "both"], default="both")
     ap.add_argument("--save", type=Path, help="directory to save the (a) trace results into")
     args = ap.parse_args()
     import mechedit
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
-    model = mechedit.load_model("smollm2-135m")
-    print(f"SmolLM2-135M on CPU, {torch.get_num_threads()} threads")
+    DEVICE[0] = args.device
+    if args.min_rows is not None:
+        from mechedit.patching import engine
+
+        engine.MIN_ROWS_ACCELERATOR = args.min_rows
+    model = mechedit.load_model("smollm2-135m", device=args.device)
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"SmolLM2-135M on {where}; peak memory is {'CUDA allocated' if args.device.startswith('cuda') else 'RSS'}")
     if args.part in ("a", "both"):
         part_a(model, args.naive_cells, args.save)
     if args.part in ("b", "both"):

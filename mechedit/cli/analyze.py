@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mechedit.cli.common import add_device_arg, load_model_arg
 from mechedit.errors import MecheditError
 from mechedit.store import check_run_settings
 
@@ -26,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q = inner.add_parser("localization-vs-editing",
                          help="does the tracing effect predict edit success? (Hase et al. 2023)")
     q.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    add_device_arg(q)
     q.add_argument("--data", required=True, help="CounterFact-schema JSON file")
     q.add_argument("--n", type=int, default=None, help="the first N known facts")
     q.add_argument("--layers", default=None, help="comma-separated central edit layers (default: --layer-step)")
@@ -84,7 +86,6 @@ def base_configs(model: Any, overrides: dict[str, dict[str, Any]]) -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     config = sweep_config(args)  # fails on a bad option before anything is loaded
-    from mechedit import load_model
     from mechedit.analysis.report import write_report
     from mechedit.analysis.sweep import run_sweep, select_facts
     from mechedit.data import load_counterfact
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                 "sweep": config.to_dict()}
     check_run_settings(out, settings, what="sweep")
     records, report = load_counterfact(args.data)
-    model = load_model(args.model)
+    model = load_model_arg(args.model, args)
     facts = select_facts(model, records, config)
     print(f"{report.source}: {report.n_loaded} records, {len(facts)} facts in the sweep", file=sys.stderr)
     if not facts:

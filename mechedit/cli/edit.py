@@ -6,6 +6,8 @@ import argparse
 import json
 from typing import Any
 
+from mechedit.cli.common import add_device_arg, load_model_arg
+
 
 def _layers(text: str) -> tuple[int, ...]:
     a, sep, b = text.partition("-")
@@ -18,6 +20,7 @@ def _layers(text: str) -> tuple[int, ...]:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("edit", help="edit a fact with ROME, MEMIT or FT-L and show its effect")
     p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    add_device_arg(p)
     p.add_argument("--prompt", required=True, help="template with {} for the subject, e.g. '{} is located in'")
     p.add_argument("--subject", required=True)
     p.add_argument("--target-new", required=True, help="the new continuation, e.g. ' Rome'")
@@ -73,10 +76,10 @@ def _report(model: Any, text: str, args: argparse.Namespace, prefix: Any, ivs: l
 
 
 def run(args: argparse.Namespace) -> int:
-    from mechedit import EditRequest, load_model
+    from mechedit import EditRequest
     from mechedit.editors import EditorCache, get_editor
 
-    model = load_model(args.model)
+    model = load_model_arg(args.model, args)
     spec = get_editor(args.method)
     config = _config(spec, model, args)
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)

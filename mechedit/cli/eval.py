@@ -23,6 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mechedit.cli.common import add_device_arg, load_model_arg
 from mechedit.errors import MecheditError
 from mechedit.store import check_run_settings
 
@@ -32,6 +33,7 @@ BUILTIN_METHODS = ("none",)
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="edit and evaluate CounterFact records (resumable)")
     p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    add_device_arg(p)
     p.add_argument("--data", required=True, help="CounterFact-schema JSON file")
     p.add_argument("--method", required=True,
                    help="editor name from mechedit.editors, or 'none' (no edit: the baseline)")
@@ -123,7 +125,6 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from mechedit import load_model
     from mechedit.data import KnownFilter, filter_known, load_counterfact
     from mechedit.evaluation import evaluate
     from mechedit.store import ResultStore
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
     for prob in report.problems:
         print(f"  skipped {prob.record_id}: {prob.message}", file=sys.stderr)
-    model = load_model(args.model)
+    model = load_model_arg(args.model, args)
     filter_info: dict[str, Any] | None = None
     if args.filter == "known":
         kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix)

@@ -6,12 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
+from mechedit.cli.common import add_device_arg, load_model_arg
+
 SITES = ["resid_pre", "resid_post", "mlp_out", "attn_out", "head"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("patch", help="patch activations between a clean and a corrupted prompt")
     p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    add_device_arg(p)
     p.add_argument("--clean", required=True, help="the clean prompt")
     p.add_argument("--corrupted", required=True, help="the corrupted prompt (same number of tokens)")
     p.add_argument("--answer", required=True, help="the clean answer, e.g. ' Paris'")
@@ -29,14 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from mechedit import encode, load_model, model_info
+    from mechedit import encode, model_info
     from mechedit.patching import MetricConfig, patch
 
     base = "logit_diff" if args.wrong else "logprob"
     if args.metric == "logit_diff" and not args.wrong:
         raise SystemExit("mechedit patch: error: --metric logit_diff needs --wrong (a distractor answer)")
     metric = MetricConfig(args.metric or base, base=base)
-    model = load_model(args.model)
+    model = load_model_arg(args.model, args)
     info = model_info(model)
     rows = info.n_heads if args.site == "head" else len(encode(model, args.clean, prefix="neutral"))
     with tqdm(total=rows * info.n_layers, desc=f"patch {args.site}", unit="cell", leave=False,

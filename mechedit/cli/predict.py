@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
+from mechedit.cli.common import add_device_arg, load_model_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="print the top-k next tokens with probabilities")
     p.add_argument("prompt", help="the prompt (no special tokens are added)")
     p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    add_device_arg(p)
     p.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
     p.add_argument("--prefix", choices=["none", "neutral"], default="none",
                    help="what precedes the prompt (default none; see the README's token policy)")
@@ -18,11 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mechedit import load_model, predict
+    from mechedit import predict
 
     if args.top_k < 1:
         raise SystemExit("mechedit predict: error: --top-k must be >= 1")
-    model = load_model(args.model)
+    model = load_model_arg(args.model, args)
     pred = predict(model, args.prompt, top_k=args.top_k, prefix=args.prefix)
     if args.json:
         print(json.dumps(pred.to_dict(), indent=2))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from mechedit.cli.common import add_device_arg, load_model_arg
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="synthetic knowledge graphs and models trained on them")
@@ -106,6 +108,7 @@ def _register_popularity(steps: argparse._SubParsersAction) -> None:
     p = steps.add_parser("popularity", help="erase facts about entities across the popularity range; "
                          "measure side effects (curse of popularity)")
     p.add_argument("--model", default=None, help="model directory with its graph (default: the shipped kg-small)")
+    add_device_arg(p)
     p.add_argument("--out", required=True, help="output directory (resumable)")
     p.add_argument("--methods", default=",".join(d.methods), help=f"comma-separated editors (default {','.join(d.methods)})")
     for name in ("n_entities", "n_bins", "seed", "max_facts_per_set", "n_unrelated"):
@@ -120,7 +123,6 @@ def _register_popularity(steps: argparse._SubParsersAction) -> None:
 def run_popularity_cmd(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import mechedit
     from mechedit.synth import shipped_model_dir
     from mechedit.synth.pipeline import load_kg_dir
     from mechedit.synth.popularity import PopularityConfig, run_popularity
@@ -133,7 +135,7 @@ def run_popularity_cmd(args: argparse.Namespace) -> int:
         n_unrelated=args.n_unrelated, hparams=json.loads(args.hparams) if args.hparams else {},
     )
     kg, corpus = load_kg_dir(model_dir)
-    model = mechedit.load_model(model_dir)
+    model = load_model_arg(model_dir, args)
     result = run_popularity(model, kg, corpus, config, args.out, progress=not args.no_progress)
     result.save(args.out)
     fig = damage_vs_popularity(result)

@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mechedit.cli.common import add_device_arg, load_model_arg
+
 KINDS = ["resid", "mlp", "attn"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="causal tracing: noise the subject, restore each (token, layer)")
     p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
+    add_device_arg(p)
     p.add_argument("--prompt", help="the prompt (a neutral prefix token is put before it)")
     p.add_argument("--subject", help="the subject, a substring of the prompt (noised)")
     p.add_argument("--answer", help="answer text (default: the model's top-1 next token)")
@@ -42,12 +45,11 @@ def run(args: argparse.Namespace) -> int:
         raise _fail("--data needs --out DIR (one result file per record and kind; reruns resume)")
     if args.aggregate and args.data is None:
         raise _fail("--aggregate works with --data")
-    from mechedit import load_model
     from mechedit.patching import NoiseConfig
 
     noise = NoiseConfig.parse(args.noise, distribution=args.distribution, samples=args.samples, seed=args.seed)
     kinds = KINDS if args.kind == "all" else [args.kind]
-    model = load_model(args.model)
+    model = load_model_arg(args.model, args)
     if args.data is not None:
         return _run_file(model, args, noise, kinds)
     results = [_trace_one(model, args.prompt, args.subject, args.answer, kind, args, noise, None)

@@ -144,9 +144,10 @@ def _loss(logits_sel: Tensor, batch: TemplateBatch, kl_init: Tensor | None, delt
     n_t = len(batch.target_tok)
     logp = torch.log_softmax(logits_sel[:n_t].float(), dim=-1)
     tok_loss = s.objective.token_loss(logp[torch.arange(n_t), list(batch.target_tok)])
-    rows = torch.tensor(batch.target_rows)
-    per_row = torch.zeros(batch.n_rewrite, dtype=tok_loss.dtype).index_add(0, rows, tok_loss)
-    counts = torch.zeros(batch.n_rewrite).index_add(0, rows, torch.ones(n_t))
+    dev = tok_loss.device
+    rows = torch.tensor(batch.target_rows, device=dev)
+    per_row = torch.zeros(batch.n_rewrite, dtype=tok_loss.dtype, device=dev).index_add(0, rows, tok_loss)
+    counts = torch.zeros(batch.n_rewrite, device=dev).index_add(0, rows, torch.ones(n_t, device=dev))
     nll = (per_row / counts).mean()
     kl_lp = torch.log_softmax(logits_sel[n_t].float(), dim=-1)
     init = kl_lp.detach() if kl_init is None else kl_init

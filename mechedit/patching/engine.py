@@ -293,6 +293,10 @@ def _rows_per_forward(model: Any, seq: int, k: int, memory_mb: float) -> int:
 #: Forwards of fewer rows are dominated by per-call overhead: consecutive start layers are
 #: merged (starting at the lowest, still exact) until a chunk has at least this many rows.
 MIN_ROWS = 48
+#: The same on an accelerator, where a forward's fixed cost (kernel launches, hooks) stays
+#: larger than its compute up to far bigger batches: merge up to this many rows (or the
+#: memory budget, if smaller).
+MIN_ROWS_ACCELERATOR = 1024
 
 
 def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig,
@@ -309,10 +313,11 @@ def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: Patc
     for i in todo:
         groups[(first_position(cells[i]), start_layer(cells[i], config, n_layers))].append(i)
     per = max(1, _rows_per_forward(model, runs.seq_len, len(runs.answer), config.memory_mb) // runs.samples)
+    min_rows = MIN_ROWS if runs.clean_ids.device.type == "cpu" else MIN_ROWS_ACCELERATOR
     merged: list[tuple[int, int, list[int]]] = []
     for (pos, start), idx in sorted(groups.items()):
         last = merged[-1] if merged else None
-        if last is not None and len(last[2]) * runs.samples < MIN_ROWS and len(last[2]) + len(idx) <= per:
+        if last is not None and len(last[2]) * runs.samples < min_rows and len(last[2]) + len(idx) <= per:
             merged[-1] = (min(last[0], start), min(last[1], pos), last[2] + idx)
         else:
             merged.append((start, pos, list(idx)))

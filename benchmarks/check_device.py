@@ -1,0 +1,122 @@
+"""Does mechedit give the same numbers on an accelerator as on the CPU?
+
+Run: ``python benchmarks/check_device.py --device cuda [--smollm2]``.
+
+CI has no GPU, so this script is the check of the GPU path, run by hand where one is
+available. On the shipped synthetic model (and SmolLM2 with ``--smollm2``) it runs, once
+on the CPU and once on ``--device``:
+
+- a localization-vs-editing sweep (trace with Gaussian noise, then ROME, MEMIT and FT
+  edits, injection and erasure, scored with the Hase scores): every tracing effect and
+  every score of every row is compared;
+- a clean/corrupted ``resid_pre`` patching grid (logit difference).
+
+Prints the largest difference per quantity and exits 1 if any exceeds ``--atol`` (float32
+on both; the edits are optimised, so small differences grow: the default is 2e-3), or if
+anything fails on the device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import mechedit
+from mechedit.analysis.sweep import SweepConfig, run_sweep
+from mechedit.data import load_counterfact
+from mechedit.editors import EditorCache, get_editor
+from mechedit.patching import patch
+from mechedit.synth import shipped_model_dir
+
+SCORES = ("tracing_effect", "tracing_effect_last_subject", "rewrite", "paraphrase", "neighborhood",
+          "essence_drift")
+
+
+def sweep_rows(model: Any, records: list, layers: tuple[int, ...], small: bool) -> Any:
+    config = SweepConfig(layers=layers, methods=("rome", "memit", "ft"), variants=("injection", "erasure"),
+                         noise_samples=3, essence_texts=1, essence_tokens=4, known_only=False)
+    bases = {m: get_editor(m).config_for(model) for m in ("rome", "memit", "ft")}
+    if small:
+        bases = {m: c.replace(mom2_n_samples=64, mom2_max_length=16) if m != "ft" else c for m, c in bases.items()}
+    res = run_sweep(model, records, config, editor_configs=bases, cache=EditorCache(progress=False), progress=False)
+    return res.rows.sort_values(["case_id", "layer", "method", "variant"]).reset_index(drop=True), res.traces
+
+
+def grid(model: Any, clean: str, corrupted: str, answer: str, wrong: str) -> np.ndarray:
+    from mechedit import target_ids
+
+    a, w = target_ids(model, clean, answer)[0], target_ids(model, clean, wrong)[0]
+    return patch(model, clean, corrupted, (a,), wrong=(w,), kind="resid_pre").scores.float().cpu().numpy()
+
+
+def compare(name: str, cpu: Any, dev: Any, atol: float) -> bool:
+    (cpu, cpu_traces), (dev, dev_traces) = cpu, dev
+    diffs: dict[str, float] = {}
+    for col in SCORES:
+        diffs[col] = float(np.nanmax(np.abs(cpu[col].to_numpy(float) - dev[col].to_numpy(float))))
+    effect = lambda t: np.stack([np.asarray(e, float) for e in t.sort_values("case_id")["effect"]])  # noqa: E731
+    diffs["effect per layer"] = float(np.abs(effect(cpu_traces) - effect(dev_traces)).max())
+    ok = all(d <= atol for d in diffs.values())
+    print(f"{name}: {len(cpu)} sweep rows; max |cpu - device|: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + f"  [{'OK' if ok else 'MISMATCH'}]")
+    return ok
+
+
+def check(name: str, load: Any, records: list, layers: tuple[int, ...], pair: tuple[str, str, str, str],
+          device: str, atol: float, small: bool) -> bool:
+    results = {}
+    for where in ("cpu", device):
+        model = load(where)
+        t0 = time.perf_counter()
+        results[where] = (sweep_rows(model, records, layers, small), grid(model, *pair))
+        print(f"{name} on {where}: {time.perf_counter() - t0:.1f} s")
+    ok = compare(name, results["cpu"][0], results[device][0], atol)
+    g = float(np.abs(results["cpu"][1] - results[device][1]).max())
+    print(f"{name}: resid_pre grid max |cpu - device| {g:.1e}  [{'OK' if g <= atol else 'MISMATCH'}]")
+    return ok and g <= atol
+
+
+def smollm2_records(n: int) -> list:
+    """The first ``n`` facts of the editor tests' fixture, as CounterFact records."""
+    from mechedit.data import CounterFactRecord
+
+    path = Path(__file__).resolve().parents[1] / "tests" / "data" / "smollm2_facts.json"
+    facts = json.loads(path.read_text())["facts"][:n]
+    return [CounterFactRecord(case_id=i, subject=f["subject"], prompt=f["prompt"], relation_id="P",
+                              target_new=f["target_new"], target_true=f["target_true"],
+                              paraphrase_prompts=(f["paraphrase"].format(f["subject"]),),
+                              neighborhood_prompts=tuple(nb["prompt"] for nb in f["neighbours"]))
+            for i, f in enumerate(facts)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--atol", type=float, default=2e-3)
+    ap.add_argument("--smollm2", action="store_true", help="also SmolLM2 (two facts, layers 3 and 6)")
+    args = ap.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("no CUDA device here: run this where torch.cuda.is_available() is True, or pass --device cpu")
+    kg = shipped_model_dir()
+    records, _ = load_counterfact(kg / "counterfact.json")
+    first = records[0]
+    pair = (first.text, records[1].text, first.target_true, records[1].target_true)
+    ok = check("kg-small", lambda d: mechedit.load_model(kg, device=d), records[:2], (0, 1), pair,
+               args.device, args.atol, small=True)
+    if args.smollm2:
+        pair = ("The Eiffel Tower is located in the city of", "The Colosseum is located in the city of",
+                " Paris", " Rome")
+        ok = check("smollm2", lambda d: mechedit.load_model("smollm2-135m", device=d), smollm2_records(2),
+                   (3, 6), pair, args.device, args.atol, small=False) and ok
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
