@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError, MecheditError
 from mechedit.requests import EditRequest
 from mechedit.tokens import Prefix
@@ -259,7 +260,7 @@ class KnownMode(StrEnum):
 
 
 @dataclass(frozen=True)
-class KnownFilter:
+class KnownFilter(Config):
     """Settings of :func:`filter_known`."""
 
     mode: KnownMode | str = KnownMode.TOP1
@@ -268,22 +269,11 @@ class KnownFilter:
     batch_size: int = 32
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "mode", KnownMode(self.mode))
-            object.__setattr__(self, "prefix", Prefix(self.prefix))
-        except ValueError as e:
-            raise ConfigError(f"KnownFilter: {e}") from None
+        self.coerce("mode", KnownMode)
+        self.coerce("prefix", Prefix)
         if not 0.0 <= self.p < 1.0:
             raise ConfigError(f"KnownFilter.p must be in [0, 1), got {self.p}")
-        if self.batch_size < 1:
-            raise ConfigError(f"KnownFilter.batch_size must be >= 1, got {self.batch_size}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"mode": str(self.mode), "p": self.p, "prefix": str(self.prefix), "batch_size": self.batch_size}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "KnownFilter":
-        return cls(**d)
+        self.require_positive("batch_size")
 
 
 @dataclass(frozen=True)

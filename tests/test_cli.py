@@ -33,3 +33,22 @@ def test_console_script_on_smollm2(smollm2):
     result = json.loads(out.stdout)
     assert result["tokens"][0] == " Paris"
     assert result["prompt_tokens"][0] == "The"
+
+
+def test_device_flag_runs_on_cpu_and_rejects_unusable_devices(tiny_dirs, capsys, monkeypatch):
+    import pytest
+    import torch
+
+    model = str(tiny_dirs["gpt2"])
+    assert main(["predict", "--model", model, "Hello", "--device", "cpu", "--json"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["predict", "--model", model, "Hello", "--device", "auto", "--json"]) == 0  # auto -> cpu here
+    capsys.readouterr()
+    for bad, says in (("cuda", "sees no CUDA device"), ("gpu0", "is not a torch device")):
+        assert main(["trace", "--model", model, "--prompt", "a b c", "--subject", "a", "--device", bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit):  # every model-loading subcommand has the flag
+        main(["edit", "--help"])
+    assert "--device" in capsys.readouterr().out

@@ -166,7 +166,7 @@ def test_eval_config_validation_and_round_trip():
         EvalConfig(prefix="bos")
     with pytest.raises(ConfigError, match="gen_max_new_tokens"):
         EvalConfig(gen_max_new_tokens=0)
-    with pytest.raises(ConfigError, match="unknown EvalConfig fields"):
+    with pytest.raises(ConfigError, match=r"unknown EvalConfig field\(s\)"):
         EvalConfig.from_dict({"metric": ["hase"]})
 
 

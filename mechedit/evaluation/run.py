@@ -38,9 +38,10 @@ import logging
 import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
+from mechedit.config import Config
 from mechedit.data import CounterFactRecord
 from mechedit.errors import ConfigError
 from mechedit.evaluation.counterfact import case_scores
@@ -69,7 +70,7 @@ References = Callable[[CounterFactRecord], Sequence[str]]
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(Config):
     """What :func:`evaluate` measures and how. Defaults follow ROME where it defines them.
 
     ``n_gen_prompts``: how many generation prompts per case feed GE/RS (None = all, as
@@ -95,28 +96,11 @@ class EvalConfig:
         if bad or not metrics:
             raise ConfigError(f"unknown or no metrics {bad or metrics}; choose from {list(METRICS)}")
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(metrics)))
-        try:
-            object.__setattr__(self, "prefix", Prefix(self.prefix))
-        except ValueError:
-            raise ConfigError(f"unknown prefix {self.prefix!r}; choose from {[p.value for p in Prefix]}") from None
-        for name in ("batch_size", "gen_max_new_tokens", "gen_top_k", "essence_n_texts", "essence_max_new_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"EvalConfig.{name} must be >= 1, got {getattr(self, name)}")
+        self.coerce("prefix", Prefix)
+        self.require_positive("batch_size", "gen_max_new_tokens", "gen_top_k", "essence_n_texts",
+                              "essence_max_new_tokens")
         if self.n_gen_prompts is not None and self.n_gen_prompts < 1:
             raise ConfigError(f"EvalConfig.n_gen_prompts must be >= 1 or None, got {self.n_gen_prompts}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["metrics"], d["prefix"] = list(self.metrics), str(self.prefix)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalConfig":
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown EvalConfig fields {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{**d, "metrics": tuple(d.get("metrics", ("counterfact",)))})
 
 
 def default_references(record: CounterFactRecord) -> list[str]:

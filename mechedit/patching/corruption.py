@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError, TokenizationError
 from mechedit.interventions import EmbeddingNoise, NoiseDistribution, capture
 from mechedit.sites import Site
@@ -61,7 +62,7 @@ DEFAULT_SUBJECTS: tuple[str, ...] = (
 
 
 @dataclass(frozen=True)
-class NoiseConfig:
+class NoiseConfig(Config):
     """How to noise the subject: scale rule, distribution, samples, seed.
 
     ``rule="multiple_of_std"``: σ = ``value`` × std of token embeddings over subjects
@@ -86,8 +87,7 @@ class NoiseConfig:
             raise ConfigError(f"noise value must be a finite number >= 0, got {self.value!r}")
         if self.distribution == "student_t" and not self.df > 2:
             raise ConfigError(f"Student-t noise needs df > 2 (finite variance), got {self.df}")
-        if not (isinstance(self.samples, int) and self.samples >= 1):
-            raise ConfigError(f"samples must be an integer >= 1, got {self.samples!r}")
+        self.require_positive("samples")
 
     @classmethod
     def parse(cls, text: str, **kwargs: Any) -> "NoiseConfig":
@@ -106,13 +106,6 @@ class NoiseConfig:
         if self.distribution == "uniform":
             return 1.0 / math.sqrt(3.0)
         return math.sqrt(self.df / (self.df - 2.0))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "NoiseConfig":
-        return cls(**d)
 
 
 def embedding_std(model: Any, subjects: Sequence[str] = DEFAULT_SUBJECTS) -> float:

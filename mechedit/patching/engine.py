@@ -41,7 +41,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -50,6 +50,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit import tlens
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, HookFn, intervened
 from mechedit.models import model_info
@@ -77,7 +78,7 @@ _SEVER_KIND = {"mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
 
 
 @dataclass(frozen=True)
-class PatchConfig:
+class PatchConfig(Config):
     """One patching experiment's settings (everything but the inputs)."""
 
     kind: PatchKind | str = PatchKind.RESID_PRE  # a str is converted in __post_init__
@@ -88,12 +89,8 @@ class PatchConfig:
     memory_mb: float = 1024.0
 
     def __post_init__(self) -> None:
-        try:
-            object.__setattr__(self, "kind", PatchKind(self.kind))
-            object.__setattr__(self, "direction", Direction(self.direction))
-        except ValueError as e:
-            raise ConfigError(f"{e}; kinds: {[k.value for k in PatchKind]}, "
-                              f"directions: {[d.value for d in Direction]}") from None
+        self.coerce("kind", PatchKind)
+        self.coerce("direction", Direction)
         if isinstance(self.metric, dict):
             object.__setattr__(self, "metric", MetricConfig.from_dict(self.metric))
         if not (isinstance(self.window, int) and self.window >= 1):
@@ -105,15 +102,6 @@ class PatchConfig:
                               f"sever={self.sever!r} with kind={self.kind.value!r}")
         if not self.memory_mb > 0:
             raise ConfigError(f"memory_mb must be > 0, got {self.memory_mb}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(kind=self.kind.value, direction=self.direction.value, metric=self.metric.to_dict())
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PatchConfig":
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -33,13 +33,14 @@ patching", 2024):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 
 MetricName = Literal["prob", "logprob", "logit_diff", "normalized", "kl"]
@@ -122,7 +123,7 @@ def get_metric(name: str) -> MetricSpec:
 
 
 @dataclass(frozen=True)
-class MetricConfig:
+class MetricConfig(Config):
     """Which metric, and for ``normalized`` which base metric it rescales."""
 
     name: MetricName = "prob"
@@ -142,13 +143,6 @@ class MetricConfig:
     @property
     def label(self) -> str:
         return f"normalized {self.base}" if self.name == "normalized" else self.name
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MetricConfig":
-        return cls(**d)
 
 
 def evaluate(

@@ -25,10 +25,11 @@ import itertools
 import json
 import random
 from collections import Counter, defaultdict
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.synth.kg import RELATIONS, Fact, KnowledgeGraph
 
@@ -65,7 +66,7 @@ Split = Literal["train", "heldout"]
 
 
 @dataclass(frozen=True)
-class CorpusConfig:
+class CorpusConfig(Config):
     """How a graph becomes text. ``seed`` drives template choice, mentions and order."""
 
     seed: int = 0
@@ -77,16 +78,6 @@ class CorpusConfig:
             raise ConfigError(f"n_train_templates must be in 1..{N_TEMPLATES}, got {self.n_train_templates}")
         if self.n_mentions < 0:
             raise ConfigError(f"n_mentions must be >= 0, got {self.n_mentions}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "CorpusConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ConfigError(f"unknown CorpusConfig keys {sorted(set(d) - known)}; known: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

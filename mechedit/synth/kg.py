@@ -24,10 +24,11 @@ import json
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 
 EntityType = Literal["person", "city", "country", "company", "language", "sport"]
@@ -66,7 +67,7 @@ _COUNT_FIELD: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class KGConfig:
+class KGConfig(Config):
     """Sizes, popularity law and seed of a synthetic knowledge graph."""
 
     seed: int = 0
@@ -104,19 +105,6 @@ class KGConfig:
     def count(self, etype: EntityType) -> int:
         """How many entities of a type the graph has."""
         return getattr(self, _COUNT_FIELD[etype])
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["relations"] = list(self.relations)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "KGConfig":
-        known = {f.name for f in fields(cls)}
-        extra = set(d) - known
-        if extra:
-            raise ConfigError(f"unknown KGConfig keys {sorted(extra)}; known: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import run
 from mechedit.models import model_info
@@ -56,7 +57,7 @@ DAMAGE = ("damage", "acc_drop")
 
 
 @dataclass(frozen=True)
-class PopularityConfig:
+class PopularityConfig(Config):
     """What the popularity experiment runs.
 
     Attributes:
@@ -83,28 +84,15 @@ class PopularityConfig:
         from mechedit.editors import editor_names
 
         object.__setattr__(self, "methods", tuple(str(m).lower() for m in self.methods))
-        object.__setattr__(self, "prefix", Prefix(self.prefix))
+        self.coerce("prefix", Prefix)
         unknown = [m for m in (*self.methods, *self.hparams) if m not in editor_names()]
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods must be distinct editors from {editor_names()}, got {self.methods} "
                               f"(hparams keys {sorted(self.hparams)})")
-        for name in ("n_entities", "n_bins", "max_facts_per_set", "n_unrelated", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be an int >= 1, got {getattr(self, name)!r}")
+        self.require_positive("n_entities", "n_bins", "max_facts_per_set", "n_unrelated", "batch_size")
         if self.n_entities < self.n_bins:
             raise ConfigError(f"n_entities ({self.n_entities}) must be >= n_bins ({self.n_bins})")
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["methods"], d["prefix"] = list(self.methods), self.prefix.value
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PopularityConfig":
-        extra = set(d) - {f.name for f in fields(cls)}
-        if extra:
-            raise ConfigError(f"unknown PopularityConfig keys {sorted(extra)}")
-        return cls(**{**d, "methods": tuple(d.get("methods", cls.methods))})
 
 
 # --- the fact sets ------------------------------------------------------------------

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.synth.corpus import GENERATION_TEMPLATES, MENTION_TEMPLATES, TEMPLATES, Corpus, FactPrompt
 from mechedit.synth.kg import KnowledgeGraph
@@ -43,7 +44,7 @@ _WORD = re.compile(r"\w+|[^\w\s]+")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """Model size, optimiser and stopping rule. Defaults give the shipped ``kg-small``."""
 
     seed: int = 0
@@ -62,26 +63,14 @@ class TrainConfig:
     num_threads: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "n_positions", "batch_size", "max_steps",
-                     "eval_every", "num_threads"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        self.require_positive("n_layers", "d_model", "n_heads", "n_positions", "batch_size", "max_steps",
+                              "eval_every", "num_threads")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ConfigError("lr must be > 0, weight_decay and warmup_steps >= 0")
         if not 0 < self.target_recall <= 1 or not 0 <= self.p_no_prefix <= 1:
             raise ConfigError("target_recall must be in (0, 1] and p_no_prefix in [0, 1]")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ConfigError(f"unknown TrainConfig keys {sorted(set(d) - known)}; known: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)
