@@ -25,6 +25,7 @@ from pathlib import Path
 import mechedit
 from mechedit.analysis.report import write_report
 from mechedit.analysis.sweep import SweepConfig, run_sweep
+from mechedit.cli.common import add_device_arg, resolve_device
 from mechedit.data import KnownFilter, filter_known, load_counterfact
 from mechedit.editors import EditorCache, get_editor
 from mechedit.editors.stats import Corpus
@@ -57,13 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=10, help="noise samples per trace")
     p.add_argument("--mom2-samples", type=int, default=128)
     p.add_argument("--mom2-length", type=int, default=128)
+    p.add_argument("--shard", default="0/1", help="K/N: run facts K, K+N, K+2N, … (one process per shard, "
+                   "each with its own --out; merge the rows.jsonl/traces.jsonl files afterwards)")
+    add_device_arg(p)
     args = p.parse_args(argv)
+    k, _, n_shards = args.shard.partition("/")
+    if not (k.isdigit() and n_shards.isdigit() and int(k) < int(n_shards)):
+        p.error(f"--shard must be K/N with 0 <= K < N, got {args.shard!r}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    model = mechedit.load_model("smollm2-135m")
+    model = mechedit.load_model("smollm2-135m", device=resolve_device(args.device))
     records, _ = load_counterfact(args.data)
-    facts = known_facts(model, records, out)[: args.n]
+    facts = known_facts(model, records, out)[: args.n][int(k)::int(n_shards)]
     layers = tuple(int(x) for x in args.layers.split(",") if x)
     config = SweepConfig(layers=layers, layer_step=args.layer_step, methods=tuple(args.methods.split(",")),
                          variants=tuple(args.variants.split(",")), noise_samples=args.samples, known_only=False,

@@ -2,7 +2,7 @@
 
 Run: ``python benchmarks/bench_sweep.py`` (env: ``BENCH_FACTS`` = 2, ``BENCH_LAYERS`` =
 "6,12", ``BENCH_METHODS`` = "rome", ``BENCH_SAMPLES`` = 10 noise samples,
-``BENCH_THREADS`` = 2). Sweeps the first known facts of ``../shared/data/counterfact_500.json``
+``BENCH_THREADS`` = 2, ``BENCH_DEVICE`` = cpu). Sweeps the first known facts of ``../shared/data/counterfact_500.json``
 into a temporary directory and prints JSON: rows per minute, and the mean time per row
 split into trace (per fact, spread over its rows), edit and scoring. The key statistics
 are read from the disk cache (or computed once, not counted: they are prefetched before
@@ -33,7 +33,7 @@ def main() -> None:
     n_facts = int(os.environ.get("BENCH_FACTS", "2"))
     layers = tuple(int(x) for x in os.environ.get("BENCH_LAYERS", "6,12").split(","))
     methods = tuple(os.environ.get("BENCH_METHODS", "rome").split(","))
-    model = mechedit.load_model("smollm2-135m")
+    model = mechedit.load_model("smollm2-135m", device=os.environ.get("BENCH_DEVICE", "cpu"))
     records, _ = load_counterfact(os.environ.get("BENCH_DATA", str(DATA)))
     facts, _ = filter_known(model, records[:100], KnownFilter("top1", prefix="neutral"))
     config = SweepConfig(layers=layers, methods=methods, noise_samples=int(os.environ.get("BENCH_SAMPLES", "10")),

@@ -7,6 +7,7 @@ Keep one :class:`EditorCache` per session to edit many facts without recomputing
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -40,14 +41,15 @@ class EditorCache:
     def key_stats(self, model: Any, layers: list[int] | tuple[int, ...], *, n_samples: int,
                   max_length: int, prefix: Prefix | str) -> dict[int, KeyStats]:
         info = model_info(model)
-        base = (info.name, info.path, n_samples, max_length, Prefix(prefix).value)
+        device = next(model.parameters()).device  # statistics read from disk are on the CPU
+        base = (info.name, info.path, str(device), n_samples, max_length, Prefix(prefix).value)
         missing = [layer for layer in layers if (*base, layer) not in self._stats]
         if missing:
             found = key_second_moments(model, missing, self.corpus, n_samples=n_samples,
                                        max_length=max_length, prefix=prefix, cache_dir=self.stats_dir,
                                        progress=self.progress)
             for layer, stats in found.items():
-                self._stats[(*base, layer)] = stats
+                self._stats[(*base, layer)] = dataclasses.replace(stats, moment=stats.moment.to(device))
         return {layer: self._stats[(*base, layer)] for layer in layers}
 
     def second_moment(self, model: Any, layer: int, *, n_samples: int, max_length: int,

@@ -142,7 +142,7 @@ class KeyStats:
         from safetensors.torch import save_file
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"moment": self.moment.contiguous()}, str(path.with_suffix(".safetensors")))
+        save_file({"moment": self.moment.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
         meta = {**self.provenance, "n_tokens": self.n_tokens, "layer": self.layer}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
