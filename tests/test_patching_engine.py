@@ -175,7 +175,7 @@ def test_bad_cells_and_configs_are_clear_errors(tiny_gpt2):
         PatchConfig(kind="resid_pre", window=3)
     with pytest.raises(ConfigError, match="sever"):
         PatchConfig(kind="mlp_out", sever="mlp")
-    with pytest.raises(ConfigError, match="kinds"):
+    with pytest.raises(ConfigError, match=r"PatchConfig.kind: invalid value .mlp.; choose from"):
         PatchConfig(kind="mlp")
     cfg = PatchConfig(kind="attn_out", window=4, direction="noise", sever=None, metric=MetricConfig("kl"))
     assert PatchConfig.from_dict(cfg.to_dict()) == cfg
