@@ -46,6 +46,35 @@ def known_facts(model, records, out: Path):
     return facts
 
 
+def sweep_config(args: argparse.Namespace) -> SweepConfig:
+    layers = tuple(int(x) for x in args.layers.split(",") if x)
+    return SweepConfig(layers=layers, layer_step=args.layer_step, methods=tuple(args.methods.split(",")),
+                       variants=tuple(args.variants.split(",")), noise_samples=args.samples, known_only=False,
+                       essence_texts=2, essence_tokens=20)
+
+
+def report_only(out: Path, config: SweepConfig, command: str) -> int:
+    """The report of the complete facts already in ``out`` (no model, no new rows)."""
+    import pandas as pd
+
+    from mechedit.analysis.sweep import SweepResult, stores
+
+    rows_store, traces_store = stores(out)
+    rows, traces = rows_store.to_dataframe(), traces_store.to_dataframe()
+    n_layers = len(traces["effect"].iloc[0])
+    per_fact = len(config.layers_for(n_layers)) * len(config.methods) * len(config.variants)
+    counts = rows.groupby("case_id").size()
+    complete = set(counts[counts == per_fact].index)
+    rows = rows[rows["case_id"].isin(complete)].reset_index(drop=True)
+    traces = traces[traces["case_id"].isin(complete)].reset_index(drop=True)
+    result = SweepResult(pd.DataFrame(rows), pd.DataFrame(traces), config, "smollm2-135m", n_layers)
+    stats = write_report(result, out, command)
+    print(f"{len(rows)} rows of {len(complete)} complete facts ({len(counts) - len(complete)} incomplete left out) "
+          f"-> {out}")
+    print("\n".join(stats.verdicts))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(DATA))
@@ -60,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mom2-length", type=int, default=128)
     p.add_argument("--shard", default="0/1", help="K/N: run facts K, K+N, K+2N, … (one process per shard, "
                    "each with its own --out; merge the rows.jsonl/traces.jsonl files afterwards)")
+    p.add_argument("--report-only", action="store_true",
+                   help="no new rows: write the report from the rows already in --out (e.g. merged shards), "
+                   "keeping only facts with every (layer, method, variant) row")
     add_device_arg(p)
     args = p.parse_args(argv)
     k, _, n_shards = args.shard.partition("/")
@@ -68,20 +100,19 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    command = "python analyses/localization_vs_editing.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
+    if args.report_only:
+        return report_only(out, sweep_config(args), command)
     model = mechedit.load_model("smollm2-135m", device=resolve_device(args.device))
     records, _ = load_counterfact(args.data)
     facts = known_facts(model, records, out)[: args.n][int(k)::int(n_shards)]
-    layers = tuple(int(x) for x in args.layers.split(",") if x)
-    config = SweepConfig(layers=layers, layer_step=args.layer_step, methods=tuple(args.methods.split(",")),
-                         variants=tuple(args.variants.split(",")), noise_samples=args.samples, known_only=False,
-                         essence_texts=2, essence_tokens=20)
+    config = sweep_config(args)
     bases = {m: get_editor(m).config_for(model).replace(mom2_n_samples=args.mom2_samples,
                                                           mom2_max_length=args.mom2_length)
              for m in ("rome", "memit") if m in config.methods}
     # texts sampled at 128 tokens (then cut to --mom2-length): the corpus of the cached statistics
     cache = EditorCache(corpus=Corpus.model_samples(n_tokens=128), progress=False)
     result = run_sweep(model, facts, config, out, editor_configs=bases, cache=cache)
-    command = "python analyses/localization_vs_editing.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
     stats = write_report(result, out, command)
     print(f"{len(result.rows)} rows ({result.n_new} new) from {len(facts)} known facts -> {out}")
     print("\n".join(stats.verdicts))
