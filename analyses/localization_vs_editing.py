@@ -29,6 +29,7 @@ from mechedit.cli.common import add_device_arg, resolve_device
 from mechedit.data import KnownFilter, filter_known, load_counterfact
 from mechedit.editors import EditorCache, get_editor
 from mechedit.editors.stats import Corpus
+from mechedit.models import model_info
 
 ROOT = Path(__file__).resolve().parent
 DATA = ROOT.parent.parent / "shared" / "data" / "counterfact_500.json"
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mom2-length", type=int, default=128)
     p.add_argument("--shard", default="0/1", help="K/N: run facts K, K+N, K+2N, … (one process per shard, "
                    "each with its own --out; merge the rows.jsonl/traces.jsonl files afterwards)")
+    p.add_argument("--workers", type=int, default=1, help="processes sharing the facts (mechedit.analysis.parallel)")
     p.add_argument("--report-only", action="store_true",
                    help="no new rows: write the report from the rows already in --out (e.g. merged shards), "
                    "keeping only facts with every (layer, method, variant) row")
@@ -112,7 +114,14 @@ def main(argv: list[str] | None = None) -> int:
              for m in ("rome", "memit") if m in config.methods}
     # texts sampled at 128 tokens (then cut to --mom2-length): the corpus of the cached statistics
     cache = EditorCache(corpus=Corpus.model_samples(n_tokens=128), progress=False)
-    result = run_sweep(model, facts, config, out, editor_configs=bases, cache=cache)
+    if args.workers > 1:
+        from mechedit.analysis.parallel import run_sweep_parallel
+
+        result = run_sweep_parallel("smollm2-135m", facts, config, out, workers=args.workers,
+                                    device=resolve_device(args.device), editor_configs=bases, corpus=cache.corpus,
+                                    n_layers=model_info(model).n_layers)
+    else:
+        result = run_sweep(model, facts, config, out, editor_configs=bases, cache=cache)
     stats = write_report(result, out, command)
     print(f"{len(result.rows)} rows ({result.n_new} new) from {len(facts)} known facts -> {out}")
     print("\n".join(stats.verdicts))

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--hparams", default=None,
                    help='JSON file {"rome": {"lr": 2.0}, ...}: fields overriding the stored hparams per method')
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--workers", type=int, default=1,
+                   help="processes, each sweeping its share of the facts (default 1; see docs/analysis.md)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
     q.set_defaults(func=run)
@@ -86,6 +88,8 @@ def base_configs(model: Any, overrides: dict[str, dict[str, Any]]) -> dict[str, 
 
 def run(args: argparse.Namespace) -> int:
     config = sweep_config(args)  # fails on a bad option before anything is loaded
+    if args.workers < 1:
+        raise MecheditError(f"--workers must be >= 1, got {args.workers}")
     from mechedit.analysis.report import write_report
     from mechedit.analysis.sweep import run_sweep, select_facts
     from mechedit.data import load_counterfact
@@ -101,8 +105,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"{report.source}: {report.n_loaded} records, {len(facts)} facts in the sweep", file=sys.stderr)
     if not facts:
         raise MecheditError("no facts to sweep (none known by the model?); try --all-facts")
-    result = run_sweep(model, facts, config, out, editor_configs=base_configs(model, _hparams(args.hparams)),
-                       progress=not args.quiet)
+    bases = base_configs(model, _hparams(args.hparams))
+    if args.workers == 1:
+        result = run_sweep(model, facts, config, out, editor_configs=bases, progress=not args.quiet)
+    else:
+        from mechedit.analysis.parallel import run_sweep_parallel
+        from mechedit.cli.common import resolve_device
+        from mechedit.models import model_info
+
+        result = run_sweep_parallel(args.model, facts, config, out, workers=args.workers,
+                                    device=resolve_device(args.device), editor_configs=bases,
+                                    n_layers=model_info(model).n_layers, progress=not args.quiet)
     command = "mechedit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "mechedit analyze"
     stats = write_report(result, out, command)
     print(f"{len(result.rows)} rows ({result.n_new} new, {result.n_skipped} resumed) -> {out}", file=sys.stderr)
