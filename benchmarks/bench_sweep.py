@@ -51,6 +51,10 @@ def main() -> None:
                         n_samples=base.mom2_n_samples, max_length=base.mom2_max_length, prefix=base.prefix)
     device, threads = os.environ.get("BENCH_DEVICE", "cpu"), int(os.environ.get("BENCH_THREADS", "2"))
     out: dict = {"facts": n_facts, "layers": list(layers), "methods": list(methods), "device": device}
+    with tempfile.TemporaryDirectory() as tmp:  # untimed: first-use costs (kernels, caches) out of the ratio
+        run_sweep_parallel("smollm2-135m", facts[:1], SweepConfig(**{**config.to_dict(), "layers": layers[:1]}),
+                           tmp, workers=1, device=device, editor_configs=bases, corpus=cache.corpus,
+                           n_layers=n_layers, threads=threads, progress=False)
     results = {}
     for workers in (1, int(os.environ.get("BENCH_WORKERS", "2"))):
         with tempfile.TemporaryDirectory() as tmp:
