@@ -26,6 +26,7 @@ carries no hook that mechedit added. Writing a new intervention is one small cla
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -207,6 +208,53 @@ class EmbeddingNoise:
             noise = self.draws(act.shape[0], act.shape[-1]).to(act.device, act.dtype)
             out[:, idx] = out[:, idx] + noise
             return out
+
+        yield Site(SiteKind.EMBED).resolve(model), fn
+
+
+@dataclass(frozen=True, eq=False)
+class RowNoise:
+    """Seeded Gaussian noise on the token embeddings of row ``b`` at ``range(*spans[b])``.
+
+    :class:`EmbeddingNoise` with positions that differ from row to row (ROME's templates
+    put the subject at different positions). Row ``b`` receives row ``b`` of
+    ``EmbeddingNoise(range(*spans[b]), scale, seed).draws``, so the draw depends only on
+    ``(seed, b, span length, d_model)``: the same at every call (fixed across an
+    optimisation), and equal to :class:`EmbeddingNoise` when every row has the same span.
+    The batch must have exactly one row per span.
+    """
+
+    spans: tuple[tuple[int, int], ...]
+    scale: float
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        spans = tuple((int(a), int(b)) for a, b in self.spans)
+        if not spans or any(not 0 <= a < b for a, b in spans):
+            raise ConfigError(f"RowNoise needs one non-empty span (start, end) per row, got {list(self.spans)}")
+        if not (math.isfinite(self.scale) and self.scale >= 0):
+            raise ConfigError(f"noise scale must be a finite number >= 0, got {self.scale}")
+        object.__setattr__(self, "spans", spans)
+
+    def noise(self, pos: int, d_model: int) -> Float[Tensor, "batch pos d_model"]:
+        """The dense noise this intervention adds (zero outside the spans; float32, CPU)."""
+        out = torch.zeros(len(self.spans), pos, d_model)
+        by_length: dict[int, list[int]] = {}
+        for row, (a, b) in enumerate(self.spans):
+            by_length.setdefault(b - a, []).append(row)
+        for length, rows in by_length.items():  # one generator per length: EmbeddingNoise's stream
+            unit = torch.randn((max(rows) + 1, length, d_model), generator=torch.Generator().manual_seed(self.seed))
+            for row in rows:
+                a, b = self.spans[row]
+                out[row, a:b] = unit[row] * self.scale
+        return out
+
+    def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
+        def fn(act: Tensor, *, hook: Any) -> Tensor:
+            if act.shape[0] != len(self.spans) or max(b for _, b in self.spans) > act.shape[1]:
+                raise IndexError(f"row noise: spans {list(self.spans)} do not fit a batch of "
+                                 f"{act.shape[0]} rows x {act.shape[1]} tokens")
+            return act + self.noise(act.shape[1], act.shape[-1]).to(act.device, act.dtype)
 
         yield Site(SiteKind.EMBED).resolve(model), fn
 

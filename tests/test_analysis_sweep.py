@@ -14,14 +14,25 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 import mechedit
 from mechedit.analysis import sweep as sweep_mod
-from mechedit.analysis.sweep import SweepConfig, run_sweep, trace_fact, variant_scores
+from mechedit.analysis.sweep import (
+    SweepConfig,
+    is_content_token,
+    reversal_candidate,
+    run_sweep,
+    trace_fact,
+    variant_scores,
+)
 from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, RomeConfig, get_editor
 from mechedit.errors import ConfigError
 from mechedit.evaluation.hase import erasure_score, neighborhood_score, rewrite_score
+from mechedit.interventions import AddVector, EmbeddingNoise
+from mechedit.patching.corruption import embedding_std
+from mechedit.sites import Site
 from mechedit.synth import shipped_model_dir
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
@@ -50,6 +61,23 @@ def test_tracing_effect_equals_a_loop_over_the_patch_result(synth_model, records
     # the reversal target is a real alternative: never the true answer's first token
     first_true = mechedit.tokens.target_ids(synth_model, records[0].text, records[0].target_true)[0]
     assert row["reversal_id"] != first_true
+    assert sweep_mod.is_content_token(row["reversal_target"])  # a word, not " the" or punctuation
+
+
+def test_reversal_candidate_skips_function_words_and_non_words():
+    vocab = [" the", " Paris", ",", " of", " Rome", " x", "123", " London", "The", " a"]
+    probs = torch.tensor([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.01, 0.01])
+    decode = vocab.__getitem__
+    # " the" (stop word) is skipped; " Paris" is the answer unless it is the true token
+    assert reversal_candidate(probs, decode, exclude=4) == 1
+    # true answer " Paris" excluded: ",", " of" skipped, " Rome" next
+    assert reversal_candidate(probs, decode, exclude=1) == 4
+    probs2 = torch.tensor([0.3, 0.0, 0.2, 0.1, 0.0, 0.2, 0.15, 0.04, 0.01, 0.0])
+    assert reversal_candidate(probs2, decode, exclude=1) == 7  # " x" too short, "123" not alphabetic
+    assert [is_content_token(w) for w in (" Paris", " The", "Ab", " a", " 3D", "\nRome ", "é")] == [
+        True, False, True, False, False, True, False]
+    # no content word at all: the most probable token other than the excluded one
+    assert reversal_candidate(torch.tensor([0.5, 0.3, 0.2]), [" the", ",", "."].__getitem__, exclude=0) == 1
 
 
 def test_variant_scores_pick_the_right_target_and_formula():
@@ -124,9 +152,39 @@ def test_resume_after_a_crash_gives_the_rows_of_an_uninterrupted_run(synth_model
     np.testing.assert_allclose(resumed.rows[cols].to_numpy(float), full[cols].to_numpy(float), atol=1e-5)
 
 
+def test_forcing_row_equals_an_edit_and_noised_probabilities_computed_by_hand(synth_model, records, cache):
+    cfg = SweepConfig(layers=(0,), methods=("rome",), variants=("forcing",), noise_samples=3, essence_texts=1,
+                      essence_tokens=4, known_only=False, seed=2)
+    result = run_sweep(synth_model, records[:1], cfg, editor_configs=BASES, cache=cache, progress=False)
+    row, rec = result.rows.iloc[0], records[0]
+    sigma = cfg.noise_multiple * embedding_std(synth_model)  # the trace's σ, recomputed
+    assert result.traces.iloc[0]["sigma"] == pytest.approx(sigma) and row["subject_noise"] == pytest.approx(sigma)
+    econf = BASES["rome"].replace(layer=0, objective="amplify", subject_noise=sigma, noise_seed=2)
+    edit = get_editor("rome").fn(synth_model, [rec.to_request()], econf, cache=cache)
+    d = mechedit.model_info(synth_model).d_model
+
+    def noised(text, edit=None):  # the mean over the trace's 3 draws, each draw added by hand
+        a, b = mechedit.subject_span(synth_model, text, rec.subject, prefix="neutral")
+        draws = EmbeddingNoise(tuple(range(a, b)), sigma, seed=2).draws(3, d)
+        return float(np.mean([mechedit.editors.target_probability(
+            synth_model, text, rec.target_true, "neutral",
+            [AddVector(Site("embed"), draws[k], tuple(range(a, b)))] + ([edit] if edit else []))
+            for k in range(3)]))
+
+    pre, post = noised(rec.text), noised(rec.text, edit)
+    assert pre < 0.5 * _p(synth_model, rec.text, rec.target_true)  # the evaluation really is noised
+    assert row["target"] == rec.target_true
+    assert row["rewrite"] == pytest.approx(rewrite_score(pre, post), rel=1e-3, abs=1e-6)
+    assert post - pre > 0.1  # the edit did something: the equality is not vacuous
+    para = rec.paraphrase_prompts[0]
+    assert row["paraphrase"] == pytest.approx(rewrite_score(noised(para), noised(para, edit)), abs=1e-4)
+    neigh = rec.neighborhood_prompts[0]  # no subject: not noised
+    assert row["neighborhood"] == pytest.approx(neighborhood_score(
+        _p(synth_model, neigh, rec.target_true), _p(synth_model, neigh, rec.target_true, edit)), abs=1e-4)
+
+
 def test_config_rejects_unknown_and_unimplemented_choices():
-    with pytest.raises(ConfigError, match="not implemented"):
-        SweepConfig(variants=("forcing",))
+    assert SweepConfig(variants=("forcing",)).variants == ("forcing",)
     with pytest.raises(ConfigError, match="known"):
         SweepConfig(methods=("rome", "romee"))
     assert SweepConfig(layer_step=4).layers_for(30) == (0, 4, 8, 12, 16, 20, 24, 28, 29)

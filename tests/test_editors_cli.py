@@ -60,3 +60,23 @@ def test_bad_layer_arguments():
     with pytest.raises(SystemExit):
         _parser().parse_args(["edit", "--prompt", "{} x", "--subject", "a", "--target-new", "b",
                               "--layers", "one-two"])
+
+
+def test_edit_with_subject_noise(tiny_dirs, tiny_gpt2, tmp_path, capsys, monkeypatch):
+    import mechedit
+
+    monkeypatch.setenv("MECHEDIT_CACHE_DIR", str(tmp_path / "cache"))
+    args = _parser().parse_args([
+        "edit", "--model", str(tiny_dirs["gpt2"]), "--prompt", "{} is located in the city of",
+        "--subject", "The Eiffel Tower", "--target-new", " Rome", "--target-true", " Paris", "--layer", "1",
+        "--check", "The capital of France is", "--hparams", _hparams(tmp_path), "--subject-noise", "0.5",
+        "--noise-seed", "3", "--save", str(tmp_path / "edit"), "--json",
+    ])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["subject_noise"] == 0.5
+    assert load_edit(tmp_path / "edit").config["subject_noise"] == 0.5
+    assert load_edit(tmp_path / "edit").config["noise_seed"] == 3
+    clean = [mechedit.editors.target_probability(tiny_gpt2, r["prompt"], " Paris", "neutral") for r in out["prompts"]]
+    assert out["prompts"][0]["before"]["p_true"] != pytest.approx(clean[0], rel=1e-3)  # the subject is noised
+    assert out["prompts"][1]["before"]["p_true"] == pytest.approx(clean[1], rel=1e-5)  # no subject: no noise

@@ -11,6 +11,7 @@ from mechedit.interventions import (
     EmbeddingNoise,
     MeanAblate,
     Patch,
+    RowNoise,
     ZeroAblate,
     capture,
     hook_pairs,
@@ -108,6 +109,34 @@ def test_embedding_noise_is_seeded_and_local(any_model):
     clean, out = run(any_model, ids), run(any_model, ids, [noise])
     assert torch.equal(out[:, :a], clean[:, :a])
     assert (out[:, -1] - clean[:, -1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("model_name", ["tiny_gpt2", "tiny_llama"])
+def test_row_noise_is_embedding_noise_row_by_row(request, model_name):
+    model = request.getfixturevalue(model_name)
+    ids = _ids(model).repeat(3, 1)
+    d = mechedit.model_info(model).d_model
+    spans = ((1, 4), (2, 3), (5, 8))  # different positions and lengths per row
+    emb = capture(model, ids, [Site("embed")])[Site("embed")]
+    noisy = capture(model, ids, [Site("embed")], [RowNoise(spans, 0.3, seed=7)])[Site("embed")]
+    for row, (a, b) in enumerate(spans):  # row b gets row b of EmbeddingNoise's draws for its own span
+        ref = EmbeddingNoise(tuple(range(a, b)), scale=0.3, seed=7).draws(row + 1, d)[row]
+        torch.testing.assert_close(noisy[row, a:b] - emb[row, a:b], ref, atol=1e-6, rtol=0)
+        assert torch.equal(noisy[row, :a], emb[row, :a]) and torch.equal(noisy[row, b:], emb[row, b:])
+    # equal spans: exactly EmbeddingNoise; and the same draws at every call
+    same = RowNoise(((1, 4),) * 3, 0.3, seed=7)
+    torch.testing.assert_close(run(model, ids, [same]), run(model, ids, [EmbeddingNoise((1, 2, 3), 0.3, seed=7)]),
+                               atol=0, rtol=0)
+    assert torch.equal(same.noise(10, d), same.noise(10, d))
+
+
+def test_row_noise_rejects_bad_spans_and_batches(tiny_gpt2):
+    with pytest.raises(mechedit.ConfigError, match="span"):
+        RowNoise(((2, 2),), 0.1)
+    with pytest.raises(mechedit.ConfigError, match="scale"):
+        RowNoise(((0, 2),), -1.0)
+    with pytest.raises(IndexError, match="do not fit"):
+        run(tiny_gpt2, _ids(tiny_gpt2).repeat(2, 1), [RowNoise(((0, 2),), 0.1)])
 
 
 @pytest.mark.parametrize("dist", ["uniform", "student_t"])

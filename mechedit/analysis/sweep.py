@@ -23,24 +23,35 @@ centred on it (clipped at the ends, the tracing window's rule); ``ft`` the centr
 variant             objective  ``rewrite`` / ``paraphrase`` score
 ==================  =========  ========================================================
 ``injection``       inject     rewrite score of ``target_new``
-``reversal``        inject     rewrite score of the noised model's top-1 answer
+``reversal``        inject     rewrite score of the noised model's top answer
                                (``target_new`` := that token; the true answer's first
-                               token is excluded so the problem is never trivial)
+                               token and function words are skipped, see
+                               :func:`reversal_candidate`)
 ``erasure``         erase      erasure score of ``target_true``
 ``amplification``   amplify    rewrite score of ``target_true``
+``forcing``         amplify    rewrite score of ``target_true``, subject noised (below)
 ==================  =========  ========================================================
 
 ``neighborhood`` and ``essence_drift`` are the Hase neighbourhood score and essence
-drift for every variant. Hase's fifth variant, fact forcing (amplify with the subject
-noised during the edit and its evaluation), is not implemented: the editors have no
-hook for extra interventions in their own forward passes yet.
+drift for every variant.
+
+**Fact forcing** (Hase's fifth variant): the editor runs with ``subject_noise`` = the
+trace's σ and ``noise_seed`` = ``seed`` (:mod:`mechedit.editors.noise`: every forward of
+the edit computation noises the subject's embeddings), and ``p_pre``/``p_post`` of both
+targets on the rewrite and first paraphrase prompt are measured with the subject noised
+(:func:`noised_probability`): the mean over the trace's ``noise_samples`` draws (same
+seed, same σ) of the teacher-forced probability. We average because the trace does (its
+corrupted score is that mean) and because one draw would score the edit on the very
+noise it was fitted to: the bare prompt's row of the edit batch gets draw 0, so sample 0
+is the edit's own noise and the others are fresh. Neighbourhood prompts (no subject) and
+the essence texts are not noised. A paraphrase without the subject gets no score (NaN).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,9 +69,11 @@ from mechedit.store import ResultStore
 from mechedit.tokens import Prefix
 
 METHODS = ("rome", "memit", "ft", "ft5")
-VARIANTS = ("injection", "reversal", "erasure", "amplification")
-NOT_IMPLEMENTED_VARIANTS = ("forcing",)
-OBJECTIVES = {"injection": "inject", "reversal": "inject", "erasure": "erase", "amplification": "amplify"}
+VARIANTS = ("injection", "reversal", "erasure", "amplification", "forcing")
+NOT_IMPLEMENTED_VARIANTS: tuple[str, ...] = ()
+OBJECTIVES = {"injection": "inject", "reversal": "inject", "erasure": "erase", "amplification": "amplify",
+              "forcing": "amplify"}
+NOISED_VARIANTS = ("forcing",)  # the subject noised during the edit and the rewrite/paraphrase scores
 SCORE_METRICS = ("rewrite", "paraphrase", "neighborhood", "essence_drift")
 
 
@@ -155,10 +168,37 @@ def tracing_effects(result: PatchResult) -> tuple[Float[Tensor, "layer"], Float[
     return frac.max(0).values, frac[result.subject_range[1] - 1]
 
 
+#: Words the reversal target skips: with the subject noised, SmolLM2's top-1 is usually " the".
+STOP_WORDS = frozenset({"the", "a", "an", "of", "in", "on", "at", "to", "and", "or", "is", "was", "for", "with",
+                        "by", "from", "as", "that", "this", "it", "its", "their", "his", "her"})
+
+
+def is_content_token(text: str) -> bool:
+    """Alphabetic after stripping whitespace, at least 2 characters, not a stop word."""
+    word = text.strip()
+    return word.isalpha() and len(word) >= 2 and word.lower() not in STOP_WORDS
+
+
+def reversal_candidate(probs: Float[Tensor, " d_vocab"], decode: Callable[[int], str], exclude: int) -> int:
+    """The most probable token other than ``exclude`` whose text is a content word
+    (:func:`is_content_token`); if the vocabulary has none, the most probable other token.
+
+    Reversing a fact to " the" or "," is trivial and says nothing about the fact, so
+    tracing reversal targets the noised model's most likely *word*.
+    """
+    order = torch.argsort(probs, descending=True).tolist()
+    for tok in order:
+        if tok != exclude and is_content_token(decode(tok)):
+            return int(tok)
+    return int(next(t for t in order if t != exclude))
+
+
 def noised_top1(model: Any, record: CounterFactRecord, result: PatchResult, config: SweepConfig) -> int:
-    """The corrupted run's answer: argmax of the next-token probabilities averaged over the
-    noise samples of ``result`` (same draws), the true answer's first token excluded."""
+    """The corrupted run's answer: the next-token probabilities averaged over the noise
+    samples of ``result`` (same draws), then :func:`reversal_candidate` (the true answer's
+    first token, function words and non-alphabetic tokens skipped)."""
     from mechedit.interventions import run
+    from mechedit.models import model_info
     from mechedit.patching.corruption import NoiseConfig, subject_noise
     from mechedit.tokens import encode, target_ids
 
@@ -168,8 +208,9 @@ def noised_top1(model: Any, record: CounterFactRecord, result: PatchResult, conf
     ids = ids.expand(noise.samples, -1)
     intervention = subject_noise(range(*result.subject_range), result.noise_std, noise)
     probs = torch.softmax(run(model, ids, [intervention])[:, -1].double(), -1).mean(0)
-    probs[target_ids(model, record.text, record.target_true)[0]] = -1.0
-    return int(probs.argmax())
+    tokenizer = model_info(model).tokenizer
+    return reversal_candidate(probs, lambda i: tokenizer.decode([i]),
+                              target_ids(model, record.text, record.target_true)[0])
 
 
 def trace_fact(model: Any, record: CounterFactRecord, config: SweepConfig, sigma: float) -> tuple[dict[str, Any],
@@ -204,11 +245,18 @@ def edit_layers(method: str, layer: int, n_layers: int, edit_window: int = 5) ->
     return tuple(window_layers(layer, edit_window, n_layers))
 
 
-def editor_config(method: str, layer: int, variant: str, n_layers: int, base: Any, edit_window: int = 5) -> Any:
-    """``base`` (the method's hyperparameters) moved to ``layer`` with the variant's objective."""
+def editor_config(method: str, layer: int, variant: str, n_layers: int, base: Any, edit_window: int = 5, *,
+                  sigma: float | None = None, seed: int = 0) -> Any:
+    """``base`` (the method's hyperparameters) moved to ``layer`` with the variant's objective
+    (forcing: and ``subject_noise=sigma``, ``noise_seed=seed``)."""
     layers = edit_layers(method, layer, n_layers, edit_window)
     moved = base.replace(layer=layers[0]) if method == "rome" else base.replace(layers=layers)
-    return moved.replace(objective=OBJECTIVES[variant])
+    moved = moved.replace(objective=OBJECTIVES[variant])
+    if variant in NOISED_VARIANTS:
+        if sigma is None:
+            raise ConfigError(f"variant {variant!r} needs the trace's noise sigma")
+        moved = moved.replace(subject_noise=sigma, noise_seed=seed)
+    return moved
 
 
 def variant_record(record: CounterFactRecord, variant: str, trace_row: Mapping[str, Any]) -> CounterFactRecord:
@@ -221,7 +269,7 @@ def variant_record(record: CounterFactRecord, variant: str, trace_row: Mapping[s
 def variant_scores(variant: str, p_pre: Mapping[str, Sequence[float]],
                    p_post: Mapping[str, Sequence[float]]) -> dict[str, float]:
     """``rewrite`` and ``paraphrase`` scores of a variant from the Hase (new, true) probabilities."""
-    idx = 1 if variant in ("erasure", "amplification") else 0
+    idx = 1 if variant in ("erasure", "amplification", "forcing") else 0
     score = erasure_score if variant == "erasure" else rewrite_score
     out = {}
     for name, kind in (("rewrite", "rewrite"), ("paraphrase", "paraphrase")):
@@ -254,23 +302,76 @@ def score_row(ctx: _Context, record: CounterFactRecord, trace_row: Mapping[str, 
 
     cfg = ctx.config
     rec = variant_record(record, variant, trace_row)
-    econf = editor_config(method, layer, variant, ctx.n_layers, ctx.bases[method], cfg.edit_window)
+    econf = editor_config(method, layer, variant, ctx.n_layers, ctx.bases[method], cfg.edit_window,
+                          sigma=trace_row["sigma"], seed=cfg.seed)
     t0 = time.perf_counter()
     edit = get_editor("ft" if method == "ft5" else method).fn(ctx.model, [rec.to_request()], econf, cache=ctx.cache)
     t1 = time.perf_counter()
     eval_config = EvalConfig(metrics=("hase",), prefix=cfg.prefix, batch_size=cfg.batch_size, seed=cfg.seed,
                              essence_n_texts=cfg.essence_texts, essence_max_new_tokens=cfg.essence_tokens)
     hase = evaluate_record(ctx.model, rec, [edit], eval_config)
+    if variant in NOISED_VARIANTS:
+        hase = {**hase, **noised_hase(ctx.model, rec, edit, trace_row["sigma"], cfg, hase)}
     scores = variant_scores(variant, hase["hase_p_pre"], hase["hase_p_post"])
     return {"case_id": record.case_id, "subject": record.subject, "layer": layer, "method": method,
             "variant": variant, "edit_layers": list(econf.layers if method != "rome" else (econf.layer,)),
-            "target": rec.target_true if variant in ("erasure", "amplification") else rec.target_new,
+            "target": rec.target_true if OBJECTIVES[variant] != "inject" else rec.target_new,
+            "subject_noise": econf.subject_noise,
             "tracing_effect": trace_row["effect"][layer],
             "tracing_effect_last_subject": trace_row["effect_last_subject"][layer],
             "peak_layer": trace_row["peak_layer"], **scores,
             "neighborhood": hase["hase_neighborhood"], "essence_drift": hase["hase_essence_drift"],
             **{k: v for k, v in hase.items() if k.startswith("hase_")},
             "edit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
+
+
+def noised_probability(model: Any, text: str, subject: str, target: str, sigma: float, config: SweepConfig,
+                       interventions: Sequence[Any] = ()) -> float:
+    """Teacher-forced ``P(target | text)`` with the subject's embeddings noised as in the
+    trace (σ, ``noise_samples`` seeded draws), averaged over the draws."""
+    from mechedit.interventions import run
+    from mechedit.patching.corruption import NoiseConfig, subject_noise
+    from mechedit.tokens import encode, subject_span, target_ids
+
+    noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
+    start, end = subject_span(model, text, subject, prefix=config.prefix)
+    tgt = target_ids(model, text, target)
+    enc = encode(model, text, prefix=config.prefix)
+    ids = torch.tensor([list(enc.ids) + list(tgt[:-1])], device=next(model.parameters()).device)
+    logits = run(model, ids.expand(noise.samples, -1), [subject_noise(range(start, end), sigma, noise),
+                                                        *interventions])
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    n = len(enc.ids)
+    per_row = sum(logp[:, n - 1 + j, t] for j, t in enumerate(tgt))
+    return float(per_row.exp().mean())
+
+
+def noised_hase(model: Any, record: CounterFactRecord, edit: Any, sigma: float, config: SweepConfig,
+                hase: Mapping[str, Any]) -> dict[str, Any]:
+    """The Hase quantities of the rewrite and first paraphrase prompt with the subject noised
+    (fact forcing): ``hase_p_pre``/``hase_p_post`` (new, true) and the scores built on them."""
+    from mechedit.errors import TokenizationError
+
+    p_pre, p_post = dict(hase["hase_p_pre"]), dict(hase["hase_p_post"])
+    prompts = {"rewrite": record.text, "paraphrase": next(iter(record.paraphrase_prompts), None)}
+    for kind, text in prompts.items():
+        p_pre.pop(kind, None)
+        p_post.pop(kind, None)
+        if text is None:
+            continue
+        try:
+            for probs, ivs in ((p_pre, []), (p_post, [edit])):
+                probs[kind] = tuple(noised_probability(model, text, record.subject, t, sigma, config, ivs)
+                                    for t in (record.target_new, record.target_true))
+        except TokenizationError:  # a paraphrase that does not contain the subject: no score
+            p_pre.pop(kind, None)
+            p_post.pop(kind, None)
+    nan = float("nan")
+    para = "paraphrase" in p_pre
+    return {"hase_p_pre": p_pre, "hase_p_post": p_post, "hase_subject_noise": sigma,
+            "hase_rewrite": rewrite_score(p_pre["rewrite"][0], p_post["rewrite"][0]),
+            "hase_erasure": erasure_score(p_pre["rewrite"][1], p_post["rewrite"][1]),
+            "hase_paraphrase": rewrite_score(p_pre["paraphrase"][0], p_post["paraphrase"][0]) if para else nan}
 
 
 # --- the sweep -------------------------------------------------------------------------

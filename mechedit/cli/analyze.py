@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--layer-step", type=int, default=4, help="every K-th layer plus the last (default 4)")
     q.add_argument("--methods", default="rome", help="comma-separated subset of rome,memit,ft,ft5")
     q.add_argument("--variants", default="injection",
-                   help="comma-separated subset of injection,reversal,erasure,amplification")
+                   help="comma-separated subset of injection,reversal,erasure,amplification,forcing")
     q.add_argument("--samples", type=int, default=10, help="noise samples of the trace (default 10)")
     q.add_argument("--window", type=int, default=5, help="MLP tracing window (default 5)")
     q.add_argument("--essence-texts", type=int, default=3, help="subject texts for the essence score")

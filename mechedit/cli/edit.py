@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=["rome", "memit", "ft"], default="rome")
     p.add_argument("--objective", choices=["inject", "erase", "amplify"], default=None,
                    help="inject target_new (default), or erase / amplify target_true (needs --target-true)")
+    p.add_argument("--subject-noise", type=float, default=None, metavar="SIGMA",
+                   help="fact forcing: add Gaussian noise of std SIGMA to the subject's token embeddings in "
+                        "every forward of the edit (and of the shown probabilities)")
+    p.add_argument("--noise-seed", type=int, default=None, help="seed of the subject noise (default 0)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--layer", type=int, help="layer to edit (rome; ft)")
     where.add_argument("--layers", type=_layers, help="layer range A-B (memit; ft)")
@@ -57,6 +61,10 @@ def _config(spec: Any, model: Any, args: argparse.Namespace) -> Any:
             changes["layers"] = list(layers)
     if args.objective is not None:
         changes["objective"] = args.objective
+    if args.subject_noise is not None:
+        changes["subject_noise"] = args.subject_noise
+    if args.noise_seed is not None:
+        changes["noise_seed"] = args.noise_seed
     if args.stats_samples is not None and hasattr(config, "mom2_n_samples"):
         changes["mom2_n_samples"] = args.stats_samples
     return spec.config_class.from_dict({**config.to_dict(), **changes})
@@ -75,6 +83,15 @@ def _report(model: Any, text: str, args: argparse.Namespace, prefix: Any, ivs: l
     return {"top": [{"token": t, "prob": p} for t, p in zip(pred.tokens, pred.probs, strict=True)], **probs}
 
 
+def _noise(model: Any, text: str, args: argparse.Namespace, config: Any) -> list:
+    """With --subject-noise, the edit's own noise (row 0's draw) on prompts that contain the subject."""
+    from mechedit.editors.noise import prompt_noise
+
+    if config.subject_noise is None or args.subject not in text:
+        return []
+    return prompt_noise(model, text, args.subject, config.prefix, config.subject_noise, config.noise_seed)
+
+
 def run(args: argparse.Namespace) -> int:
     from mechedit import EditRequest
     from mechedit.editors import EditorCache, get_editor
@@ -87,9 +104,11 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         edit.save(args.save)
     texts = [request.text] + [c.format(args.subject) if "{}" in c else c for c in args.check]
-    rows = [{"prompt": t, "before": _report(model, t, args, config.prefix, []),
-             "after": _report(model, t, args, config.prefix, [edit])} for t in texts]
-    result = {"edit": edit.summary(), "prefix": config.prefix.value, "prompts": rows, "saved": args.save}
+    rows = [{"prompt": t, "before": _report(model, t, args, config.prefix, _noise(model, t, args, config)),
+             "after": _report(model, t, args, config.prefix, [edit, *_noise(model, t, args, config)])}
+            for t in texts]
+    result = {"edit": edit.summary(), "prefix": config.prefix.value, "prompts": rows, "saved": args.save,
+              "subject_noise": config.subject_noise}
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -106,6 +125,9 @@ def _print_tables(result: dict[str, Any], args: argparse.Namespace) -> None:
     console = Console()
     console.print(f"{e['method']} edit of {e['model']} at layers {e['layers']} (‖ΔW‖ {norms}); "
                   f"prompts behind prefix '{result['prefix']}'")
+    if result["subject_noise"] is not None:
+        console.print(f"subject noised (σ = {result['subject_noise']:.3g}) in the edit and in every prompt below "
+                      "that contains it")
     for row in result["prompts"]:
         table = Table(title=repr(row["prompt"]))
         table.add_column("rank", justify="right")

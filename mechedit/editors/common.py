@@ -10,6 +10,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
+from mechedit.editors.noise import prompt_noise, row_noise
 from mechedit.editors.objective import Objective
 from mechedit.errors import ConfigError
 from mechedit.interventions import capture_until
@@ -43,23 +44,27 @@ def validate(model: Any, requests: Sequence[EditRequest], layers: Sequence[int],
 
 
 def subject_keys(model: Any, request: EditRequest, templates: Sequence[str], layers: Sequence[int],
-                 prefix: Prefix) -> dict[int, Float[Tensor, "n_templates d_mlp"]]:
+                 prefix: Prefix, *, subject_noise: float | None = None,
+                 noise_seed: int = 0) -> dict[int, Float[Tensor, "n_templates d_mlp"]]:
     """``mlp_key`` at the subject's last token of each ``template.format(prompt)``, per layer.
 
-    One right-padded batch, the forward stopped after the last layer needed.
+    One right-padded batch, the forward stopped after the last layer needed. With
+    ``subject_noise`` the subject's embeddings of row ``b`` get draw ``b``
+    (:mod:`mechedit.editors.noise`), the draws of the v* batch's rows.
     """
-    rows, last = [], []
+    rows, spans = [], []
     for template in templates:
         text = template.format(request.prompt).format(request.subject)
         occ = template.split("{}")[0].count(request.subject)
-        _, end = subject_span(model, text, request.subject, prefix=prefix, occurrence=occ)
+        spans.append(subject_span(model, text, request.subject, prefix=prefix, occurrence=occ))
         rows.append(list(encode(model, text, prefix=prefix).ids))
-        last.append(end - 1)
+    last = [end - 1 for _, end in spans]
     ids = torch.full((len(rows), max(map(len, rows))), model_info(model).neutral_token_id, dtype=torch.long)
     for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
         ids[i, : len(row)] = torch.tensor(row)
     sites = [Site("mlp_key", layer) for layer in layers]
-    acts = capture_until(model, ids.to(next(model.parameters()).device), sites)
+    noise = row_noise(spans, subject_noise, noise_seed)
+    acts = capture_until(model, ids.to(next(model.parameters()).device), sites, noise)
     return {layer: acts[site][torch.arange(len(rows)), last] for layer, site in zip(layers, sites, strict=True)}
 
 
@@ -67,11 +72,13 @@ def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[in
            prefix: Prefix, losses: Sequence[Sequence[float]], p_before: Sequence[float],
            tensors: dict[str, Tensor] | None = None, extra: dict[str, Any] | None = None, *,
            objective: Objective = Objective.INJECT) -> Edit:
-    """Build the :class:`Edit`, measuring each objective target's probability with the edit applied."""
+    """Build the :class:`Edit`, measuring each objective target's probability with the edit applied
+    (and the subject noised when ``config.subject_noise`` is set)."""
     wds = tuple(WeightDelta(layer, d.detach().float().contiguous()) for layer, d in sorted(deltas.items()))
     draft = Edit(method, model_info(model).name, wds, tuple(requests), config.to_dict(),
                  EditDiagnostics({}), tensors or {})
-    after = tuple(target_probability(model, r.text, objective.target(r), prefix, [draft]) for r in requests)
+    after = tuple(request_probability(model, r, objective, prefix, config.subject_noise, config.noise_seed, [draft])
+                  for r in requests)
     diag = EditDiagnostics(
         delta_norms={w.layer: float(w.delta.double().norm()) for w in wds},
         loss_curves=tuple(tuple(c) for c in losses), p_target_before=tuple(p_before),
@@ -80,6 +87,15 @@ def finish(model: Any, method: str, requests: list[EditRequest], deltas: dict[in
     return Edit(method, draft.model, wds, tuple(requests), config.to_dict(), diag, tensors or {})
 
 
+def request_probability(model: Any, request: EditRequest, objective: Objective, prefix: Prefix,
+                        subject_noise: float | None = None, noise_seed: int = 0, interventions: Sequence[Any] = ()
+                        ) -> float:
+    """``P(objective target | prompt)``, the subject noised (row 0's draw) if ``subject_noise`` is set."""
+    noise = prompt_noise(model, request.text, request.subject, prefix, subject_noise, noise_seed)
+    return target_probability(model, request.text, objective.target(request), prefix, [*interventions, *noise])
+
+
 def probabilities_before(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
-                         objective: Objective = Objective.INJECT) -> list[float]:
-    return [target_probability(model, r.text, objective.target(r), prefix) for r in requests]
+                         objective: Objective = Objective.INJECT, *, subject_noise: float | None = None,
+                         noise_seed: int = 0) -> list[float]:
+    return [request_probability(model, r, objective, prefix, subject_noise, noise_seed) for r in requests]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar, get_type_hints
@@ -34,7 +35,15 @@ def _tuplify(value: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class EditorConfig:
-    """Base class: ``to_dict``/``from_dict``/``for_model`` for every editor's config."""
+    """Base class: ``to_dict``/``from_dict``/``for_model`` for every editor's config.
+
+    Fields every editor has: ``subject_noise`` (σ of Gaussian noise on the subject's token
+    embeddings in every forward the editor runs: Hase et al.'s fact forcing, see
+    :mod:`mechedit.editors.noise`; None = no noise) and ``noise_seed`` (its draws).
+    """
+
+    subject_noise: float | int | None = None  # an int (JSON) is converted to float
+    noise_seed: int = 0
 
     method: ClassVar[str] = "base"
 
@@ -53,6 +62,13 @@ class EditorConfig:
         for name, fn in coerce.items():
             if name in names:
                 object.__setattr__(self, name, fn(getattr(self, name)))
+        sigma = self.subject_noise
+        if sigma is not None:
+            check(isinstance(sigma, int | float) and not isinstance(sigma, bool) and math.isfinite(sigma)
+                  and sigma >= 0, f"subject_noise must be None or a finite σ >= 0, got {sigma!r}")
+            object.__setattr__(self, "subject_noise", float(sigma))
+        check(isinstance(self.noise_seed, int) and not isinstance(self.noise_seed, bool),
+              f"noise_seed must be an int, got {self.noise_seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}

@@ -8,7 +8,10 @@ for GPT-2 XL (25 steps, lr 5e-4, ε = 5e-4); with such a small ε the baseline r
 flips a fact — that is the point of the comparison, not a bug.
 
 The edit is trained in hook form (``k @ ΔW`` added to ``mlp_out``, identical to the
-weight edit), running only the blocks from the lowest edited layer up.
+weight edit), running only the blocks from the lowest edited layer up. With
+``subject_noise`` set (fact forcing) the residual entering that layer is computed once
+with the subject's embeddings noised (row ``i`` = request ``i``'s draw,
+:mod:`mechedit.editors.noise`), so every step sees the same noise.
 """
 
 from __future__ import annotations
@@ -25,12 +28,13 @@ from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, validate
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit, key_delta_hooks
+from mechedit.editors.noise import row_noise
 from mechedit.editors.objective import Objective
 from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, target_ids
+from mechedit.tokens import Prefix, encode, subject_span, target_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,10 +68,11 @@ class _TrainableDeltas:
 
 
 def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
-           objective: Objective) -> tuple[Tensor, list, list, list]:
-    rows, r_idx, pos, tok = [], [], [], []
+           objective: Objective) -> tuple[Tensor, list, list, list, list]:
+    rows, r_idx, pos, tok, spans = [], [], [], [], []
     for r in requests:
         ids = list(encode(model, r.text, prefix=prefix).ids)
+        spans.append(subject_span(model, r.text, r.subject, prefix=prefix))
         tgt = target_ids(model, r.text, objective.target(r))
         for j, t in enumerate(tgt):
             r_idx.append(len(rows))
@@ -78,7 +83,7 @@ def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
     ids = torch.full((len(rows), width), model_info(model).neutral_token_id, dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(row)
-    return ids, r_idx, pos, tok
+    return ids, r_idx, pos, tok, spans
 
 
 def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = None, *,
@@ -87,13 +92,15 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
     config = config or FTConfig()
     layers = sorted(config.layers)
     requests = validate(model, requests, layers, config.prefix, objective=config.objective)
-    p_before = probabilities_before(model, requests, config.prefix, config.objective)
+    p_before = probabilities_before(model, requests, config.prefix, config.objective,
+                                    subject_noise=config.subject_noise, noise_seed=config.noise_seed)
     info = model_info(model)
     device = next(model.parameters()).device
-    ids, r_idx, pos, tok = _batch(model, requests, config.prefix, config.objective)
+    ids, r_idx, pos, tok, spans = _batch(model, requests, config.prefix, config.objective)
     ids = ids.to(device)
     start, last = layers[0], info.n_layers - 1
-    resid = capture_until(model, ids, [Site("resid_pre", start)])[Site("resid_pre", start)]
+    noise = row_noise(spans, config.subject_noise, config.noise_seed)  # fact forcing; fixed across steps
+    resid = capture_until(model, ids, [Site("resid_pre", start)], noise)[Site("resid_pre", start)]
     deltas = {ly: torch.zeros(info.d_mlp, info.d_model, device=device, requires_grad=True) for ly in layers}
     opt = torch.optim.Adam(list(deltas.values()), lr=config.lr)
     losses = []

@@ -12,6 +12,9 @@ For requests ``i = 1..n`` and layers ``l₁ < … < l_L`` (the "critical" MLPs):
    ``ΔW_l = (λ C_l + K Kᵀ)⁻¹ K Rᵀ`` in ``[d_mlp, d_model]`` (the paper's
    ``R Kᵀ (λC + K Kᵀ)⁻¹``), solved in float64.
 
+With ``subject_noise`` set (fact forcing) z, the keys and ``h`` are computed with the
+subject's embeddings noised (:mod:`mechedit.editors.noise`); the statistics ``C`` are not.
+
 Defaults are the published GPT-2 XL values (layers 13–17 of 48, λ = 20000, 20 steps,
 clamp 0.75, 21 context templates); ``hparams/memit/{model}.json`` holds per-model ones.
 """
@@ -30,6 +33,7 @@ from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
+from mechedit.editors.noise import prompt_noise
 from mechedit.editors.objective import Objective
 from mechedit.editors.vstar import OptimSettings, build_batch, optimize_delta
 from mechedit.interventions import capture_until
@@ -90,14 +94,17 @@ def memit_solve(
     return torch.linalg.solve(a, k) @ resid.double()
 
 
-def _bare_last(model: Any, requests: Sequence[EditRequest], layer: int, prefix: Prefix) -> Tensor:
-    """``resid_post`` of ``layer`` at the subject's last token of each bare prompt."""
+def _bare_last(model: Any, requests: Sequence[EditRequest], layer: int, config: MemitConfig) -> Tensor:
+    """``resid_post`` of ``layer`` at the subject's last token of each bare prompt (noised
+    with row 0's draw, as in z's batch, when ``config.subject_noise`` is set)."""
     out = []
     device = next(model.parameters()).device
+    prefix, site = config.prefix, Site("resid_post", layer)
     for r in requests:
         _, end = subject_span(model, r.text, r.subject, prefix=prefix)
-        site = Site("resid_post", layer)
-        out.append(capture_until(model, encode(model, r.text, prefix=prefix).tensor(device), [site])[site][0, end - 1])
+        noise = prompt_noise(model, r.text, r.subject, prefix, config.subject_noise, config.noise_seed)
+        ids = encode(model, r.text, prefix=prefix).tensor(device)
+        out.append(capture_until(model, ids, [site], noise)[site][0, end - 1])
     return torch.stack(out)
 
 
@@ -109,7 +116,8 @@ def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | Non
     requests = validate(model, requests, layers, config.prefix, config.kl_prompt,
                         objective=config.objective)
     cache = cache or EditorCache()
-    p_before = probabilities_before(model, requests, config.prefix, config.objective)
+    p_before = probabilities_before(model, requests, config.prefix, config.objective,
+                                    subject_noise=config.subject_noise, noise_seed=config.noise_seed)
     templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
     z_site = Site("resid_post", layers[-1])
     zs, losses = [], []
@@ -124,9 +132,10 @@ def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | Non
     deltas: dict[int, Tensor] = {}
     for i, layer in enumerate(layers):
         with edited_weights(model, [WeightDelta(ly, d.float()) for ly, d in deltas.items()]):
-            keys = torch.stack([subject_keys(model, r, templates, [layer], config.prefix)[layer].mean(0)
-                                for r in requests])
-            cur = _bare_last(model, requests, layers[-1], config.prefix)
+            keys = torch.stack([subject_keys(model, r, templates, [layer], config.prefix,
+                                             subject_noise=config.subject_noise,
+                                             noise_seed=config.noise_seed)[layer].mean(0) for r in requests])
+            cur = _bare_last(model, requests, layers[-1], config)
         resid = (z - cur).double() / (len(layers) - i)
         deltas[layer] = memit_solve(stats[layer].moment, keys, resid, config.mom2_update_weight)
     shape = tuple(mlp_out_weight(model, layers[0]).shape)

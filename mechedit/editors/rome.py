@@ -17,6 +17,9 @@ so ``(W + ΔW) k* = v*`` exactly, and ROME's "disabling edits" disappear.
 ``"original"``: ``k`` is the key of the bare prompt (no template), as in ROME's code.
 Either way, keys ``k`` with ``uᵀ k = 0`` map exactly as before.
 
+With ``subject_noise`` set (fact forcing) every forward of steps 1–2 noises the subject's
+token embeddings (:mod:`mechedit.editors.noise`); the key statistics of step 3 are not noised.
+
 Several requests are edited one after another, each on top of the previous ones
 (sequential ROME); the returned :class:`~mechedit.editors.edit.Edit` holds the sum.
 """
@@ -109,7 +112,8 @@ def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCach
                                                                                               Tensor, Tensor]:
     layer = config.layer
     templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
-    keys = subject_keys(model, request, templates, [layer], config.prefix)[layer]
+    keys = subject_keys(model, request, templates, [layer], config.prefix, subject_noise=config.subject_noise,
+                        noise_seed=config.noise_seed)[layer]
     k_star = keys.mean(0)
     k = k_star if config.key == "consistent" else keys[0]  # templates[0] is "{}": the bare prompt
     batch = build_batch(model, request, templates, config.optim())
@@ -128,7 +132,8 @@ def rome(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None 
     requests = validate(model, requests, [config.layer], config.prefix, config.kl_prompt,
                         objective=config.objective)
     cache = cache or EditorCache()
-    p_before = probabilities_before(model, requests, config.prefix, config.objective)
+    p_before = probabilities_before(model, requests, config.prefix, config.objective,
+                                    subject_noise=config.subject_noise, noise_seed=config.noise_seed)
     total = torch.zeros_like(mlp_out_weight(model, config.layer), dtype=torch.float64).detach()
     losses, tensors = [], {}
     for i, req in enumerate(requests):

@@ -21,7 +21,10 @@ a row's subject (causal model): their keys and values at the blocks above are co
 once too (:func:`mechedit.tlens.block_kv`), and every step runs only the blocks from the
 site's on, only on each row's positions from the subject's last token on
 (:func:`mechedit.tlens.forward_with_prefix`), stops after the last block and unembeds
-only the positions the loss reads. ``fast=False`` runs the
+only the positions the loss reads. With ``subject_noise`` set (fact forcing,
+:mod:`mechedit.editors.noise`) the one forward that captures that residual carries the
+noise, so the cached keys/values and suffixes are the noised ones, and the reference
+path adds the same draws at every step. ``fast=False`` runs the
 reference algorithm instead (every block and every logit at each step); both give the
 same δ up to float rounding (``benchmarks/bench_rome.py``).
 """
@@ -38,6 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechedit import tlens
+from mechedit.editors.noise import row_noise
 from mechedit.editors.objective import Objective
 from mechedit.interventions import Capture, capture_until, intervened, run
 from mechedit.models import model_info
@@ -59,6 +63,8 @@ class OptimSettings:
     kl_prompt: str
     prefix: Prefix
     objective: Objective = Objective.INJECT
+    subject_noise: float | None = None  # fact forcing: σ on the subject's embeddings (mechedit.editors.noise)
+    noise_seed: int = 0
 
     @classmethod
     def from_config(cls, config: Any) -> "OptimSettings":
@@ -77,38 +83,40 @@ class TemplateBatch:
     target_tok: tuple[int, ...]
     n_rewrite: int
     kl_row: int
+    spans: tuple[tuple[int, int], ...] = ()  # the subject's tokens [start, end), per row
 
 
-def _subject_last(model: Any, template: str, prompt: str, subject: str, prefix: Prefix) -> tuple[list[int], int]:
+def _subject_row(model: Any, template: str, prompt: str, subject: str,
+                 prefix: Prefix) -> tuple[list[int], tuple[int, int]]:
     text = template.format(prompt).format(subject)
     before = template.split("{}")[0]
     enc = encode(model, text, prefix=prefix)
-    _, end = subject_span(model, text, subject, prefix=prefix, occurrence=before.count(subject))
-    return list(enc.ids), end - 1
+    return list(enc.ids), subject_span(model, text, subject, prefix=prefix, occurrence=before.count(subject))
 
 
 def build_batch(model: Any, request: EditRequest, templates: tuple[str, ...], s: OptimSettings) -> TemplateBatch:
     """Encode every template + prompt + target (minus its last token), and the KL prompt."""
     target = target_ids(model, request.text, s.objective.target(request))
-    rows, lookup, t_rows, t_pos, t_tok = [], [], [], [], []
+    rows, spans, t_rows, t_pos, t_tok = [], [], [], [], []
     for template in templates:
-        ids, last = _subject_last(model, template, request.prompt, request.subject, s.prefix)
+        ids, span = _subject_row(model, template, request.prompt, request.subject, s.prefix)
         for j, tok in enumerate(target):
             t_rows.append(len(rows))
             t_pos.append(len(ids) - 1 + j)
             t_tok.append(int(tok))
         rows.append(ids + list(target[:-1]))
-        lookup.append(last)
-    ids, last = _subject_last(model, "{}", s.kl_prompt, request.subject, s.prefix)
+        spans.append(span)
+    ids, span = _subject_row(model, "{}", s.kl_prompt, request.subject, s.prefix)
     rows.append(ids)
-    lookup.append(last)
+    spans.append(span)
+    lookup = [end - 1 for _, end in spans]
     width = max(map(len, rows))
     pad = model_info(model).neutral_token_id
     tensor = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
         tensor[i, : len(row)] = torch.tensor(row)
     return TemplateBatch(tensor, tuple(lookup), tuple(t_rows), tuple(t_pos), tuple(t_tok),
-                         len(templates), len(rows) - 1)
+                         len(templates), len(rows) - 1, tuple(spans))
 
 
 @dataclass(frozen=True, eq=False)
@@ -206,9 +214,9 @@ def _logits_fast(model: Any, suf: Suffixes, batch: TemplateBatch, delta: Tensor,
     return tlens.unembed(model, cap.store[Site("resid_post", last)][rows, cols])
 
 
-def _logits_reference(model: Any, batch: TemplateBatch, add: AddAtRows) -> Tensor:
+def _logits_reference(model: Any, batch: TemplateBatch, interventions: list[Any]) -> Tensor:
     rows, pos = _rows_positions(batch)
-    return run(model, batch.ids, [add], grad=True)[rows, pos]
+    return run(model, batch.ids, interventions, grad=True)[rows, pos]
 
 
 def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSettings, *,
@@ -218,7 +226,8 @@ def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSetting
     ids = batch.ids.to(device)
     start = int(site.layer)  # the site's own block must run: δ enters inside it
     pre = Site("resid_pre", start)
-    acts = capture_until(model, ids, [pre, site])
+    noise = row_noise(batch.spans, s.subject_noise, s.noise_seed)  # [] unless fact forcing
+    acts = capture_until(model, ids, [pre, site], noise)  # the fast path's noise is in these acts
     v0 = acts[site][0, batch.lookup[0]].detach()
     suf = suffixes(model, batch, acts[pre], start) if fast else None
     delta = torch.zeros_like(v0, requires_grad=True)
@@ -230,7 +239,7 @@ def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSetting
             if suf is not None:
                 logits = _logits_fast(model, suf, batch, delta, site)
             else:
-                logits = _logits_reference(model, batch, AddAtRows(site, delta, batch.lookup))
+                logits = _logits_reference(model, batch, [AddAtRows(site, delta, batch.lookup), *noise])
             loss, nll, kl_lp = _loss(logits, batch, kl_init, delta, v0, s)
         kl_init = kl_lp if kl_init is None else kl_init
         losses.append(float(loss.detach()))
