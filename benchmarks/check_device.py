@@ -7,7 +7,7 @@ available. On the shipped synthetic model (and SmolLM2 with ``--smollm2``) it ru
 on the CPU and once on ``--device``:
 
 - a localization-vs-editing sweep (trace with Gaussian noise, then ROME, MEMIT and FT
-  edits, injection and erasure, scored with the Hase scores): every tracing effect and
+  edits, injection, erasure and forcing, scored with the Hase scores): every tracing effect and
   every score of every row is compared;
 - a clean/corrupted ``resid_pre`` patching grid (logit difference).
 
@@ -40,7 +40,7 @@ SCORES = ("tracing_effect", "tracing_effect_last_subject", "rewrite", "paraphras
 
 
 def sweep_rows(model: Any, records: list, layers: tuple[int, ...], small: bool) -> Any:
-    config = SweepConfig(layers=layers, methods=("rome", "memit", "ft"), variants=("injection", "erasure"),
+    config = SweepConfig(layers=layers, methods=("rome", "memit", "ft"), variants=("injection", "erasure", "forcing"),
                          noise_samples=3, essence_texts=1, essence_tokens=4, known_only=False)
     bases = {m: get_editor(m).config_for(model) for m in ("rome", "memit", "ft")}
     if small:
@@ -100,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--atol", type=float, default=2e-3)
-    ap.add_argument("--smollm2", action="store_true", help="also SmolLM2 (two facts, layers 3 and 6)")
+    ap.add_argument("--smollm2", action="store_true", help="also SmolLM2 (one fact, layer 6)")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         sys.exit("no CUDA device here: run this where torch.cuda.is_available() is True, or pass --device cpu")
@@ -113,8 +113,8 @@ def main() -> None:
     if args.smollm2:
         pair = ("The Eiffel Tower is located in the city of", "The Colosseum is located in the city of",
                 " Paris", " Rome")
-        ok = check("smollm2", lambda d: mechedit.load_model("smollm2-135m", device=d), smollm2_records(2),
-                   (3, 6), pair, args.device, args.atol, small=False) and ok
+        ok = check("smollm2", lambda d: mechedit.load_model("smollm2-135m", device=d), smollm2_records(1),
+                   (6,), pair, args.device, args.atol, small=True) and ok
     sys.exit(0 if ok else 1)
 
 
