@@ -92,5 +92,5 @@ class Config:
         values, known = tuple(getattr(self, name)), list(known)
         bad = [v for v in values if v not in known]
         if bad or (not values and not allow_empty) or len(set(values)) != len(values):
-            raise ConfigError(f"{type(self).__name__}.{name} must be distinct names from {known}, "
-                              f"got {list(values)}")
+            raise ConfigError(f"{type(self).__name__}.{name}: unknown, repeated or missing names in "
+                              f"{list(values)}; known: {known}")

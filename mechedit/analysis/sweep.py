@@ -61,6 +61,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechedit.config import Config
 from mechedit.data import CounterFactRecord
 from mechedit.errors import ConfigError
 from mechedit.evaluation.hase import erasure_score, rewrite_score
@@ -70,7 +71,6 @@ from mechedit.tokens import Prefix
 
 METHODS = ("rome", "memit", "ft", "ft5")
 VARIANTS = ("injection", "reversal", "erasure", "amplification", "forcing")
-NOT_IMPLEMENTED_VARIANTS: tuple[str, ...] = ()
 OBJECTIVES = {"injection": "inject", "reversal": "inject", "erasure": "erase", "amplification": "amplify",
               "forcing": "amplify"}
 NOISED_VARIANTS = ("forcing",)  # the subject noised during the edit and the rewrite/paraphrase scores
@@ -78,7 +78,7 @@ SCORE_METRICS = ("rewrite", "paraphrase", "neighborhood", "essence_drift")
 
 
 @dataclass(frozen=True)
-class SweepConfig:
+class SweepConfig(Config):
     """What the sweep covers and how it traces and scores.
 
     ``layers``: central edit layers; empty = every ``layer_step``-th layer plus the last.
@@ -106,24 +106,15 @@ class SweepConfig:
     def __post_init__(self) -> None:
         for name in ("layers", "methods", "variants"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        object.__setattr__(self, "prefix", Prefix(self.prefix))
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ConfigError(f"unknown or no methods {bad or list(self.methods)}; known: {list(METHODS)}")
-        todo = [v for v in self.variants if v in NOT_IMPLEMENTED_VARIANTS]
-        if todo:
-            raise ConfigError(f"variant(s) {todo} are not implemented yet; available: {list(VARIANTS)}")
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants:
-            raise ConfigError(f"unknown or no variants {bad or list(self.variants)}; known: {list(VARIANTS)}")
+        self.coerce("prefix", Prefix)
+        self.require_known("methods", METHODS)
+        self.require_known("variants", VARIANTS)
         if any(int(x) < 0 for x in self.layers):
             raise ConfigError(f"layers must be >= 0, got {list(self.layers)}")
-        for name in ("layer_step", "window", "edit_window", "noise_samples", "essence_texts", "essence_tokens",
-                     "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"SweepConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_facts is not None and self.n_facts < 1:
-            raise ConfigError(f"SweepConfig.n_facts must be >= 1 or None, got {self.n_facts}")
+        self.require_positive("layer_step", "window", "edit_window", "noise_samples", "essence_texts",
+                              "essence_tokens", "batch_size")
+        if self.n_facts is not None:
+            self.require_positive("n_facts")
 
     def layers_for(self, n_layers: int) -> tuple[int, ...]:
         """The central layers on a model with ``n_layers`` layers."""
@@ -133,21 +124,6 @@ class SweepConfig:
                 raise ConfigError(f"layers {bad} do not exist in a {n_layers}-layer model")
             return tuple(sorted(set(self.layers)))
         return tuple(sorted({*range(0, n_layers, self.layer_step), n_layers - 1}))
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.update(layers=list(self.layers), methods=list(self.methods), variants=list(self.variants),
-                 prefix=str(self.prefix))
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SweepConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown SweepConfig fields {unknown}; known: {sorted(known)}")
-        lists = ("layers", "methods", "variants")
-        return cls(**{k: tuple(v) if k in lists else v for k, v in d.items()})
 
 
 # --- tracing ---------------------------------------------------------------------------

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, get_type_hints
+from typing import ClassVar
 
+from mechedit.config import Config
 from mechedit.editors.objective import Objective
 from mechedit.errors import ConfigError
 from mechedit.tokens import Prefix
@@ -21,20 +21,8 @@ from mechedit.tokens import Prefix
 HPARAMS_DIR = Path(__file__).parent / "hparams"
 
 
-def _to_jsonable(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple | list):
-        return [_to_jsonable(v) for v in value]
-    return value
-
-
-def _tuplify(value: Any) -> Any:
-    return tuple(_tuplify(v) for v in value) if isinstance(value, list | tuple) else value
-
-
 @dataclasses.dataclass(frozen=True)
-class EditorConfig:
+class EditorConfig(Config):
     """Base class: ``to_dict``/``from_dict``/``for_model`` for every editor's config.
 
     Fields every editor has: ``subject_noise`` (σ of Gaussian noise on the subject's token
@@ -69,24 +57,6 @@ class EditorConfig:
             object.__setattr__(self, "subject_noise", float(sigma))
         check(isinstance(self.noise_seed, int) and not isinstance(self.noise_seed, bool),
               f"noise_seed must be an int, got {self.noise_seed!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: _to_jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EditorConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:  # a typo must not be silently ignored
-            raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
-        hints = get_type_hints(cls)
-        kwargs = {}
-        for k, v in d.items():
-            kwargs[k] = _tuplify(v) if "tuple" in str(hints.get(k, "")) else v
-        return cls(**kwargs)
-
-    def replace(self, **changes: Any) -> "EditorConfig":
-        return dataclasses.replace(self, **changes)
 
     @classmethod
     def for_model(cls, model_name: str) -> "EditorConfig":
