@@ -60,21 +60,18 @@ def _copy_missing(src: ResultStore, dst: ResultStore, keys: Sequence[str]) -> No
             dst.append(key, {k: v for k, v in row.items() if k != "key"})
 
 
-def _seed_shards(out: Path, shards: list[list[CounterFactRecord]], units: Any) -> None:
-    """Rows and traces already merged in ``out`` go back into their shard (resume)."""
+def _sync(out: Path, shards: list[list[CounterFactRecord]], units: Any, *, to_shards: bool) -> None:
+    """Copy rows and traces missing on one side: merged → shards (resume) or shards → merged."""
     rows, traces = stores(out)
     for k, shard in enumerate(shards):
         s_rows, s_traces = stores(out / "workers" / str(k))
-        _copy_missing(rows, s_rows, [key for r in shard for key in units(r)])
-        _copy_missing(traces, s_traces, [str(r.case_id) for r in shard])
-
-
-def _merge(out: Path, shards: list[list[CounterFactRecord]], units: Any) -> None:
-    rows, traces = stores(out)
-    for k, shard in enumerate(shards):
-        s_rows, s_traces = stores(out / "workers" / str(k))
-        _copy_missing(s_rows, rows, [key for r in shard for key in units(r)])
-        _copy_missing(s_traces, traces, [str(r.case_id) for r in shard])
+        row_keys, trace_keys = [key for r in shard for key in units(r)], [str(r.case_id) for r in shard]
+        if to_shards:
+            _copy_missing(rows, s_rows, row_keys)
+            _copy_missing(traces, s_traces, trace_keys)
+        else:
+            _copy_missing(s_rows, rows, row_keys)
+            _copy_missing(s_traces, traces, trace_keys)
 
 
 def _count_rows(out: Path, n_shards: int) -> int:
@@ -138,7 +135,7 @@ def run_sweep_parallel(model: str | os.PathLike, records: Sequence[CounterFactRe
     def units(r: CounterFactRecord) -> list[str]:
         return [row_key(r.case_id, ly, m, v) for ly in layers for m in config.methods for v in config.variants]
 
-    _seed_shards(out, shards, units)
+    _sync(out, shards, units, to_shards=True)  # resume: rows already merged are not recomputed
     todo = [k for k, shard in enumerate(shards)
             if any(key not in stores(out / "workers" / str(k))[0] for r in shard for key in units(r))]
     common = (str(model), device, threads or max(1, (os.cpu_count() or 1) // max(1, len(todo))))
@@ -146,7 +143,7 @@ def run_sweep_parallel(model: str | os.PathLike, records: Sequence[CounterFactRe
         results = _run_workers(out, shards, todo, config, editor_configs, corpus, common,
                                sum(len(units(r)) for r in records), progress)
     finally:
-        _merge(out, shards, units)  # what finished is kept, also after a worker's error
+        _sync(out, shards, units, to_shards=False)  # what finished is kept, also after a worker's error
     rows_store, traces_store = stores(out)
     keys = [key for r in records for key in units(r)]
     rows = pd.DataFrame([rows_store.get(k) for k in keys if k in rows_store])
