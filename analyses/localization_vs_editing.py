@@ -88,17 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=10, help="noise samples per trace")
     p.add_argument("--mom2-samples", type=int, default=128)
     p.add_argument("--mom2-length", type=int, default=128)
-    p.add_argument("--shard", default="0/1", help="K/N: run facts K, K+N, K+2N, … (one process per shard, "
-                   "each with its own --out; merge the rows.jsonl/traces.jsonl files afterwards)")
     p.add_argument("--workers", type=int, default=1, help="processes sharing the facts (mechedit.analysis.parallel)")
     p.add_argument("--report-only", action="store_true",
-                   help="no new rows: write the report from the rows already in --out (e.g. merged shards), "
+                   help="no new rows: write the report from the rows already in --out (e.g. after a run stopped part-way), "
                    "keeping only facts with every (layer, method, variant) row")
     add_device_arg(p)
     args = p.parse_args(argv)
-    k, _, n_shards = args.shard.partition("/")
-    if not (k.isdigit() and n_shards.isdigit() and int(k) < int(n_shards)):
-        p.error(f"--shard must be K/N with 0 <= K < N, got {args.shard!r}")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         return report_only(out, sweep_config(args), command)
     model = mechedit.load_model("smollm2-135m", device=resolve_device(args.device))
     records, _ = load_counterfact(args.data)
-    facts = known_facts(model, records, out)[: args.n][int(k)::int(n_shards)]
+    facts = known_facts(model, records, out)[: args.n]
     config = sweep_config(args)
     bases = {m: get_editor(m).config_for(model).replace(mom2_n_samples=args.mom2_samples,
                                                           mom2_max_length=args.mom2_length)
