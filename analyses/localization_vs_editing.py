@@ -24,7 +24,7 @@ from pathlib import Path
 
 import mechedit
 from mechedit.analysis.report import write_report
-from mechedit.analysis.sweep import SweepConfig, run_sweep
+from mechedit.analysis.sweep import SweepConfig, load_sweep, run_sweep
 from mechedit.cli.common import add_device_arg, resolve_device
 from mechedit.data import KnownFilter, filter_known, load_counterfact
 from mechedit.editors import EditorCache, get_editor
@@ -56,22 +56,10 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 def report_only(out: Path, config: SweepConfig, command: str) -> int:
     """The report of the complete facts already in ``out`` (no model, no new rows)."""
-    import pandas as pd
-
-    from mechedit.analysis.sweep import SweepResult, stores
-
-    rows_store, traces_store = stores(out)
-    rows, traces = rows_store.to_dataframe(), traces_store.to_dataframe()
-    n_layers = len(traces["effect"].iloc[0])
-    per_fact = len(config.layers_for(n_layers)) * len(config.methods) * len(config.variants)
-    counts = rows.groupby("case_id").size()
-    complete = set(counts[counts == per_fact].index)
-    rows = rows[rows["case_id"].isin(complete)].reset_index(drop=True)
-    traces = traces[traces["case_id"].isin(complete)].reset_index(drop=True)
-    result = SweepResult(pd.DataFrame(rows), pd.DataFrame(traces), config, "smollm2-135m", n_layers)
+    result = load_sweep(out, config, "smollm2-135m")
     stats = write_report(result, out, command)
-    print(f"{len(rows)} rows of {len(complete)} complete facts ({len(counts) - len(complete)} incomplete left out) "
-          f"-> {out}")
+    print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_skipped} rows of incomplete "
+          f"facts left out) -> {out}")
     print("\n".join(stats.verdicts))
     return 0
 

@@ -11,9 +11,14 @@ on the CPU and once on ``--device``:
   every score of every row is compared;
 - a clean/corrupted ``resid_pre`` patching grid (logit difference).
 
-Prints the largest difference per quantity and exits 1 if any exceeds ``--atol`` (float32
-on both; the edits are optimised, so small differences grow: the default is 2e-3), or if
-anything fails on the device.
+Prints the largest difference per quantity and exits 1 if one exceeds its tolerance, or if
+anything fails on the device. Two tolerances, because the quantities differ in kind:
+
+- ``--atol`` (default 1e-4) for forward-pass numbers: tracing effects and the patching
+  grid (measured on an H100: 1.6e-7 and 2.9e-6);
+- ``--edit-atol`` (default 0.1) for the scores of edits: an edit is an optimisation, and
+  on the synthetic model (lr 2) float differences grow: 1 vs 2 CPU threads already move
+  the scores by up to 0.07, the H100 by 0.075.
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from mechedit.editors import EditorCache, get_editor
 from mechedit.patching import patch
 from mechedit.synth import shipped_model_dir
 
-SCORES = ("tracing_effect", "tracing_effect_last_subject", "rewrite", "paraphrase", "neighborhood",
-          "essence_drift")
+TRACE_COLUMNS = ("tracing_effect", "tracing_effect_last_subject")
+EDIT_COLUMNS = ("rewrite", "paraphrase", "neighborhood", "essence_drift")
 
 
 def sweep_rows(model: Any, records: list, layers: tuple[int, ...], small: bool) -> Any:
@@ -56,28 +61,30 @@ def grid(model: Any, clean: str, corrupted: str, answer: str, wrong: str) -> np.
     return patch(model, clean, corrupted, (a,), wrong=(w,), kind="resid_pre").scores.float().cpu().numpy()
 
 
-def compare(name: str, cpu: Any, dev: Any, atol: float) -> bool:
+def compare(name: str, cpu: Any, dev: Any, atol: float, edit_atol: float) -> bool:
     (cpu, cpu_traces), (dev, dev_traces) = cpu, dev
-    diffs: dict[str, float] = {}
-    for col in SCORES:
-        diffs[col] = float(np.nanmax(np.abs(cpu[col].to_numpy(float) - dev[col].to_numpy(float))))
+    diffs: dict[str, tuple[float, float]] = {}
+    for col in TRACE_COLUMNS + EDIT_COLUMNS:
+        d = float(np.nanmax(np.abs(cpu[col].to_numpy(float) - dev[col].to_numpy(float))))
+        diffs[col] = (d, atol if col in TRACE_COLUMNS else edit_atol)
     effect = lambda t: np.stack([np.asarray(e, float) for e in t.sort_values("case_id")["effect"]])  # noqa: E731
-    diffs["effect per layer"] = float(np.abs(effect(cpu_traces) - effect(dev_traces)).max())
-    ok = all(d <= atol for d in diffs.values())
-    print(f"{name}: {len(cpu)} sweep rows; max |cpu - device|: "
-          + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()) + f"  [{'OK' if ok else 'MISMATCH'}]")
+    diffs["effect per layer"] = (float(np.abs(effect(cpu_traces) - effect(dev_traces)).max()), atol)
+    ok = all(d <= tol for d, tol in diffs.values())
+    print(f"{name}: {len(cpu)} sweep rows; max |cpu - device| (tolerance): "
+          + ", ".join(f"{k} {d:.1e} ({tol:g})" for k, (d, tol) in diffs.items())
+          + f"  [{'OK' if ok else 'MISMATCH'}]")
     return ok
 
 
 def check(name: str, load: Any, records: list, layers: tuple[int, ...], pair: tuple[str, str, str, str],
-          device: str, atol: float, small: bool) -> bool:
+          device: str, atol: float, edit_atol: float, small: bool) -> bool:
     results = {}
     for where in ("cpu", device):
         model = load(where)
         t0 = time.perf_counter()
         results[where] = (sweep_rows(model, records, layers, small), grid(model, *pair))
         print(f"{name} on {where}: {time.perf_counter() - t0:.1f} s")
-    ok = compare(name, results["cpu"][0], results[device][0], atol)
+    ok = compare(name, results["cpu"][0], results[device][0], atol, edit_atol)
     g = float(np.abs(results["cpu"][1] - results[device][1]).max())
     print(f"{name}: resid_pre grid max |cpu - device| {g:.1e}  [{'OK' if g <= atol else 'MISMATCH'}]")
     return ok and g <= atol
@@ -99,7 +106,8 @@ def smollm2_records(n: int) -> list:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--atol", type=float, default=2e-3)
+    ap.add_argument("--atol", type=float, default=1e-4, help="tracing effects and patching grid")
+    ap.add_argument("--edit-atol", type=float, default=0.1, help="scores of edits (optimised: differences grow)")
     ap.add_argument("--smollm2", action="store_true", help="also SmolLM2 (one fact, layer 6)")
     args = ap.parse_args()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -109,12 +117,12 @@ def main() -> None:
     first = records[0]
     pair = (first.text, records[1].text, first.target_true, records[1].target_true)
     ok = check("kg-small", lambda d: mechedit.load_model(kg, device=d), records[:2], (0, 1), pair,
-               args.device, args.atol, small=True)
+               args.device, args.atol, args.edit_atol, small=True)
     if args.smollm2:
         pair = ("The Eiffel Tower is located in the city of", "The Colosseum is located in the city of",
                 " Paris", " Rome")
         ok = check("smollm2", lambda d: mechedit.load_model("smollm2-135m", device=d), smollm2_records(1),
-                   (6,), pair, args.device, args.atol, small=True) and ok
+                   (6,), pair, args.device, args.atol, args.edit_atol, small=True) and ok
     sys.exit(0 if ok else 1)
 
 

@@ -12,6 +12,7 @@ from mechedit.interventions import (
     Intervention,
     MeanAblate,
     Patch,
+    RowNoise,
     ZeroAblate,
     capture,
     intervened,
@@ -28,7 +29,7 @@ from mechedit.weights import WeightDelta, apply_permanently, edited_weights, mlp
 __all__ = [
     "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "EditRequest", "EmbeddingNoise", "Encoded",
     "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "Patch",
-    "Prediction", "Prefix", "Site", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
+    "Prediction", "Prefix", "RowNoise", "Site", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
     "ZeroAblate", "apply_permanently", "cache_dir", "capture", "capture_until", "edited_weights", "encode", "intervened",
     "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "run_from", "subject_span",
     "target_ids",

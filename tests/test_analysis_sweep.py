@@ -13,6 +13,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -28,7 +29,7 @@ from mechedit.analysis.sweep import (
 )
 from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, RomeConfig, get_editor
-from mechedit.errors import ConfigError
+from mechedit.errors import ConfigError, MecheditError
 from mechedit.evaluation.hase import erasure_score, neighborhood_score, rewrite_score
 from mechedit.interventions import AddVector, EmbeddingNoise
 from mechedit.patching.corruption import embedding_std
@@ -191,7 +192,7 @@ def test_config_rejects_unknown_and_unimplemented_choices():
     assert SweepConfig.from_dict(CONFIG.to_dict()) == CONFIG
 
 
-def test_cli_writes_every_file_and_resumes(synth_model, tmp_path):
+def test_cli_writes_every_file_and_resumes(synth_model, tmp_path, monkeypatch):
     from mechedit.cli import analyze
 
     parser = argparse.ArgumentParser()
@@ -216,3 +217,19 @@ def test_cli_writes_every_file_and_resumes(synth_model, tmp_path):
     args = parser.parse_args(argv)
     assert args.func(args) == 0  # a rerun resumes: nothing new, nothing duplicated
     assert len((out / "rows.jsonl").read_text().splitlines()) == n_rows
+    # --report-only: no model, only facts with every row (drop one row of the last fact)
+    lines = (out / "rows.jsonl").read_text().splitlines()
+    (out / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    def no_model(*a, **k):
+        raise AssertionError("--report-only must not load a model")
+
+    monkeypatch.setattr(analyze, "load_model_arg", no_model)
+    args = parser.parse_args(["analyze", "localization-vs-editing", "--report-only", "--out", str(out)])
+    assert args.func(args) == 0
+    reported = pd.read_csv(out / "rows.csv")
+    assert len(reported) == 6 and reported["case_id"].nunique() == 3
+    for argv_bad, match in ((["--report-only", "--out", str(tmp_path / "empty")], "run.json"),
+                            (["--out", str(tmp_path / "x")], "--data is required")):
+        args = parser.parse_args(["analyze", "localization-vs-editing", *argv_bad])
+        with pytest.raises(MecheditError, match=match):
+            args.func(args)

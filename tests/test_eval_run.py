@@ -183,3 +183,23 @@ def test_an_editor_must_return_an_intervention(tiny_gpt2, records, tmp_path):
 def test_duplicate_case_ids_are_refused(tiny_gpt2, records):
     with pytest.raises(ConfigError, match="duplicate"):
         evaluate(tiny_gpt2, [records[0], records[0]], no_edit)
+
+
+def test_a_reused_hase_baseline_gives_the_same_row(tiny_gpt2, records):
+    from mechedit.evaluation.run import evaluate_record, hase_baseline
+
+    cfg = EvalConfig(metrics=("hase",), **FAST)
+    rec, other = records[0], records[1]
+    edit = push_editor(tiny_gpt2, [rec.to_request()])
+    base = hase_baseline(tiny_gpt2, rec, cfg)
+    # the baseline is the unedited model: its probabilities are a no-edit run's "post" side
+    plain = evaluate_record(tiny_gpt2, rec, [], cfg)
+    assert base.p_pre[0] == plain["hase_p_post"]["rewrite"][0]
+    assert base.essence_ppl_pre == plain["hase_essence_ppl_post"]
+    fresh = evaluate_record(tiny_gpt2, rec, [edit], cfg)
+    reused = [evaluate_record(tiny_gpt2, rec, [edit], cfg, baseline=base) for _ in range(2)]
+    assert reused[0] == fresh and reused[1] == fresh
+    with pytest.raises(ConfigError, match="hase_baseline"):
+        evaluate_record(tiny_gpt2, other, [edit], cfg, baseline=base)
+    with pytest.raises(ConfigError, match="hase_baseline"):
+        evaluate_record(tiny_gpt2, rec, [edit], cfg.replace(seed=1), baseline=base)

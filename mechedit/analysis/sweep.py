@@ -268,6 +268,16 @@ class _Context:
     rows: ResultStore
     traces: ResultStore
     n_layers: int
+    baselines: dict[Any, Any] = dataclasses.field(default_factory=dict)  # HaseBaseline per (case, targets)
+
+    def baseline(self, record: CounterFactRecord, eval_config: Any) -> Any:
+        """The unedited model's Hase quantities of ``record``: computed once per fact and target."""
+        from mechedit.evaluation.run import hase_baseline
+
+        key = (str(record.case_id), record.target_new, record.target_true)
+        if key not in self.baselines:
+            self.baselines[key] = hase_baseline(self.model, record, eval_config)
+        return self.baselines[key]
 
 
 def score_row(ctx: _Context, record: CounterFactRecord, trace_row: Mapping[str, Any], layer: int, method: str,
@@ -285,7 +295,7 @@ def score_row(ctx: _Context, record: CounterFactRecord, trace_row: Mapping[str, 
     t1 = time.perf_counter()
     eval_config = EvalConfig(metrics=("hase",), prefix=cfg.prefix, batch_size=cfg.batch_size, seed=cfg.seed,
                              essence_n_texts=cfg.essence_texts, essence_max_new_tokens=cfg.essence_tokens)
-    hase = evaluate_record(ctx.model, rec, [edit], eval_config)
+    hase = evaluate_record(ctx.model, rec, [edit], eval_config, baseline=ctx.baseline(rec, eval_config))
     if variant in NOISED_VARIANTS:
         hase = {**hase, **noised_hase(ctx.model, rec, edit, trace_row["sigma"], cfg, hase)}
     scores = variant_scores(variant, hase["hase_p_pre"], hase["hase_p_post"])
@@ -389,6 +399,32 @@ class SweepResult:
                 "n_rows": len(self.rows), "n_facts": len(self.traces)}
         (out / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n")
         return out
+
+
+def load_sweep(out_dir: str | Path, config: SweepConfig, model: str, *, complete_only: bool = True) -> SweepResult:
+    """The sweep stored in ``out_dir`` (no model needed), e.g. while a run goes on or after it stopped.
+
+    With ``complete_only`` only facts that have every (layer, method, variant) row of
+    ``config`` are kept, so a report never mixes finished facts with half-finished ones.
+    ``n_skipped`` of the result counts the rows left out.
+    """
+    rows_store, traces_store = stores(out_dir)
+    if len(traces_store) == 0:
+        raise ConfigError(f"{out_dir} holds no traced facts yet (no traces.jsonl rows); run the sweep first")
+    traces = traces_store.to_dataframe()
+    n_layers = len(traces["effect"].iloc[0])
+    layers = config.layers_for(n_layers)
+    rows = rows_store.to_dataframe() if len(rows_store) else pd.DataFrame(columns=["case_id", "layer", "method",
+                                                                                    "variant"])
+    rows = rows[rows["layer"].isin(layers) & rows["method"].isin(config.methods)
+                & rows["variant"].isin(config.variants)]
+    n_all = len(rows)
+    if complete_only:
+        counts = rows.groupby("case_id").size()
+        done = set(counts[counts == len(layers) * len(config.methods) * len(config.variants)].index)
+        rows, traces = rows[rows["case_id"].isin(done)], traces[traces["case_id"].isin(done)]
+    rows, traces = rows.reset_index(drop=True), traces.reset_index(drop=True)
+    return SweepResult(rows, traces, config, model, n_layers, n_new=0, n_skipped=n_all - len(rows))
 
 
 def long_rows(rows: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:

@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                          help="does the tracing effect predict edit success? (Hase et al. 2023)")
     q.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
     add_device_arg(q)
-    q.add_argument("--data", required=True, help="CounterFact-schema JSON file")
+    q.add_argument("--data", default=None, help="CounterFact-schema JSON file (required unless --report-only)")
     q.add_argument("--n", type=int, default=None, help="the first N known facts")
     q.add_argument("--layers", default=None, help="comma-separated central edit layers (default: --layer-step)")
     q.add_argument("--layer-step", type=int, default=4, help="every K-th layer plus the last (default 4)")
@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--workers", type=int, default=1,
                    help="processes, each sweeping its share of the facts (default 1; see docs/analysis.md)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--report-only", action="store_true",
+                   help="load no model and compute no row: write the report of the facts already complete in "
+                   "--out (with the settings stored in --out/run.json), e.g. while a run goes on or after it stopped")
     q.add_argument("--out", required=True, help="output directory (created; a rerun resumes)")
     q.set_defaults(func=run)
 
@@ -86,7 +89,29 @@ def base_configs(model: Any, overrides: dict[str, dict[str, Any]]) -> dict[str, 
 
 
 
+def report_only(args: argparse.Namespace) -> int:
+    """``--report-only``: the report of the complete facts in ``--out``, from its stored settings."""
+    from mechedit.analysis.report import write_report
+    from mechedit.analysis.sweep import SweepConfig, load_sweep
+
+    out = Path(args.out)
+    if not (out / "run.json").exists():
+        raise MecheditError(f"{out} has no run.json: --report-only reads a directory a sweep has written into")
+    settings = json.loads((out / "run.json").read_text())
+    result = load_sweep(out, SweepConfig.from_dict(settings["sweep"]), settings["model"])
+    stats = write_report(result, out, "mechedit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_skipped} rows of "
+          f"incomplete facts left out) -> {out}", file=sys.stderr)
+    for line in stats.verdicts:
+        print(line)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.report_only:
+        return report_only(args)
+    if args.data is None:
+        raise MecheditError("--data is required (a CounterFact-schema JSON file), unless --report-only")
     config = sweep_config(args)  # fails on a bad option before anything is loaded
     if args.workers < 1:
         raise MecheditError(f"--workers must be >= 1, got {args.workers}")

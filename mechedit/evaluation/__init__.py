@@ -29,9 +29,11 @@ from mechedit.evaluation.run import (
     METRICS,
     EvalConfig,
     EvalResult,
+    HaseBaseline,
     default_references,
     evaluate,
     evaluate_record,
+    hase_baseline,
     record_key,
 )
 from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci
@@ -39,9 +41,9 @@ from mechedit.evaluation.summary import Summary, summarize
 from mechedit.evaluation.text import ngram_entropy, ngram_entropy_of_text, tfidf_cosine
 
 __all__ = [
-    "METRICS", "EvalConfig", "EvalResult", "Generation", "Stat", "Summary", "TargetLogProbs", "case_scores",
+    "METRICS", "EvalConfig", "EvalResult", "Generation", "HaseBaseline", "Stat", "Summary", "TargetLogProbs", "case_scores",
     "default_references", "erasure_score", "essence_drift", "evaluate", "evaluate_record",
-    "gather_target_logprobs", "generate", "harmonic_mean", "mean_ci", "neighborhood_score", "ngram_entropy",
+    "gather_target_logprobs", "generate", "harmonic_mean", "hase_baseline", "mean_ci", "neighborhood_score", "ngram_entropy",
     "ngram_entropy_of_text", "perplexity", "record_key", "rewrite_score", "sequence_logprobs",
     "success_and_margin", "summarize", "summarize_counterfact", "summarize_hase", "target_logprobs",
     "target_probs", "tfidf_cosine",

@@ -119,12 +119,57 @@ def _record_seed(seed: int, record: CounterFactRecord) -> int:
     return zlib.crc32(f"{seed}:{record.case_id}".encode()) & 0x7FFFFFFF
 
 
+@dataclass(frozen=True)
+class HaseBaseline:
+    """What the Hase metrics measure on the *unedited* model for one record: the
+    full-sequence probabilities of the (new, true) targets on every prompt and the
+    essence texts with their perplexity. It does not depend on the edit, so a caller
+    that scores many edits of one record (the localization sweep) computes it once
+    (:func:`hase_baseline`) and passes it to :func:`evaluate_record`.
+    """
+
+    key: tuple[Any, ...]
+    p_pre: tuple[float, ...]
+    essence_prompt_ids: tuple[tuple[int, ...], ...]
+    essence_new_ids: tuple[tuple[int, ...], ...]
+    essence_ppl_pre: float
+
+
+def _baseline_key(record: CounterFactRecord, config: EvalConfig) -> tuple[Any, ...]:
+    """What a baseline depends on besides the model: the case, its targets, the settings."""
+    return (str(record.case_id), record.target_new, record.target_true, str(config.prefix), config.batch_size,
+            config.seed, config.essence_n_texts, config.essence_max_new_tokens, config.gen_top_k, config.gen_greedy)
+
+
+def _kinds(record: CounterFactRecord) -> dict[str, list[str]]:
+    return {"rewrite": [record.text], "paraphrase": list(record.paraphrase_prompts),
+            "neighborhood": list(record.neighborhood_prompts)}
+
+
+def hase_baseline(model: Any, record: CounterFactRecord, config: EvalConfig) -> HaseBaseline:
+    """The unedited model's side of the Hase metrics for ``record`` (see :class:`HaseBaseline`)."""
+    prompts = [p for ps in _kinds(record).values() for p in ps]
+    pre = target_logprobs(model, prompts * 2, [record.target_new] * len(prompts) + [record.target_true] * len(prompts),
+                          prefix=config.prefix, batch_size=config.batch_size).sequence_prob().tolist()
+    gen_prompts = list(record.generation_prompts)[: config.essence_n_texts] or [f"{record.subject} is"]
+    gens = generate(model, gen_prompts, max_new_tokens=config.essence_max_new_tokens, prefix=config.prefix,
+                    seed=_record_seed(config.seed + 1, record), top_k=config.gen_top_k, greedy=config.gen_greedy)
+    p_ids, c_ids = tuple(g.prompt_ids for g in gens), tuple(g.new_ids for g in gens)
+    ess = sequence_logprobs(model, p_ids, c_ids, batch_size=config.batch_size)
+    ppl = perplexity([x for b in range(len(gens)) for x in ess.row(b)])
+    return HaseBaseline(_baseline_key(record, config), tuple(pre), p_ids, c_ids, ppl)
+
+
 def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequence[Intervention],
-                    config: EvalConfig, references: References = default_references) -> dict[str, Any]:
-    """All metrics of one record with ``interventions`` as the edit (no store, no editor)."""
+                    config: EvalConfig, references: References = default_references, *,
+                    baseline: HaseBaseline | None = None) -> dict[str, Any]:
+    """All metrics of one record with ``interventions`` as the edit (no store, no editor).
+
+    ``baseline``: the record's :func:`hase_baseline` under the same ``config``, to skip
+    recomputing the unedited side of the Hase metrics (the result is the same).
+    """
     row: dict[str, Any] = {}
-    kinds = {"rewrite": [record.text], "paraphrase": list(record.paraphrase_prompts),
-             "neighborhood": list(record.neighborhood_prompts)}
+    kinds = _kinds(record)
     prompts = [p for ps in kinds.values() for p in ps]
     kw = dict(prefix=config.prefix, batch_size=config.batch_size)
     new_t, true_t = record.target_new, record.target_true
@@ -143,10 +188,14 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
         row["probs"] = {f"{k}_{t}": v for k, (a, b) in pairs.items() for t, v in (("new", a), ("true", b))}
     if "hase" in config.metrics:
         # p_pre from the very same batch without the edit: with no edit, pre == post bit for bit
-        pre = target_logprobs(model, prompts * 2, [new_t] * len(prompts) + [true_t] * len(prompts),
-                              **kw).sequence_prob().tolist()
-        row.update(_hase(kinds, split, pre, full))
-        row.update(_essence(model, record, interventions, config))
+        if baseline is None:
+            baseline = hase_baseline(model, record, config)
+        elif baseline.key != _baseline_key(record, config):
+            raise ConfigError(f"this Hase baseline was computed for {baseline.key}, not for "
+                              f"{_baseline_key(record, config)} (case, targets, settings); compute it with "
+                              "hase_baseline(model, record, config) for the record and config you evaluate")
+        row.update(_hase(kinds, split, list(baseline.p_pre), full))
+        row.update(_essence(model, baseline, interventions, config))
     if "fluency" in config.metrics:
         gen_prompts = list(record.generation_prompts)[: config.n_gen_prompts] or [record.text]
         gens = generate(model, gen_prompts, max_new_tokens=config.gen_max_new_tokens,
@@ -176,17 +225,13 @@ def _hase(kinds: dict[str, list[str]], split: dict[str, tuple[slice, slice]], fu
     return out
 
 
-def _essence(model: Any, record: CounterFactRecord, interventions: Sequence[Intervention],
+def _essence(model: Any, baseline: HaseBaseline, interventions: Sequence[Intervention],
              config: EvalConfig) -> dict[str, Any]:
     """Perplexity of the unedited model's own texts about the subject, before vs after."""
-    prompts = list(record.generation_prompts)[: config.essence_n_texts] or [f"{record.subject} is"]
-    gens = generate(model, prompts, max_new_tokens=config.essence_max_new_tokens, prefix=config.prefix,
-                    seed=_record_seed(config.seed + 1, record), top_k=config.gen_top_k, greedy=config.gen_greedy)
-    p_ids, c_ids = [g.prompt_ids for g in gens], [g.new_ids for g in gens]
-    pre = sequence_logprobs(model, p_ids, c_ids, batch_size=config.batch_size)
-    post = sequence_logprobs(model, p_ids, c_ids, interventions=interventions, batch_size=config.batch_size)
-    ppl_pre = perplexity([x for b in range(len(gens)) for x in pre.row(b)])
-    ppl_post = perplexity([x for b in range(len(gens)) for x in post.row(b)])
+    post = sequence_logprobs(model, baseline.essence_prompt_ids, baseline.essence_new_ids,
+                             interventions=interventions, batch_size=config.batch_size)
+    ppl_pre = baseline.essence_ppl_pre
+    ppl_post = perplexity([x for b in range(len(baseline.essence_new_ids)) for x in post.row(b)])
     return {"hase_essence_ppl_pre": ppl_pre, "hase_essence_ppl_post": ppl_post,
             "hase_essence_drift": essence_drift(ppl_pre, ppl_post)}
 
