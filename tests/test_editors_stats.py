@@ -64,3 +64,33 @@ def test_model_samples_are_seeded(tiny_llama):
     assert templates[0] == "{}" and len(templates) == 3 and all(t.endswith("{}") for t in templates)
     cache = ContextTemplateCache()
     assert cache.get(tiny_llama, ((4, 2),)) == templates and len(cache) == 1
+
+
+def test_model_samples_are_cached_on_disk_and_keyed_by_the_weights(tiny_llama, tmp_path, monkeypatch):
+    from mechedit.editors import samples
+
+    monkeypatch.setenv("MECHEDIT_CACHE_DIR", str(tmp_path))
+    calls = []
+    real = samples.sample_texts
+    monkeypatch.setattr(samples, "sample_texts", lambda *a, **k: calls.append(a) or real(*a, **k))
+    corpus = Corpus.model_samples(n_tokens=6, seed=3)
+    first = [t for _, t in zip(range(5), corpus.texts(tiny_llama), strict=False)]
+    assert len(calls) == 1 and len(list((tmp_path / "samples").rglob("*.json"))) == 1
+    # what the cache holds is what sampling gives (first chunk: 64 texts, seed 3 * 1_000_003)
+    assert first == real(tiny_llama, 64, 6, seed=3 * 1_000_003)[:5]
+    again = [t for _, t in zip(range(5), corpus.texts(tiny_llama), strict=False)]
+    assert again == first and len(calls) == 1  # read back, not sampled again
+    stats = key_second_moments(tiny_llama, [0], corpus, n_samples=4, max_length=6, cache_dir=False, progress=False)
+    assert len(calls) == 1
+    with torch.no_grad():  # other weights under the same name: sampled afresh
+        p = next(tiny_llama.parameters())
+        saved = p.detach().clone()
+        p.add_(0.5)
+        try:
+            key_second_moments(tiny_llama, [0], corpus, n_samples=4, max_length=6, cache_dir=False, progress=False)
+        finally:
+            p.copy_(saved)
+    assert len(calls) == 2
+    restored = key_second_moments(tiny_llama, [0], corpus, n_samples=4, max_length=6, cache_dir=False,
+                                  progress=False)
+    assert len(calls) == 2 and torch.equal(restored[0].moment, stats[0].moment)

@@ -12,8 +12,8 @@ corpus. This module computes it
   strings, a Hugging Face dataset (only if ``datasets`` is installed and the dataset
   is reachable; ROME used 100k Wikipedia texts), or — the offline default — text
   **sampled from the model itself** (seeded, :func:`Corpus.model_samples`; by default
-  1000 texts of 128 tokens = 128k tokens, generated once and cached with the
-  statistics). Model samples are not Wikipedia: they follow the model's own
+  1000 texts of 128 tokens = 128k tokens; the texts are cached on disk,
+  :mod:`mechedit.editors.samples`, and so are the statistics). Model samples are not Wikipedia: they follow the model's own
   distribution, which is what ``C`` must whiten, but they are a proxy; say so when
   you report results.
 
@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit import __version__
-from mechedit.editors.context import sample_texts
+from mechedit.editors.samples import cached_sample_texts
 from mechedit.errors import ConfigError, ModelNotAvailableError
 from mechedit.interventions import capture_until
 from mechedit.models import cache_dir as mechedit_cache_dir
@@ -125,7 +125,7 @@ class _ModelSampler:
         # drawn in chunks so that a short run does not pay for the full sample
         chunk, i = 64, 0
         while True:
-            yield from sample_texts(model, chunk, self.n_tokens, seed=self.seed * 1_000_003 + i)
+            yield from cached_sample_texts(model, chunk, self.n_tokens, seed=self.seed * 1_000_003 + i)
             i += 1
 
 
