@@ -4,7 +4,8 @@ Writes into ``--out DIR``: ``rows.jsonl`` and ``traces.jsonl`` (appended and fsy
 each row / trace finishes; a rerun skips what is there), ``run.json`` (the settings; a
 rerun with other settings is refused), ``rows.csv``, ``traces.csv``, ``r2.csv``,
 ``correlations.csv``, ``verdicts.json``, the figures and ``report.md``
-(:mod:`mechedit.analysis.report`).
+(:mod:`mechedit.analysis.report`). ``--report-only`` writes the report of the facts already
+complete in ``--out`` without loading a model.
 """
 
 from __future__ import annotations
