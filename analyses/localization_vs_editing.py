@@ -58,7 +58,7 @@ def report_only(out: Path, config: SweepConfig, command: str) -> int:
     """The report of the complete facts already in ``out`` (no model, no new rows)."""
     result = load_sweep(out, config, "smollm2-135m")
     stats = write_report(result, out, command)
-    print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_skipped} rows of incomplete "
+    print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_incomplete} rows of incomplete "
           f"facts left out) -> {out}")
     print("\n".join(stats.verdicts))
     return 0

@@ -228,6 +228,11 @@ def test_cli_writes_every_file_and_resumes(synth_model, tmp_path, monkeypatch):
     assert args.func(args) == 0
     reported = pd.read_csv(out / "rows.csv")
     assert len(reported) == 6 and reported["case_id"].nunique() == 3
+    loaded = sweep_mod.load_sweep(out, analyze.sweep_config(parser.parse_args(argv)), "kg-small")
+    assert (len(loaded.rows), loaded.n_incomplete) == (6, 1)
+    (out / "rows.jsonl").write_text(lines[0] + "\n")  # no fact complete: a clear error, not an empty report
+    with pytest.raises(MecheditError, match="no fact has all its rows"):
+        args.func(args)
     for argv_bad, match in ((["--report-only", "--out", str(tmp_path / "empty")], "run.json"),
                             (["--out", str(tmp_path / "x")], "--data is required")):
         args = parser.parse_args(["analyze", "localization-vs-editing", *argv_bad])

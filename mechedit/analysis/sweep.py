@@ -371,8 +371,9 @@ class SweepResult:
     config: SweepConfig
     model: str
     n_layers: int
-    n_new: int = 0
-    n_skipped: int = 0
+    n_new: int = 0  # rows computed by this call
+    n_skipped: int = 0  # rows found in the store (resumed)
+    n_incomplete: int = 0  # rows left out because their fact is not complete (load_sweep)
 
     def to_dataframe(self) -> pd.DataFrame:
         return self.rows
@@ -405,8 +406,8 @@ def load_sweep(out_dir: str | Path, config: SweepConfig, model: str, *, complete
     """The sweep stored in ``out_dir`` (no model needed), e.g. while a run goes on or after it stopped.
 
     With ``complete_only`` only facts that have every (layer, method, variant) row of
-    ``config`` are kept, so a report never mixes finished facts with half-finished ones.
-    ``n_skipped`` of the result counts the rows left out.
+    ``config`` are kept, so a report never mixes finished facts with half-finished ones;
+    ``n_incomplete`` of the result counts the rows left out.
     """
     rows_store, traces_store = stores(out_dir)
     if len(traces_store) == 0:
@@ -422,9 +423,12 @@ def load_sweep(out_dir: str | Path, config: SweepConfig, model: str, *, complete
     if complete_only:
         counts = rows.groupby("case_id").size()
         done = set(counts[counts == len(layers) * len(config.methods) * len(config.variants)].index)
+        if not done:
+            raise ConfigError(f"{out_dir}: no fact has all its rows yet ({n_all} rows of {rows['case_id'].nunique()} "
+                              "facts so far); rerun later, or pass complete_only=False")
         rows, traces = rows[rows["case_id"].isin(done)], traces[traces["case_id"].isin(done)]
     rows, traces = rows.reset_index(drop=True), traces.reset_index(drop=True)
-    return SweepResult(rows, traces, config, model, n_layers, n_new=0, n_skipped=n_all - len(rows))
+    return SweepResult(rows, traces, config, model, n_layers, n_skipped=len(rows), n_incomplete=n_all - len(rows))
 
 
 def long_rows(rows: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:

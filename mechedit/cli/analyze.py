@@ -101,7 +101,7 @@ def report_only(args: argparse.Namespace) -> int:
     settings = json.loads((out / "run.json").read_text())
     result = load_sweep(out, SweepConfig.from_dict(settings["sweep"]), settings["model"])
     stats = write_report(result, out, "mechedit " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_skipped} rows of "
+    print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_incomplete} rows of "
           f"incomplete facts left out) -> {out}", file=sys.stderr)
     for line in stats.verdicts:
         print(line)

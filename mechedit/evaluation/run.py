@@ -146,11 +146,20 @@ def _kinds(record: CounterFactRecord) -> dict[str, list[str]]:
             "neighborhood": list(record.neighborhood_prompts)}
 
 
+def _both_targets(model: Any, record: CounterFactRecord, config: EvalConfig,
+                  interventions: Sequence[Intervention]) -> Any:
+    """Log-probabilities of ``target_new`` then ``target_true`` after every prompt of the
+    record (rewrite, paraphrases, neighbours), in one batch: pre and post use this same
+    batch, so with no edit they are equal bit for bit."""
+    prompts = [p for ps in _kinds(record).values() for p in ps]
+    targets = [record.target_new] * len(prompts) + [record.target_true] * len(prompts)
+    return target_logprobs(model, prompts * 2, targets, interventions=interventions, prefix=config.prefix,
+                           batch_size=config.batch_size)
+
+
 def hase_baseline(model: Any, record: CounterFactRecord, config: EvalConfig) -> HaseBaseline:
     """The unedited model's side of the Hase metrics for ``record`` (see :class:`HaseBaseline`)."""
-    prompts = [p for ps in _kinds(record).values() for p in ps]
-    pre = target_logprobs(model, prompts * 2, [record.target_new] * len(prompts) + [record.target_true] * len(prompts),
-                          prefix=config.prefix, batch_size=config.batch_size).sequence_prob().tolist()
+    pre = _both_targets(model, record, config, ()).sequence_prob().tolist()
     gen_prompts = list(record.generation_prompts)[: config.essence_n_texts] or [f"{record.subject} is"]
     gens = generate(model, gen_prompts, max_new_tokens=config.essence_max_new_tokens, prefix=config.prefix,
                     seed=_record_seed(config.seed + 1, record), top_k=config.gen_top_k, greedy=config.gen_greedy)
@@ -170,13 +179,9 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
     """
     row: dict[str, Any] = {}
     kinds = _kinds(record)
-    prompts = [p for ps in kinds.values() for p in ps]
-    kw = dict(prefix=config.prefix, batch_size=config.batch_size)
-    new_t, true_t = record.target_new, record.target_true
     if "counterfact" in config.metrics or "hase" in config.metrics:
-        post = target_logprobs(model, prompts * 2, [new_t] * len(prompts) + [true_t] * len(prompts),
-                               interventions=interventions, **kw)
-        n = len(prompts)
+        post = _both_targets(model, record, config, interventions)
+        n = sum(len(ps) for ps in kinds.values())
         rome, full = post.mean_nll_prob().tolist(), post.sequence_prob().tolist()
         split, lo = {}, 0
         for kind, ps in kinds.items():
@@ -187,7 +192,6 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
         row.update(case_scores(pairs["rewrite"], pairs["paraphrase"], pairs["neighborhood"]))
         row["probs"] = {f"{k}_{t}": v for k, (a, b) in pairs.items() for t, v in (("new", a), ("true", b))}
     if "hase" in config.metrics:
-        # p_pre from the very same batch without the edit: with no edit, pre == post bit for bit
         if baseline is None:
             baseline = hase_baseline(model, record, config)
         elif baseline.key != _baseline_key(record, config):
