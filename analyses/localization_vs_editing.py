@@ -26,7 +26,7 @@ import mechedit
 from mechedit.analysis.report import write_report
 from mechedit.analysis.sweep import SweepConfig, load_sweep, run_sweep
 from mechedit.cli.common import add_device_arg, resolve_device
-from mechedit.data import KnownFilter, filter_known, load_counterfact
+from mechedit.data import KnownFilter, filter_known, load_counterfact, select_records
 from mechedit.editors import EditorCache, get_editor
 from mechedit.editors.stats import Corpus
 from mechedit.models import model_info
@@ -51,6 +51,7 @@ def sweep_config(args: argparse.Namespace) -> SweepConfig:
     layers = tuple(int(x) for x in args.layers.split(",") if x)
     return SweepConfig(layers=layers, layer_step=args.layer_step, methods=tuple(args.methods.split(",")),
                        variants=tuple(args.variants.split(",")), noise_samples=args.samples, known_only=False,
+                       n_facts=args.n, order=args.order,
                        essence_texts=2, essence_tokens=20)
 
 
@@ -68,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(DATA))
     p.add_argument("--out", default=str(OUT))
-    p.add_argument("--n", type=int, default=None, help="the first N known facts (default all)")
+    p.add_argument("--n", type=int, default=None,
+                   help="N known facts (default all): a seeded sample spread over relations (see --order)")
+    p.add_argument("--order", choices=["stratified", "file"], default="stratified",
+                   help="how --n picks: stratified (default) or file (the first N known facts in file order)")
     p.add_argument("--layer-step", type=int, default=3)
     p.add_argument("--layers", default="", help="comma-separated central layers (overrides --layer-step)")
     p.add_argument("--methods", default="rome")
@@ -90,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_only(out, sweep_config(args), command)
     model = mechedit.load_model("smollm2-135m", device=resolve_device(args.device))
     records, _ = load_counterfact(args.data)
-    facts = known_facts(model, records, out)[: args.n]
     config = sweep_config(args)
+    facts = select_records(known_facts(model, records, out), config.n_facts, order=config.order, seed=config.seed)
     bases = {m: get_editor(m).config_for(model).replace(mom2_n_samples=args.mom2_samples,
                                                           mom2_max_length=args.mom2_length)
              for m in ("rome", "memit") if m in config.methods}

@@ -9,7 +9,9 @@
 
 Both validate every record on load. A malformed record is skipped and reported by id
 with what is wrong in the returned :class:`LoadReport` (and logged as a warning); the
-other records still load. :func:`filter_known` keeps the facts the model knows.
+other records still load. :func:`select_records` picks the records a study uses (a
+seeded sample spread over relations, or file order); :func:`filter_known` keeps the facts
+the model knows.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -251,6 +254,61 @@ def load_known(source: str | os.PathLike | Sequence[Any]) -> tuple[list[KnownRec
     return _load(source, _parse_known, "known_id")
 
 
+# --- which records a study uses ----------------------------------------------------
+
+
+class Order(StrEnum):
+    STRATIFIED = "stratified"  # a seeded sample, spread over relations (select_records)
+    FILE = "file"  # the first N records in file order
+
+
+def select_records(records: Sequence[Any], n: int | None, *, order: Order | str = Order.STRATIFIED,
+                   seed: int = 0) -> list[Any]:
+    """``n`` of ``records`` (all of them when ``n`` is None, in file order).
+
+    ``order="stratified"`` (the default) draws a seeded sample spread over relations
+    (``relation_id``): the relations in a seeded random order, each relation's records
+    shuffled with the same generator, then one record per relation in turn until ``n``
+    are taken. So every relation gets ``n // R`` or one more while it has records, and a
+    larger ``n`` with the same seed extends the smaller sample (``select(n)`` is a prefix
+    of ``select(n + 1)``): growing a study adds facts and keeps the old ones.
+    ``order="file"`` takes the first ``n`` (files sorted by relation then give one or two
+    relations). The result is in draw order.
+    """
+    order = _order(order)
+    records = list(records)
+    if n is None:
+        return records
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"n must be an integer >= 1 (records to use), got {n!r}")
+    if order is Order.FILE:
+        return records[:n]
+    rng = random.Random(seed)
+    groups: dict[str, list[Any]] = {}
+    for r in records:
+        groups.setdefault(str(getattr(r, "relation_id", "")), []).append(r)
+    names = sorted(groups)
+    rng.shuffle(names)
+    queues = []
+    for name in names:
+        members = list(groups[name])
+        rng.shuffle(members)
+        queues.append(members)
+    picked: list[Any] = []
+    for depth in range(max(map(len, queues), default=0)):
+        picked += [q[depth] for q in queues if depth < len(q)]
+        if len(picked) >= n:
+            break
+    return picked[:n]
+
+
+def _order(order: Order | str) -> Order:
+    try:
+        return Order(order)
+    except ValueError:
+        raise ConfigError(f"unknown record order {order!r}; choose from {[o.value for o in Order]}") from None
+
+
 # --- "the model knows this fact" -----------------------------------------------------
 
 
@@ -265,7 +323,7 @@ class KnownFilter(Config):
 
     mode: KnownMode | str = KnownMode.TOP1
     p: float = 0.1
-    prefix: Prefix | str = Prefix.NONE
+    prefix: Prefix | str = Prefix.NEUTRAL  # the prefix edits are computed and scored behind
     batch_size: int = 32
 
     def __post_init__(self) -> None:

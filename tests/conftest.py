@@ -99,3 +99,13 @@ def _no_hooks_left_behind():
 
     for model in _LOADED:
         assert tlens.active_hook_count(model) == 0, "a test left a hook attached"
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast tier: every test that loads SmolLM2 (its fixture, directly or through
+    ``any_model``) is marked ``smollm2``, so ``pytest -m "not smollm2"`` runs in minutes."""
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        param = getattr(getattr(item, "callspec", None), "params", {}).get("any_model")
+        if "smollm2" in names or param == "smollm2":
+            item.add_marker(pytest.mark.smollm2)

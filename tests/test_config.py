@@ -41,7 +41,7 @@ def test_to_dict_by_hand():
     assert PatchConfig(kind="mlp_out", window=5).to_dict() == {
         "kind": "mlp_out", "window": 5, "direction": "denoise", "sever": None,
         "metric": {"name": "prob", "base": "logit_diff"}, "memory_mb": 1024.0}
-    assert KnownFilter().to_dict() == {"mode": "top1", "p": 0.1, "prefix": "none", "batch_size": 32}
+    assert KnownFilter().to_dict() == {"mode": "top1", "p": 0.1, "prefix": "neutral", "batch_size": 32}
     assert EvalConfig(metrics=("hase",)).to_dict()["metrics"] == ["hase"]
 
 

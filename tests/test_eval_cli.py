@@ -46,7 +46,8 @@ def test_bad_metric_fails_clearly(tmp_path):
 def test_eval_none_on_a_tiny_model_writes_records_and_summary(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["eval", "--model", str(tiny_dirs["gpt2"]), "--data", str(FIXTURES / "counterfact_small.json"),
-            "--method", "none", "--n", "2", "--metrics", "counterfact,hase,fluency", "--gen-tokens", "2",
+            "--method", "none", "--n", "2", "--order", "file", "--metrics", "counterfact,hase,fluency",
+            "--gen-tokens", "2",
             "--gen-prompts", "1", "--essence-tokens", "2", "--out", str(out)]
     args = _parser().parse_args(argv)
     assert args.func(args) == 0
@@ -74,7 +75,7 @@ def test_known_filter_is_reported(tiny_dirs, tmp_path):
     out = tmp_path / "run"
     args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
                                  str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
-                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--out", str(out)])
+                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--order", "file", "--out", str(out)])
     assert args.func(args) == 0
     filt = json.loads((out / "filter.json").read_text())
     assert filt["n_in"] == 4 and filt["n_kept"] == 4  # p > 0 keeps every fact
@@ -83,7 +84,7 @@ def test_known_filter_is_reported(tiny_dirs, tmp_path):
     (out / "filter.json").write_text(json.dumps({**filt, "n_kept": 1, "kept_ids": ["1"]}))
     args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
                                  str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
-                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--out", str(out)])
+                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--order", "file", "--out", str(out)])
     assert args.func(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["filter_result"]["n_kept"] == 1

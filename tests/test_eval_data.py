@@ -92,7 +92,7 @@ def _facts_with_known_answers(model):
     for prompt in PROMPTS:
         if len(known) == 2 and len(unknown) == 2:
             break
-        pred = mechedit.predict(model, prompt, top_k=20)
+        pred = mechedit.predict(model, prompt, top_k=20, prefix="neutral")  # the filter's default prefix
         cands = list(zip(pred.tokens, pred.token_ids, pred.probs, strict=True))
         if len(known) < 2 and _round_trips(model, prompt, *cands[0][:2]) and cands[0][0].strip():
             known.append((prompt, cands[0][0], cands[0][2]))

@@ -35,8 +35,10 @@ def test_trace_json_and_files(tiny_dirs, tmp_path, capsys):
 def test_trace_data_file_is_resumable_and_aggregates(tiny_dirs, tmp_path, capsys):
     data = tmp_path / "known.json"
     data.write_text(json.dumps([
-        {"known_id": 0, "subject": "The Eiffel Tower", "prompt": "The Eiffel Tower is located in"},
-        {"known_id": 1, "subject": "Michael Jordan", "prompt": "Michael Jordan plays the sport of"},
+        {"known_id": 0, "subject": "The Eiffel Tower", "prompt": "The Eiffel Tower is located in",
+         "attribute": " Paris"},
+        {"known_id": 1, "subject": "Michael Jordan", "prompt": "Michael Jordan plays the sport of",
+         "attribute": " basketball"},
     ]))
     argv = ["trace", "--model", str(tiny_dirs["llama"]), "--data", str(data), "--kind", "resid",
             "--samples", "2", "--out", str(tmp_path / "o")]

@@ -27,9 +27,7 @@ from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from mechedit.analysis.sweep import SweepConfig, SweepResult, row_key, run_sweep, stores
+from mechedit.analysis.sweep import SweepConfig, SweepResult, result_frames, row_key, run_sweep, stores
 from mechedit.data import CounterFactRecord
 from mechedit.errors import ConfigError
 from mechedit.store import ResultStore
@@ -146,8 +144,9 @@ def run_sweep_parallel(model: str | os.PathLike, records: Sequence[CounterFactRe
         _sync(out, shards, units, to_shards=False)  # what finished is kept, also after a worker's error
     rows_store, traces_store = stores(out)
     keys = [key for r in records for key in units(r)]
-    rows = pd.DataFrame([rows_store.get(k) for k in keys if k in rows_store])
-    traces = pd.DataFrame([traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store])
+    rows, traces = result_frames([rows_store.get(k) for k in keys if k in rows_store],
+                                 [traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store],
+                                 config)
     n_new = sum(r[2] for r in results)
     return SweepResult(rows, traces, config, results[0][0] if results else str(model), n_layers, n_new,
                        len(rows) - n_new)

@@ -86,6 +86,7 @@ def report_markdown(result: SweepResult, stats: LocalizationStats, figures: list
         f"variants {', '.join(cfg.variants)} = {len(result.rows)} rows. Tracing: MLP, window {cfg.window}, "
         f"Gaussian noise {cfg.noise_multiple}σ_emb on the subject, {cfg.noise_samples} samples. Mean time per row: "
         f"edit {secs['edit_seconds']:.1f} s, scoring {secs['eval_seconds']:.1f} s.", "",
+        *effects_paragraph(result), "",
         "## R² of the edit score (Hase et al. Table 1 shape)", "", r2_table(stats) if len(stats.r2) else
         "_Too few rows per layer for the regressions (need more facts than 2 per layer)._", "",
         "## Verdicts", "", *[f"- {v}" for v in stats.verdicts], "",
@@ -96,6 +97,24 @@ def report_markdown(result: SweepResult, stats: LocalizationStats, figures: list
         "## Figures", "", *[f"![{f}]({f})" for f in figures], "",
     ]
     return "\n".join(parts)
+
+
+def effects_paragraph(result: SweepResult) -> list[str]:
+    """How the tracing effects entered the statistics: clipped or raw, and which facts the
+    validity rule left out (stated in every report)."""
+    cfg, traces = result.config, result.traces
+    raw_max = max((max(e) for e in traces["effect_raw"]), default=float("nan")) if "effect_raw" in traces else None
+    how = ("clipped to [0, 1]" if cfg.clip_effects else "raw (not clipped)")
+    lines = [f"Tracing effects enter the statistics {how}; the largest raw per-layer effect is "
+             f"{_fmt(raw_max)} (`effect_raw` in traces.csv). Validity rule: a fact whose clean − corrupted "
+             f"probability is below {cfg.min_gap} is left out of every correlation and regression."]
+    bad = result.excluded()
+    if bad.empty:
+        lines.append(f"All {len(traces)} facts pass it.")
+    else:
+        lines.append(f"{len(bad)} of {len(traces)} facts are left out:")
+        lines += ["", *[f"- {r.case_id} ({r.subject}): {r.invalid_reason}" for r in bad.itertuples()]]
+    return [" ".join(lines[:2]), *lines[2:]]
 
 
 def write_report(result: SweepResult, out_dir: str | Path, command: str) -> LocalizationStats:

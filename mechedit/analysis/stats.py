@@ -108,10 +108,13 @@ class LocalizationStats:
 
 def localization_stats(rows: pd.DataFrame, *, effect: str = "tracing_effect") -> LocalizationStats:
     """Compute every statistic for a tidy table with columns
-    ``method, variant, metric, layer, score`` and ``effect``."""
+    ``method, variant, metric, layer, score`` and ``effect``. Rows whose ``trace_valid``
+    column (if present) is false are left out."""
     missing = {*GROUP_COLS, "layer", "score", effect} - set(rows.columns)
     if missing:
         raise ValueError(f"rows lack columns {sorted(missing)}; have {sorted(rows.columns)}")
+    if "trace_valid" in rows:  # the sweep's validity rule: facts whose noising failed stay out
+        rows = rows[rows["trace_valid"].astype(bool)]
     corr, r2s, verdicts = [], [], []
     for key, group in rows.dropna(subset=["score", effect]).groupby(list(GROUP_COLS), sort=True):
         labels = dict(zip(GROUP_COLS, key, strict=True))

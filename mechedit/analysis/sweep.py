@@ -6,13 +6,29 @@ it. One row per (fact, layer, method, variant) goes to a :class:`~mechedit.store
 as soon as it is finished; a rerun with the same store skips the rows already there.
 The per-fact trace is stored too (``traces.jsonl``), so a resumed sweep does not retrace.
 
-**Tracing effect.** With ``restored[pos, l]`` the probability of the answer when the MLP
-outputs of the window centred at ``l`` are restored at ``pos`` in the noised run,
+**Tracing effect.** With ``restored[pos, l]`` the probability of the fact's answer
+(``target_true``, in context) when the MLP outputs of the window centred at ``l`` are
+restored at ``pos`` in the noised run,
 
-    effect[pos, l] = max(0, (restored[pos, l] − corrupted) / |clean − corrupted|)
+    raw[pos, l] = (restored[pos, l] − corrupted) / |clean − corrupted|
 
-and the per-layer tracing effect is ``max_pos effect[pos, l]`` (column ``tracing_effect``);
-``tracing_effect_last_subject`` is the value at the subject's last token.
+and the per-layer effect is ``max_pos`` of it (``effect_raw`` in the traces). Restoring
+can overshoot the clean run (raw > 1) or hurt (raw < 0); the correlations use the effect
+clipped to [0, 1] (``effect``; ``clip_effects=False`` uses the raw value instead), and
+every report says which. ``tracing_effect_last_subject`` is the value at the subject's
+last token.
+
+**Validity rule.** The normalisation divides by ``clean − corrupted``; when noising the
+subject barely lowers the answer (a template that predicts it without the subject) the
+effect is noise divided by almost nothing (effects of 8.95 were seen). A fact whose
+``clean − corrupted`` is below ``min_gap`` (default 0.02, after belief-localization's
+0.02 threshold on the clean prediction) is marked invalid in its trace (``valid``,
+``invalid_reason``) and left out of every correlation and regression; its rows stay in
+the store and the report lists it with the reason.
+
+Rows hold what the edit measured; the trace columns (``tracing_effect``, ``peak_layer``,
+``trace_valid``, …) are joined from the facts' traces when a result is built
+(:func:`attach_traces`), so a retrace updates them without re-editing.
 
 **Methods.** ``rome`` edits the central layer; ``memit`` and ``ft5`` a window of 5 layers
 centred on it (clipped at the ends, the tracing window's rule); ``ft`` the central layer.
@@ -82,9 +98,13 @@ class SweepConfig(Config):
     """What the sweep covers and how it traces and scores.
 
     ``layers``: central edit layers; empty = every ``layer_step``-th layer plus the last.
-    ``n_facts``: the first N facts (after the known filter, if ``known_only``).
+    ``n_facts``: N facts (after the known filter, if ``known_only``), picked by ``order``:
+    a sample spread over relations seeded with ``seed`` (``stratified``), or the first N
+    (``file``); see :func:`mechedit.data.select_records`.
     ``noise_samples``/``noise_multiple``/``seed``: the tracing noise (σ = multiple × σ_emb).
     ``essence_texts``/``essence_tokens``: the subject texts of the essence perplexity.
+    ``min_gap``: least ``clean − corrupted`` of a trace that enters the statistics;
+    ``clip_effects``: correlate the effect clipped to [0, 1] (default) or the raw one.
     """
 
     layers: tuple[int, ...] = ()
@@ -96,17 +116,25 @@ class SweepConfig(Config):
     noise_samples: int = 10
     noise_multiple: float = 3.0
     n_facts: int | None = None
+    order: str = "stratified"  # how n_facts picks: mechedit.data.select_records (seeded with ``seed``) or "file"
     known_only: bool = True
     prefix: Prefix | str = Prefix.NEUTRAL
     essence_texts: int = 3
     essence_tokens: int = 30
     batch_size: int = 32
     seed: int = 0
+    min_gap: float = 0.02
+    clip_effects: bool = True
 
     def __post_init__(self) -> None:
+        if not 0.0 <= float(self.min_gap) < 1.0:
+            raise ConfigError(f"SweepConfig.min_gap (least clean − corrupted of a valid trace) must be in [0, 1), "
+                              f"got {self.min_gap}")
         for name in ("layers", "methods", "variants"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.coerce("prefix", Prefix)
+        if self.order not in ("stratified", "file"):
+            raise ConfigError(f"SweepConfig.order must be 'stratified' or 'file', got {self.order!r}")
         self.require_known("methods", METHODS)
         self.require_known("variants", VARIANTS)
         if any(int(x) < 0 for x in self.layers):
@@ -128,20 +156,32 @@ class SweepConfig(Config):
 
 # --- tracing ---------------------------------------------------------------------------
 
-def restored_fraction(result: PatchResult) -> Float[Tensor, "pos layer"]:
-    """``max(0, (restored − corrupted) / |clean − corrupted|)`` per cell (0 where clean = corrupted)."""
+def restored_fraction(result: PatchResult, *, clip: bool = True) -> Float[Tensor, "pos layer"]:
+    """``(restored − corrupted) / |clean − corrupted|`` per cell, clipped to [0, 1] unless
+    ``clip=False`` (0 everywhere where clean = corrupted)."""
     denom = abs(result.clean_score - result.corrupted_score)
     if denom == 0:
         return torch.zeros_like(result.scores, dtype=torch.float64)
-    return ((result.scores.double() - result.corrupted_score) / denom).clamp(min=0)
+    frac = (result.scores.double() - result.corrupted_score) / denom
+    return frac.clamp(0.0, 1.0) if clip else frac
 
 
-def tracing_effects(result: PatchResult) -> tuple[Float[Tensor, "layer"], Float[Tensor, "layer"]]:
+def tracing_effects(result: PatchResult, *, clip: bool = True) -> tuple[Float[Tensor, "layer"],
+                                                                         Float[Tensor, "layer"]]:
     """Per layer: the max over positions, and the value at the last subject token."""
     if result.subject_range is None:
         raise ConfigError("tracing effects need a trace with a subject range")
-    frac = restored_fraction(result)
+    frac = restored_fraction(result, clip=clip)
     return frac.max(0).values, frac[result.subject_range[1] - 1]
+
+
+def trace_validity(clean: float, corrupted: float, min_gap: float) -> str | None:
+    """Why a trace cannot enter the statistics (None: it can): see the module doc."""
+    gap = clean - corrupted
+    if gap < min_gap:
+        return (f"clean − corrupted = {clean:.4f} − {corrupted:.4f} = {gap:.4f} < {min_gap}: noising the "
+                "subject does not remove the answer, so the normalised effect is meaningless")
+    return None
 
 
 #: Words the reversal target skips: with the subject noised, SmolLM2's top-1 is usually " the".
@@ -201,13 +241,70 @@ def trace_fact(model: Any, record: CounterFactRecord, config: SweepConfig, sigma
     result = trace(model, record.text, record.subject, answer=record.target_true, kind="mlp",
                    window=config.window, noise=noise, sigma=sigma, prefix=config.prefix)
     best, last = tracing_effects(result)
+    raw, raw_last = tracing_effects(result, clip=False)
     rev = noised_top1(model, record, result, config)
-    row = {"case_id": record.case_id, "subject": record.subject, "effect": best.tolist(),
-           "effect_last_subject": last.tolist(), "peak_layer": int(best.argmax()),
+    reason = trace_validity(result.clean_score, result.corrupted_score, config.min_gap)
+    row = {"case_id": record.case_id, "subject": record.subject, "answer": result.answer,
+           "effect": best.tolist(), "effect_last_subject": last.tolist(), "effect_raw": raw.tolist(),
+           "effect_last_subject_raw": raw_last.tolist(), "peak_layer": int(best.argmax()),
+           "valid": reason is None, "invalid_reason": reason,
            "clean_score": result.clean_score, "corrupted_score": result.corrupted_score, "sigma": sigma,
            "reversal_id": rev, "reversal_target": str(model_info(model).tokenizer.decode([rev])),
            "trace_seconds": time.perf_counter() - t0}
     return row, result
+
+
+TRACE_COLUMNS = ("tracing_effect", "tracing_effect_raw", "tracing_effect_last_subject", "peak_layer",
+                 "trace_valid", "trace_invalid_reason")
+
+
+def _clip01(values: Sequence[float]) -> list[float]:
+    return [min(1.0, max(0.0, float(x))) for x in values]
+
+
+def normalise_trace(row: Mapping[str, Any], config: SweepConfig) -> dict[str, Any]:
+    """A stored trace row in the current layout, its validity judged by ``config.min_gap``.
+
+    Traces stored before the validity rule hold ``effect`` clamped at 0 only; their
+    ``effect`` becomes ``effect_raw`` and is clipped to [0, 1] (exact except for cells
+    below 0, which were stored as 0).
+    """
+    out = dict(row)
+    if "effect_raw" not in out:
+        out["effect_raw"], out["effect_last_subject_raw"] = list(out["effect"]), list(out["effect_last_subject"])
+        out["effect"], out["effect_last_subject"] = _clip01(out["effect"]), _clip01(out["effect_last_subject"])
+        out["peak_layer"] = int(max(range(len(out["effect"])), key=out["effect"].__getitem__))
+    reason = trace_validity(float(out["clean_score"]), float(out["corrupted_score"]), config.min_gap)
+    out["valid"], out["invalid_reason"] = reason is None, reason
+    return out
+
+
+def trace_columns(trace: Mapping[str, Any], layer: int, config: SweepConfig) -> dict[str, Any]:
+    """The trace columns of a row at ``layer`` (:data:`TRACE_COLUMNS`) from a normalised trace."""
+    suffix = "" if config.clip_effects else "_raw"
+    return {"tracing_effect": trace[f"effect{suffix}"][layer], "tracing_effect_raw": trace["effect_raw"][layer],
+            "tracing_effect_last_subject": trace[f"effect_last_subject{suffix}"][layer],
+            "peak_layer": trace["peak_layer"], "trace_valid": trace["valid"],
+            "trace_invalid_reason": trace["invalid_reason"]}
+
+
+def attach_traces(rows: pd.DataFrame, traces: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
+    """``rows`` with :data:`TRACE_COLUMNS` joined from ``traces`` (normalised, one per fact);
+    trace columns stored in older rows are replaced."""
+    rows = rows.drop(columns=[c for c in TRACE_COLUMNS if c in rows])
+    if rows.empty:
+        return rows.reindex(columns=[*rows.columns, *TRACE_COLUMNS])
+    by_case = {str(t["case_id"]): t for t in traces.to_dict("records")}
+    extra = [trace_columns(by_case[str(c)], int(layer), config) for c, layer in zip(rows["case_id"], rows["layer"],
+                                                                                     strict=True)]
+    return pd.concat([rows, pd.DataFrame(extra, index=rows.index)], axis=1)
+
+
+def result_frames(rows: list[Mapping[str, Any]], traces: list[Mapping[str, Any]],
+                   config: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows and traces as a result holds them: traces normalised, rows with their trace columns."""
+    tr = pd.DataFrame([normalise_trace(t, config) for t in traces])
+    return attach_traces(pd.DataFrame(list(rows)), tr, config), tr
 
 
 # --- editing and scoring ---------------------------------------------------------------
@@ -302,10 +399,7 @@ def score_row(ctx: _Context, record: CounterFactRecord, trace_row: Mapping[str, 
     return {"case_id": record.case_id, "subject": record.subject, "layer": layer, "method": method,
             "variant": variant, "edit_layers": list(econf.layers if method != "rome" else (econf.layer,)),
             "target": rec.target_true if OBJECTIVES[variant] != "inject" else rec.target_new,
-            "subject_noise": econf.subject_noise,
-            "tracing_effect": trace_row["effect"][layer],
-            "tracing_effect_last_subject": trace_row["effect_last_subject"][layer],
-            "peak_layer": trace_row["peak_layer"], **scores,
+            "subject_noise": econf.subject_noise, **scores,
             "neighborhood": hase["hase_neighborhood"], "essence_drift": hase["hase_essence_drift"],
             **{k: v for k, v in hase.items() if k.startswith("hase_")},
             "edit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
@@ -383,9 +477,17 @@ class SweepResult:
         return long_rows(self.rows)
 
     def stats(self):
+        """Correlations and regressions over the facts whose trace is valid (module doc)."""
         from mechedit.analysis.stats import localization_stats
 
         return localization_stats(self.long())
+
+    def excluded(self) -> pd.DataFrame:
+        """The facts left out of the statistics by the validity rule, with the reason."""
+        if self.traces.empty or "valid" not in self.traces:
+            return pd.DataFrame(columns=["case_id", "subject", "invalid_reason"])
+        bad = self.traces[~self.traces["valid"].astype(bool)]
+        return bad[["case_id", "subject", "clean_score", "corrupted_score", "invalid_reason"]].reset_index(drop=True)
 
     def save(self, out_dir: str | Path) -> Path:
         """Write ``rows.csv``, ``traces.csv`` and ``sweep.json`` (config and provenance)."""
@@ -397,7 +499,8 @@ class SweepResult:
         flat.to_csv(out / "rows.csv", index=False)
         self.traces.to_csv(out / "traces.csv", index=False)
         meta = {"model": self.model, "n_layers": self.n_layers, "config": self.config.to_dict(),
-                "n_rows": len(self.rows), "n_facts": len(self.traces)}
+                "n_rows": len(self.rows), "n_facts": len(self.traces),
+                "case_ids": [] if self.traces.empty else self.traces["case_id"].tolist()}
         (out / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n")
         return out
 
@@ -427,14 +530,14 @@ def load_sweep(out_dir: str | Path, config: SweepConfig, model: str, *, complete
             raise ConfigError(f"{out_dir}: no fact has all its rows yet ({n_all} rows of {rows['case_id'].nunique()} "
                               "facts so far); rerun later, or pass complete_only=False")
         rows, traces = rows[rows["case_id"].isin(done)], traces[traces["case_id"].isin(done)]
-    rows, traces = rows.reset_index(drop=True), traces.reset_index(drop=True)
+    rows, traces = result_frames(rows.to_dict("records"), traces.to_dict("records"), config)
     return SweepResult(rows, traces, config, model, n_layers, n_skipped=len(rows), n_incomplete=n_all - len(rows))
 
 
 def long_rows(rows: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:
     """Melt the score columns of sweep rows into ``metric``/``score``."""
     ids = [c for c in ("case_id", "layer", "method", "variant", "tracing_effect", "tracing_effect_last_subject",
-                       "peak_layer") if c in rows]
+                       "peak_layer", "trace_valid") if c in rows]
     return rows.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="score")
 
 
@@ -447,13 +550,13 @@ def stores(out_dir: str | Path | None) -> tuple[ResultStore, ResultStore]:
 
 
 def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig) -> list[CounterFactRecord]:
-    """The known facts (top-1 filter, if ``known_only``), first ``n_facts`` of them."""
-    from mechedit.data import KnownFilter, filter_known
+    """The known facts (top-1 filter, if ``known_only``), ``n_facts`` of them by ``order``."""
+    from mechedit.data import KnownFilter, filter_known, select_records
 
     records = list(records)
     if config.known_only:
         records, _ = filter_known(model, records, KnownFilter("top1", prefix=config.prefix))
-    return records[: config.n_facts] if config.n_facts is not None else records
+    return select_records(records, config.n_facts, order=config.order, seed=config.seed)
 
 
 def _base_configs(model: Any, methods: Sequence[str], given: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -531,6 +634,7 @@ def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepCon
             bar.update(1)
     finally:
         bar.close()
-    rows = pd.DataFrame([rows_store.get(k) for k in keys if k in rows_store])
-    traces = pd.DataFrame([traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store])
+    rows, traces = result_frames([rows_store.get(k) for k in keys if k in rows_store],
+                                  [traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store],
+                                  config)
     return SweepResult(rows, traces, config, info.name, info.n_layers, n_new, done)

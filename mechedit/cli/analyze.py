@@ -30,7 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
     add_device_arg(q)
     q.add_argument("--data", default=None, help="CounterFact-schema JSON file (required unless --report-only)")
-    q.add_argument("--n", type=int, default=None, help="the first N known facts")
+    q.add_argument("--n", type=int, default=None,
+                   help="N known facts: a sample spread over relations, seeded with --seed (see --order)")
+    q.add_argument("--order", choices=["stratified", "file"], default="stratified",
+                   help="how --n picks: stratified (default) or file (the first N in file order)")
     q.add_argument("--layers", default=None, help="comma-separated central edit layers (default: --layer-step)")
     q.add_argument("--layer-step", type=int, default=4, help="every K-th layer plus the last (default 4)")
     q.add_argument("--methods", default="rome", help="comma-separated subset of rome,memit,ft,ft5")
@@ -63,7 +66,7 @@ def sweep_config(args: argparse.Namespace) -> Any:
 
     return SweepConfig(layers=_csv(args.layers, int), layer_step=args.layer_step, methods=_csv(args.methods),
                        variants=_csv(args.variants), window=args.window, noise_samples=args.samples,
-                       n_facts=args.n, known_only=not args.all_facts, essence_texts=args.essence_texts,
+                       n_facts=args.n, order=args.order, known_only=not args.all_facts, essence_texts=args.essence_texts,
                        essence_tokens=args.essence_tokens, seed=args.seed)
 
 

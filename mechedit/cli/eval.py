@@ -40,7 +40,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=None, help="layer the editor writes (editor default if absent)")
     p.add_argument("--stats-samples", type=int, default=None,
                    help="texts in the editor's key statistics (default: its hparams, e.g. 512 for ROME)")
-    p.add_argument("--n", type=int, default=None, help="evaluate the first N records (after --filter)")
+    p.add_argument("--n", type=int, default=None,
+                   help="evaluate N records (after --filter): a seeded sample spread over relations (see --order)")
+    p.add_argument("--order", choices=["stratified", "file"], default="stratified",
+                   help="how --n picks: stratified (seeded, over relations; default) or file (the first N)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the --n sample (default 0)")
+    p.add_argument("--batch", type=int, default=1,
+                   help="records edited at once (default 1: each alone); N: one edit of N requests (MEMIT's "
+                        "mass editing), every record scored with the whole batch attached")
     p.add_argument("--filter", choices=["none", "known"], default="none",
                    help="'known': keep only facts the unedited model knows (see --known-mode)")
     p.add_argument("--known-mode", choices=["top1", "threshold"], default="top1",
@@ -48,7 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--known-p", type=float, default=0.1, help="probability threshold for --known-mode threshold")
     p.add_argument("--metrics", default="counterfact",
                    help="comma-separated subset of counterfact,hase,fluency (default counterfact)")
-    p.add_argument("--prefix", choices=["none", "neutral"], default="none", help="what precedes every prompt")
+    p.add_argument("--prefix", choices=["edit", "none", "neutral"], default="edit",
+                   help="what precedes every scored prompt and the known filter's: 'edit' (default) = the prefix "
+                        "the editor computes behind (its hparams' prefix, neutral by default); another value is "
+                        "used and the scores behind the edit's prefix are reported beside it")
     p.add_argument("--gen-tokens", type=int, default=100, help="tokens per generation for fluency (ROME: 100)")
     p.add_argument("--essence-tokens", type=int, default=30,
                    help="tokens per subject text for the Hase essence perplexity (default 30)")
@@ -102,7 +112,10 @@ def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m
 
 def _settings(args: argparse.Namespace, eval_config: Any) -> dict[str, Any]:
     return {"model": args.model, "data": str(Path(args.data).resolve()), "method": args.method,
-            "layer": args.layer, "stats_samples": args.stats_samples, "n": args.n, "filter": args.filter,
+            "layer": args.layer, "stats_samples": args.stats_samples, "n": args.n,
+            "order": args.order if args.n is not None else None,
+            "sample_seed": args.sample_seed if args.n is not None and args.order == "stratified" else None,
+            "batch": args.batch, "filter": args.filter,
             "known_mode": args.known_mode if args.filter == "known" else None,
             "known_p": args.known_p if args.filter == "known" and args.known_mode == "threshold" else None,
             "eval": eval_config.to_dict()}
@@ -114,18 +127,21 @@ def run(args: argparse.Namespace) -> int:
     from mechedit.evaluation import EvalConfig
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    eval_config = EvalConfig(metrics=metrics, prefix=args.prefix, gen_max_new_tokens=args.gen_tokens,
+    eval_config = EvalConfig(metrics=metrics, prefix=None if args.prefix == "edit" else args.prefix,
+                             gen_max_new_tokens=args.gen_tokens,
                              n_gen_prompts=args.gen_prompts, essence_max_new_tokens=args.essence_tokens,
                              essence_n_texts=args.essence_texts,
                              seed=args.seed, batch_size=args.batch_size)
     if args.n is not None and args.n < 1:
         raise MecheditError(f"--n must be >= 1, got {args.n}")
+    if args.batch < 1:
+        raise MecheditError(f"--batch must be >= 1 (records edited at once), got {args.batch}")
     # fail before loading anything
     editor, editor_config = resolve_editor(args.method, args.layer, args.model, stats_samples=args.stats_samples)
 
     from tqdm import tqdm
 
-    from mechedit.data import KnownFilter, filter_known, load_counterfact
+    from mechedit.data import KnownFilter, filter_known, load_counterfact, select_records
     from mechedit.evaluation import evaluate
     from mechedit.store import ResultStore
 
@@ -140,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model_arg(args.model, args)
     filter_info: dict[str, Any] | None = None
     if args.filter == "known":
-        kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix)
+        kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=_filter_prefix(args.prefix, editor_config))
         saved = _saved_filter(out, kfilter, records)
         if saved is not None:  # a resumed run: run.json guarantees same model, data and filter
             kept_ids = set(saved["kept_ids"])
@@ -153,18 +169,26 @@ def run(args: argparse.Namespace) -> int:
             (out / "filter.json").write_text(json.dumps(frep.to_dict(), indent=2) + "\n")
             filter_info = {"n_in": frep.n_in, "n_kept": frep.n_kept, "mode": args.known_mode}
             print(str(frep), file=sys.stderr)
-    if args.n is not None:
-        records = records[: args.n]
+    records = select_records(records, args.n, order=args.order, seed=args.sample_seed)
     store = ResultStore(out / "records.jsonl")
-    result = evaluate(model, records, editor, eval_config, store, editor_config=editor_config,
-                      progress=lambda it: tqdm(it, desc=f"eval {args.method}", unit="record"))
+    unit = "record" if args.batch == 1 else f"batch of {args.batch}"
+    result = evaluate(model, records, editor, eval_config, store, editor_config=editor_config, batch=args.batch,
+                      progress=lambda it: tqdm(it, desc=f"eval {args.method}", unit=unit))
     summary = result.summary()
     config = {**settings, "n_loaded": report.n_loaded, "n_read": report.n_read, "filter_result": filter_info,
-              "n_new": result.n_new, "n_resumed": result.n_skipped}
+              "n_new": result.n_new, "n_resumed": result.n_skipped,
+              "record_ids": [r.case_id for r in records],
+              "score_prefix": sorted({str(r.get("score_prefix")) for r in result.rows}),
+              "edit_prefix": sorted({str(r.get("edit_prefix")) for r in result.rows})}
     summary = type(summary)(summary.stats, summary.n, config)
     summary.save(out / "summary.json")
     _print_table(summary, args)
     return 0
+
+
+def _filter_prefix(prefix: str, editor_config: Any) -> str:
+    """The known filter's prefix: the one the edits are scored behind (``--prefix edit``: the editor's)."""
+    return str(getattr(editor_config, "prefix", "neutral")) if prefix == "edit" else prefix
 
 
 def _saved_filter(out: Path, kfilter: Any, records: list[Any]) -> dict[str, Any] | None:
@@ -185,7 +209,10 @@ def _print_table(summary: Any, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"mechedit eval: {args.method} on {args.model}, n = {summary.n}")
+    scored, made = (", ".join(summary.config.get(k) or ["?"]) for k in ("score_prefix", "edit_prefix"))
+    batch = "" if args.batch == 1 else f", batches of {args.batch}"
+    table = Table(title=f"mechedit eval: {args.method} on {args.model}, n = {summary.n}{batch}; "
+                        f"scored behind prefix {scored} (edits made behind {made})")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_column("95% CI", justify="right")

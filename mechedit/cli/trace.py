@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", choices=["prob", "logprob", "kl"], default="prob")
     p.add_argument("--data", type=Path, help="trace every record of a known_1000-format JSON file")
     p.add_argument("--limit", type=int, help="with --data: only the first N records")
+    p.add_argument("--answer-from", choices=["fact", "top1"], default="fact",
+                   help="with --data: trace each record's own answer ('attribute', in context; default) or the "
+                        "model's top-1 next token ('top1'). Records whose answer is not the model's top-1 are "
+                        "listed in known.json either way")
     p.add_argument("--aggregate", action="store_true", help="with --data: average-effect plots into --out")
     p.add_argument("--out", type=Path, help="directory for one JSON + PNG per kind (per record with --data)")
     p.add_argument("--json", action="store_true", help="print the result(s) as JSON")
@@ -112,9 +116,14 @@ def _run_file(model: Any, args: argparse.Namespace, noise: Any, kinds: list[str]
     records = json.loads(args.data.read_text())
     if not isinstance(records, list) or not all({"prompt", "subject"} <= set(r) for r in records):
         raise _fail(f"{args.data} is not a known_1000-format list of records with prompt and subject")
+    if args.answer_from == "fact" and not all(isinstance(r.get("attribute"), str) and r["attribute"].strip()
+                                                for r in records):
+        raise _fail(f"{args.data}: every record needs its answer in 'attribute' to trace the fact; "
+                    "pass --answer-from top1 to trace the model's own top-1 instead")
     sigma = noise_sigma(model, noise, [r["subject"] for r in records])  # ROME: σ over the file's subjects
     records = records[: args.limit] if args.limit else records
     args.out.mkdir(parents=True, exist_ok=True)
+    _report_known(model, records, args.out, args.answer_from)
     done = failed = 0
     for i, rec in enumerate(records):
         key = str(rec.get("known_id", i))
@@ -123,7 +132,8 @@ def _run_file(model: Any, args: argparse.Namespace, noise: Any, kinds: list[str]
             if stem.with_suffix(".json").is_file():
                 continue  # resumable: finished records are kept
             try:
-                res = _trace_one(model, rec["prompt"], rec["subject"], None, kind, args, noise, sigma)
+                res = _trace_one(model, rec["prompt"], rec["subject"], _record_answer(rec, args.answer_from), kind,
+                                 args, noise, sigma)
             except Exception as e:  # one bad record must not end a long run
                 failed += 1
                 print(f"record {key} ({kind}): skipped: {e}")
@@ -134,6 +144,31 @@ def _run_file(model: Any, args: argparse.Namespace, noise: Any, kinds: list[str]
     if args.aggregate:
         _aggregate(args.out, kinds, PatchResult)
     return 0
+
+
+def _record_answer(record: dict, answer_from: str) -> str | None:
+    """The answer a record is traced with: its own ``attribute`` (the fact), or None (the top-1)."""
+    return record["attribute"] if answer_from == "fact" else None
+
+
+def _report_known(model: Any, records: list[dict], out: Path, answer_from: str) -> None:
+    """Write ``known.json``: which records' answer is the model's top-1 (the known filter,
+    behind the tracing prefix), so a fact the model does not predict is reported, not
+    silently traced with another answer."""
+    from mechedit.data import KnownFilter, KnownRecord, filter_known
+
+    facts = [KnownRecord(known_id=r.get("known_id", i), subject=r["subject"], attribute=r["attribute"],
+                         template=r.get("template", ""), prompt=r["prompt"], relation_id=r.get("relation_id", ""))
+             for i, r in enumerate(records) if isinstance(r.get("attribute"), str) and r["attribute"].strip()]
+    if not facts:
+        return
+    _, report = filter_known(model, facts, KnownFilter("top1", prefix="neutral"))
+    not_known = [f.record_id for f in facts if report.scores[f.record_id] != 1.0]
+    (out / "known.json").write_text(json.dumps({**report.to_dict(), "not_top1_ids": not_known}, indent=1) + "\n")
+    if not_known:
+        print(f"{len(not_known)} of {len(facts)} records: the model's top-1 is not the fact's answer "
+              f"(ids in {out / 'known.json'}); traced with "
+              f"{'their own answer' if answer_from == 'fact' else 'the top-1, not the fact'}")
 
 
 def _aggregate(out: Path, kinds: list[str], result_cls: Any) -> None:

@@ -33,6 +33,7 @@ from mechedit.errors import ConfigError
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
+from mechedit.tokens import Prefix
 from mechedit.weights import WeightDelta, apply_permanently, edited_weights
 
 
@@ -107,6 +108,14 @@ class Edit:
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted(d.layer for d in self.deltas))
 
+    @property
+    def prefix(self) -> Prefix:
+        """The prefix the edit was computed behind (its editor config's ``prefix``). Every
+        score of the edit uses this prefix unless the caller asks for another
+        (:func:`mechedit.evaluation.run.score_prefix`): a subject scored on another
+        position than it was edited on measures the prefix, not the edit."""
+        return Prefix(self.config.get("prefix", Prefix.NEUTRAL))
+
     def delta(self, layer: int) -> Float[Tensor, "d_mlp d_model"]:
         for d in self.deltas:
             if d.layer == layer:
@@ -144,7 +153,7 @@ class Edit:
         tensors = {f"delta.{d.layer}": d.delta.detach().contiguous().cpu() for d in self.deltas}
         tensors.update({f"extra.{k}": v.detach().contiguous().cpu() for k, v in self.tensors.items()})
         save_file(tensors, str(out / "deltas.safetensors"))
-        meta = {"method": self.method, "model": self.model, "layers": list(self.layers),
+        meta = {"method": self.method, "model": self.model, "layers": list(self.layers), "prefix": str(self.prefix),
                 "requests": [r.to_dict() for r in self.requests], "config": self.config,
                 "diagnostics": self.diagnostics.to_dict(), "version": self.version}
         (out / "edit.json").write_text(json.dumps(meta, indent=2))

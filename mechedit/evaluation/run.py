@@ -1,7 +1,13 @@
-"""Evaluation runs: edit each record independently, measure, store one row per record.
+"""Evaluation runs: edit each record (or each batch of records), measure, store one row per record.
 
 :func:`evaluate` follows ROME's ``apply(model, requests, hparams)`` convention for
-editors: ``edit = editor(model, [request], editor_config)``. The returned edit is an
+editors: ``edit = editor(model, [request], editor_config)`` (``batch=N``: N requests at
+once, each record scored with the whole batch's edit attached).
+
+**One prefix from edit to score.** An edit is computed behind a prefix (the editor
+config's ``prefix``, neutral by default) and stored in the :class:`~mechedit.editors.Edit`;
+every score of it uses the same prefix unless the caller asks for another, and then the
+scores behind the edit's own prefix are reported beside them (:func:`score_prefix`). The returned edit is an
 :class:`~mechedit.interventions.Intervention` — its ``hooks(model)`` yield the *hook
 form* of the edit — so the edited model is the unedited one with those hooks attached
 during the forward passes that measure it. No weight is copied or written: after a
@@ -73,6 +79,10 @@ References = Callable[[CounterFactRecord], Sequence[str]]
 class EvalConfig(Config):
     """What :func:`evaluate` measures and how. Defaults follow ROME where it defines them.
 
+    ``prefix``: what precedes every scored prompt. ``None`` (the default) scores each edit
+    behind the prefix it was computed with (:func:`score_prefix`); a prefix given here
+    that differs from the edit's is used, and the row is scored behind the edit's prefix
+    too (``at_edit_prefix``), so the mismatch is never silent.
     ``n_gen_prompts``: how many generation prompts per case feed GE/RS (None = all, as
     ROME). Generations sample from the top ``gen_top_k`` tokens (ROME: 5) unless
     ``gen_greedy``; the generator of a record is seeded from ``seed`` and its case id,
@@ -80,7 +90,7 @@ class EvalConfig(Config):
     """
 
     metrics: tuple[str, ...] = ("counterfact",)  # each a Metric; checked in __post_init__
-    prefix: Prefix | str = Prefix.NONE
+    prefix: Prefix | str | None = None  # None: the prefix the edit was computed behind (score_prefix)
     batch_size: int = 32
     gen_max_new_tokens: int = 100
     gen_top_k: int = 5
@@ -96,7 +106,8 @@ class EvalConfig(Config):
         if bad or not metrics:
             raise ConfigError(f"unknown or no metrics {bad or metrics}; choose from {list(METRICS)}")
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(metrics)))
-        self.coerce("prefix", Prefix)
+        if self.prefix is not None:
+            self.coerce("prefix", Prefix)
         self.require_positive("batch_size", "gen_max_new_tokens", "gen_top_k", "essence_n_texts",
                               "essence_max_new_tokens")
         if self.n_gen_prompts is not None and self.n_gen_prompts < 1:
@@ -158,7 +169,11 @@ def _both_targets(model: Any, record: CounterFactRecord, config: EvalConfig,
 
 
 def hase_baseline(model: Any, record: CounterFactRecord, config: EvalConfig) -> HaseBaseline:
-    """The unedited model's side of the Hase metrics for ``record`` (see :class:`HaseBaseline`)."""
+    """The unedited model's side of the Hase metrics for ``record`` (see :class:`HaseBaseline`),
+    behind ``config.prefix`` (None: the neutral prefix, what every editor computes behind
+    by default)."""
+    if config.prefix is None:
+        config = config.replace(prefix=Prefix.NEUTRAL)
     pre = _both_targets(model, record, config, ()).sequence_prob().tolist()
     gen_prompts = list(record.generation_prompts)[: config.essence_n_texts] or [f"{record.subject} is"]
     gens = generate(model, gen_prompts, max_new_tokens=config.essence_max_new_tokens, prefix=config.prefix,
@@ -169,14 +184,56 @@ def hase_baseline(model: Any, record: CounterFactRecord, config: EvalConfig) -> 
     return HaseBaseline(_baseline_key(record, config), tuple(pre), p_ids, c_ids, ppl)
 
 
+def edit_prefix(interventions: Sequence[Intervention]) -> Prefix | None:
+    """The prefix the edits among ``interventions`` were computed behind (``Edit.prefix``),
+    or None when none of them says. Two edits made behind different prefixes are refused."""
+    found = {Prefix(p) for iv in interventions if isinstance(p := getattr(iv, "prefix", None), str)}
+    if len(found) > 1:
+        raise ConfigError(f"these edits were computed behind different prefixes {sorted(map(str, found))}; "
+                          "score them separately, or recompute them behind one prefix")
+    return next(iter(found), None)
+
+
+def score_prefix(config: EvalConfig, interventions: Sequence[Intervention],
+                 made_with: Prefix | str | None = None) -> tuple[Prefix, Prefix | None]:
+    """``(prefix to score behind, prefix the edit was computed behind)``: one policy for
+    every score. The edit's prefix is read from the edit (``Edit.prefix``), else
+    ``made_with`` (e.g. the editor config's, when the editor made no edit); the score
+    uses ``config.prefix`` if given, else the edit's, else the neutral prefix (the
+    default of tracing and editing)."""
+    made = edit_prefix(interventions)
+    made = made if made is not None else (Prefix(made_with) if made_with is not None else None)
+    chosen = Prefix(config.prefix) if config.prefix is not None else made
+    return (chosen if chosen is not None else Prefix.NEUTRAL), made
+
+
 def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequence[Intervention],
                     config: EvalConfig, references: References = default_references, *,
-                    baseline: HaseBaseline | None = None) -> dict[str, Any]:
+                    baseline: HaseBaseline | None = None, made_with: Prefix | str | None = None) -> dict[str, Any]:
     """All metrics of one record with ``interventions`` as the edit (no store, no editor).
 
-    ``baseline``: the record's :func:`hase_baseline` under the same ``config``, to skip
-    recomputing the unedited side of the Hase metrics (the result is the same).
+    Scored behind :func:`score_prefix`; the row records ``score_prefix`` and
+    ``edit_prefix``. When the two differ (the caller asked for another prefix), the row
+    also holds the scores behind the edit's prefix in ``at_edit_prefix`` and a warning
+    is logged. ``baseline``: the record's :func:`hase_baseline` under the same ``config``
+    and prefix, to skip recomputing the unedited side of the Hase metrics.
     """
+    prefix, made = score_prefix(config, interventions, made_with)
+    row = _record_scores(model, record, interventions, config.replace(prefix=prefix), references, baseline)
+    row.update(score_prefix=str(prefix), edit_prefix=None if made is None else str(made))
+    if made is not None and made != prefix:
+        log.warning("case %s: edit computed behind prefix %r, scored behind %r as asked; the scores behind %r "
+                    "are in at_edit_prefix", record.case_id, str(made), str(prefix), str(made))
+        at_made = config.replace(prefix=made, metrics=tuple(m for m in config.metrics if m != "fluency") or
+                                 ("counterfact",))
+        other = _record_scores(model, record, interventions, at_made, references, None)
+        row["at_edit_prefix"] = {k: v for k, v in other.items() if isinstance(v, float)}
+    return row
+
+
+def _record_scores(model: Any, record: CounterFactRecord, interventions: Sequence[Intervention],
+                   config: EvalConfig, references: References, baseline: HaseBaseline | None) -> dict[str, Any]:
+    """The metrics of :func:`evaluate_record` behind ``config.prefix`` (already resolved)."""
     row: dict[str, Any] = {}
     kinds = _kinds(record)
     if "counterfact" in config.metrics or "hase" in config.metrics:
@@ -273,24 +330,35 @@ def evaluate(
     editor_config: Any = None,
     references: References = default_references,
     progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    batch: int = 1,
 ) -> EvalResult:
-    """Edit and evaluate each record independently; one stored row per record (module doc).
+    """Edit and evaluate the records; one stored row per record (module doc).
 
     Args:
         model: a loaded model (:func:`mechedit.load_model`).
         records: CounterFact records (:func:`mechedit.data.load_counterfact`).
-        editor: ``editor(model, [request], editor_config)`` returning the edit as an
+        editor: ``editor(model, requests, editor_config)`` returning the edit as an
             intervention, or ``None`` for no edit.
-        config: what to measure (:class:`EvalConfig`); default: CounterFact metrics.
+        config: what to measure (:class:`EvalConfig`); default: CounterFact metrics,
+            scored behind the prefix each edit was computed with (:func:`score_prefix`).
         store: where rows go; records already in it are skipped (resume). Default: an
             in-memory store (nothing resumable).
         editor_config: passed to the editor unchanged.
         references: texts about ``target_new`` for RS, per record.
-        progress: optional wrapper of the record iterable, e.g. ``tqdm``.
+        progress: optional wrapper of the iterable of record batches, e.g. ``tqdm``.
+        batch: records edited at once (``1``: each record independently, ROME's
+            protocol). With ``batch = N`` the records are cut, in order, into batches of
+            N (the last may be smaller); each batch is one ``editor(model, requests)``
+            call (MEMIT's mass editing) and every record of it is scored with the whole
+            batch's edit attached. Rows carry ``batch`` (its index) and ``batch_ids``.
+            A resumed run recomputes a batch only if one of its rows is missing, and
+            stores only the missing rows.
     """
     from mechedit.models import model_info
 
     config = config or EvalConfig()
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"batch must be an integer >= 1 (records edited at once), got {batch!r}")
     store = store if store is not None else ResultStore(None)
     records = list(records)
     keys = [record_key(r) for r in records]
@@ -298,25 +366,32 @@ def evaluate(
         raise ConfigError("records have duplicate case ids; each record needs its own key")
     n_new = n_skipped = 0
     name = _editor_name(editor)
-    it = progress(records) if progress is not None else records
-    for rec in it:
-        key = record_key(rec)
-        if key in store:
-            n_skipped += 1
+    batches = [records[i:i + batch] for i in range(0, len(records), batch)]
+    it = progress(batches) if progress is not None else batches
+    for index, chunk in enumerate(it):
+        todo = [r for r in chunk if record_key(r) not in store]
+        n_skipped += len(chunk) - len(todo)
+        if not todo:
             continue
         t0 = time.perf_counter()
-        edit = editor(model, [rec.to_request()], editor_config)
+        edit = editor(model, [r.to_request() for r in chunk], editor_config)
         t1 = time.perf_counter()
         if edit is not None and not isinstance(edit, Intervention):
             raise ConfigError(f"editor {name!r} returned {type(edit).__name__}, which is not an intervention: "
                               "an edit must have hooks(model) yielding (hook_name, hook_fn) pairs, or be None")
         interventions = [] if edit is None else [edit]
-        row = evaluate_record(model, rec, interventions, config, references)
-        base = {"case_id": rec.case_id, "subject": rec.subject, "target_new": rec.target_new,
-                "target_true": rec.target_true, "editor": name}
-        store.append(key, {**base, **row, "edit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1})
-        n_new += 1
+        for rec in todo:
+            t2 = time.perf_counter()
+            row = evaluate_record(model, rec, interventions, config, references,
+                                  made_with=getattr(editor_config, "prefix", None))
+            base = {"case_id": rec.case_id, "subject": rec.subject, "target_new": rec.target_new,
+                    "target_true": rec.target_true, "editor": name}
+            if batch > 1:
+                base.update(batch=index, batch_ids=[r.case_id for r in chunk])
+            store.append(record_key(rec), {**base, **row, "edit_seconds": t1 - t0,
+                                           "eval_seconds": time.perf_counter() - t2})
+            n_new += 1
     rows = tuple(store.get(k) for k in keys)  # type: ignore[misc]
-    provenance = {"model": model_info(model).name, "editor": name}
+    provenance = {"model": model_info(model).name, "editor": name, "batch": batch}
     log.info("evaluated %d records (%d new, %d already stored)", len(rows), n_new, n_skipped)
     return EvalResult(rows, config, n_new, n_skipped, provenance)

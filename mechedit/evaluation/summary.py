@@ -80,4 +80,8 @@ def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("coun
     if "hase" in metrics:
         for k, v in summarize_hase(rows).items():
             stats[k] = v if isinstance(v, Stat) else Stat(v, math.nan, math.nan, math.nan, len(rows))
+    other = [r["at_edit_prefix"] for r in rows if r.get("at_edit_prefix")]
+    if other:  # scored behind another prefix than the edits were made with: both are reported
+        for k in sorted({k for o in other for k in o}):
+            stats[f"{k}@edit_prefix"] = mean_ci([o.get(k) for o in other])
     return Summary(stats, len(rows), dict(config or {}))
