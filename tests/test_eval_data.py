@@ -92,7 +92,7 @@ def _facts_with_known_answers(model):
     for prompt in PROMPTS:
         if len(known) == 2 and len(unknown) == 2:
             break
-        pred = mechedit.predict(model, prompt, top_k=20, prefix="neutral")  # the filter's default prefix
+        pred = mechedit.predict(model, prompt, top_k=20)  # no prefix: the filters below are given prefix="none"
         cands = list(zip(pred.tokens, pred.token_ids, pred.probs, strict=True))
         if len(known) < 2 and _round_trips(model, prompt, *cands[0][:2]) and cands[0][0].strip():
             known.append((prompt, cands[0][0], cands[0][2]))
@@ -108,7 +108,7 @@ def _facts_with_known_answers(model):
 
 def test_filter_top1_counts(tiny_gpt2):
     records, _ = _facts_with_known_answers(tiny_gpt2)
-    kept, report = filter_known(tiny_gpt2, records)
+    kept, report = filter_known(tiny_gpt2, records, KnownFilter(prefix="none"))
     assert [r.known_id for r in kept] == [0, 2]
     assert (report.n_in, report.n_kept) == (4, 2) and report.kept_ids == ("0", "2")
     assert "2 of 4" in str(report)
@@ -118,7 +118,7 @@ def test_filter_threshold_counts(tiny_llama):
     records, probs = _facts_with_known_answers(tiny_llama)
     ranked = sorted(probs)
     cut = (ranked[1] + ranked[2]) / 2  # between the 2nd and 3rd largest: exactly two survive
-    kept, report = filter_known(tiny_llama, records, KnownFilter("threshold", p=cut))
+    kept, report = filter_known(tiny_llama, records, KnownFilter("threshold", p=cut, prefix="none"))
     assert report.n_kept == 2 and len(kept) == 2
     assert {r.known_id for r in kept} == {i for i, p in enumerate(probs) if p > cut}
     for r, p in zip(records, probs, strict=True):

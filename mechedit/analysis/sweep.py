@@ -595,7 +595,9 @@ def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepCon
 
     Args:
         out_dir: where ``rows.jsonl`` and ``traces.jsonl`` live; rows already there are
-            skipped, traces already there are reused. ``None``: in memory only.
+            skipped, traces already there are reused; a fact whose trace was removed is
+            retraced, and its stored rows take the new trace's columns (no re-editing).
+            ``None``: in memory only.
         editor_configs: base hyperparameters per method (``"ft"`` also serves ``"ft5"``);
             default: the model's stored hparams. The sweep sets layer(s) and objective.
         cache: an :class:`~mechedit.editors.EditorCache` (statistics once per layer).
@@ -613,13 +615,14 @@ def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepCon
     rows_store, traces_store = stores(out_dir)
     ctx = _Context(model, config, _base_configs(model, config.methods, editor_configs),
                    cache if cache is not None else EditorCache(progress=False), rows_store, traces_store, info.n_layers)
-    prefetch_stats(ctx, layers)
     sigma = noise_sigma(model, NoiseConfig(value=config.noise_multiple, samples=config.noise_samples))
     units = [(r, layer, m, v) for r in records for layer in layers for m in config.methods for v in config.variants]
     keys = [row_key(r.case_id, layer, m, v) for r, layer, m, v in units]
     if len(set(keys)) != len(keys):
         raise ConfigError("records have duplicate case ids; each fact needs its own id")
     done = sum(k in rows_store for k in keys)
+    if done < len(keys):  # a rerun that only retraces needs no key statistics
+        prefetch_stats(ctx, layers)
     n_new = 0
     bar = tqdm(total=len(units), initial=done, desc="localization sweep", unit="row", disable=not progress)
     try:
@@ -634,6 +637,11 @@ def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepCon
             bar.update(1)
     finally:
         bar.close()
+    stored = {str(r.case_id) for r, *_ in units}
+    stored -= {str(r.case_id) for (r, *_), k in zip(units, keys, strict=True) if k not in rows_store}
+    for rec in records:  # facts whose rows are all stored but whose trace is not (deleted to retrace)
+        if str(rec.case_id) in stored:
+            _fact_trace(ctx, rec, sigma)
     rows, traces = result_frames([rows_store.get(k) for k in keys if k in rows_store],
                                   [traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store],
                                   config)
