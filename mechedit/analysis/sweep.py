@@ -570,6 +570,14 @@ def _base_configs(model: Any, methods: Sequence[str], given: Mapping[str, Any] |
     return bases
 
 
+def _check_prefixes(bases: Mapping[str, Any], config: SweepConfig) -> None:
+    """Trace, edits and scores behind one prefix: an editor config behind another is refused."""
+    other = {m: str(b.prefix) for m, b in bases.items() if Prefix(b.prefix) is not config.prefix}
+    if other:
+        raise ConfigError(f"the sweep traces and scores behind prefix {str(config.prefix)!r} but these editor "
+                          f"configs edit behind another: {other}; set the same prefix in both")
+
+
 def prefetch_stats(ctx: _Context, layers: Sequence[int]) -> None:
     """Key statistics of every layer ROME/MEMIT will write, in one pass over the corpus."""
     for method in ("rome", "memit"):
@@ -615,6 +623,7 @@ def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepCon
     rows_store, traces_store = stores(out_dir)
     ctx = _Context(model, config, _base_configs(model, config.methods, editor_configs),
                    cache if cache is not None else EditorCache(progress=False), rows_store, traces_store, info.n_layers)
+    _check_prefixes(ctx.bases, config)
     sigma = noise_sigma(model, NoiseConfig(value=config.noise_multiple, samples=config.noise_samples))
     units = [(r, layer, m, v) for r in records for layer in layers for m in config.methods for v in config.variants]
     keys = [row_key(r.case_id, layer, m, v) for r, layer, m, v in units]
