@@ -242,7 +242,7 @@ def _batches(model: Any, texts: Iterable[str], n_samples: int, max_length: int,
             break
         if not text.strip():
             continue
-        enc = encode(model, text, prefix=prefix)
+        enc = encode(model, text, prefix=prefix, fit_context=False)  # truncated just below
         batch.append(list(enc.ids[: enc.n_prefix + max_length]))
         seen += 1
         if len(batch) == batch_size:
