@@ -93,18 +93,26 @@ def _noise(model: Any, text: str, args: argparse.Namespace, config: Any) -> list
     return prompt_noise(model, text, args.subject, config.prefix, config.subject_noise, config.noise_seed)
 
 
-def run(args: argparse.Namespace) -> int:
-    from mechedit import EditRequest, encode
-    from mechedit.editors import EditorCache, get_editor
+def _check(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """Every check that needs no model: the request and the prompts to show."""
+    from mechedit import EditRequest
 
-    # everything that needs no model first: a mistake fails in the first second
     if args.layer is not None and args.layer < 0:
         raise ConfigError(f"--layer counts from 0, got {args.layer}")
     request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
+    if args.objective in ("erase", "amplify") and args.target_true is None:
+        raise ConfigError(f"--objective {args.objective} acts on the true fact: give --target-true")
     if any(not c.strip() for c in args.check):
         raise ConfigError("--check is empty; give a prompt to show (it may contain {} for the subject)")
-    texts = [request.text] + [c.replace("{}", args.subject) for c in args.check]
     check_out_dir(args.save, "--save")
+    return request, [request.text] + [c.replace("{}", args.subject) for c in args.check]
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechedit import encode
+    from mechedit.editors import EditorCache, get_editor
+
+    request, texts = _check(args)  # a mistake fails in the first second, before the model loads
     spec = get_editor(args.method)
     changes = _changes(spec, args, read_hparams(args.hparams))
     model = load_model_arg(args.model, args)

@@ -51,6 +51,9 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]] | None:
             raise ConfigError("--prompt is empty; give the prompt to trace")
         if not args.subject or args.subject not in args.prompt:
             raise ConfigError(f"--subject {args.subject!r} does not occur in --prompt {args.prompt!r}")
+        if args.answer is not None and not args.answer.strip():
+            raise ConfigError("--answer is empty; give the answer text (e.g. ' Paris'), or leave it out for "
+                              "the model's top-1")
         return None
     from mechedit.data import read_json_list
 
