@@ -131,12 +131,12 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args, eval_config)
     if (out / "run.json").exists():
         check_run_settings(out, settings, what="run")  # read only: a resumed run with other settings fails now
+    kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix) if args.filter == "known" else None
     records, report = load_counterfact(args.data)
+    require_records(records, report)
     print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
     for prob in report.problems:
         print(f"  skipped {prob.record_id}: {prob.message}", file=sys.stderr)
-    require_records(records, report)
-    kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=args.prefix) if args.filter == "known" else None
     model = load_model_arg(args.model, args)
     records, filter_info, new_filter = _filter(model, records, kfilter, args, out)
     out.mkdir(parents=True, exist_ok=True)

@@ -76,7 +76,7 @@ class PopularityConfig(Config):
     seed: int = 0
     max_facts_per_set: int = 20
     n_unrelated: int = 50
-    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)  # method -> fields; checked in __post_init__
     prefix: Prefix | str = Prefix.NEUTRAL
     batch_size: int = 128
 
