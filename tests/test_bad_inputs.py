@@ -322,6 +322,7 @@ PY_CASES = [
     ("data-malformed", lambda m, t: _load(t / "bad.json"), DataError, "not valid JSON"),
     ("data-empty", lambda m, t: _load(t / "empty.json"), DataError, "empty list"),
     ("data-not-list", lambda m, t: _load(t / "object.json"), DataError, "expected a JSON list"),
+    ("evaluate-no-records", lambda m, t: _evaluate(m, []), DataError, "no records to evaluate"),
     ("known-filter-mode", lambda m, t: _known_filter(mode="bogus"), ConfigError, "bogus"),
     ("known-filter-p", lambda m, t: _known_filter(p=1.5), ConfigError, "[0, 1)"),
 ]
@@ -355,6 +356,13 @@ def _load(path):
     from mechedit.data import load_counterfact
 
     return load_counterfact(path)
+
+
+def _evaluate(m, records):
+    from mechedit.cli.eval import no_edit
+    from mechedit.evaluation import evaluate
+
+    return evaluate(m, records, no_edit)
 
 
 def _known_filter(**kw):

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     records, report = load_counterfact(args.data)
     require_records(records, report)
     model = load_model_arg(args.model, args)
-    facts = select_facts(model, records, config)
+    facts = select_facts(model, records, config, progress=not args.quiet)
     print(f"{report.source}: {report.n_loaded} records, {len(facts)} facts in the sweep", file=sys.stderr)
     if not facts:
         raise MecheditError("no facts to sweep (none known by the model?); try --all-facts")
