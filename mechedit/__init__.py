@@ -4,7 +4,17 @@ Importing mechedit does no I/O and loads no model. Start with :func:`load_model`
 """
 
 from mechedit._version import __version__
-from mechedit.errors import ConfigError, MecheditError, ModelNotAvailableError, SiteError, TokenizationError
+from mechedit.errors import (
+    ConfigError,
+    DataError,
+    MecheditError,
+    ModelNotAvailableError,
+    OutputError,
+    PositionError,
+    ShapeError,
+    SiteError,
+    TokenizationError,
+)
 from mechedit.interventions import (
     AddVector,
     Capture,
@@ -27,9 +37,9 @@ from mechedit.tokens import Encoded, Prefix, encode, subject_span, target_ids
 from mechedit.weights import WeightDelta, apply_permanently, edited_weights, mlp_out_weight
 
 __all__ = [
-    "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "EditRequest", "EmbeddingNoise", "Encoded",
-    "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "Patch",
-    "Prediction", "Prefix", "RowNoise", "Site", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
+    "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "DataError", "EditRequest", "EmbeddingNoise", "Encoded",
+    "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "OutputError", "Patch", "PositionError",
+    "Prediction", "Prefix", "RowNoise", "Site", "ShapeError", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
     "ZeroAblate", "apply_permanently", "cache_dir", "capture", "capture_until", "edited_weights", "encode", "intervened",
     "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "run_from", "subject_span",
     "target_ids",

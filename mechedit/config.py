@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import numbers
 from collections.abc import Callable, Iterable, Mapping
-from enum import Enum
+from enum import Enum, StrEnum
 from typing import Any, TypeVar, get_type_hints
 
 from mechedit.errors import ConfigError
@@ -48,6 +48,18 @@ def to_jsonable(value: Any) -> Any:
 def tuplify(value: Any) -> Any:
     """Lists (JSON's only sequence) → tuples, recursively."""
     return tuple(tuplify(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+class Choice(StrEnum):
+    """A string enum whose unknown value is a :class:`ConfigError` listing the known ones.
+
+    ``Prefix("bogus")`` then says ``unknown Prefix 'bogus'; choose from ['none', 'neutral']``
+    wherever it is converted, instead of a bare ``ValueError``.
+    """
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        raise ConfigError(f"unknown {cls.__name__} {value!r}; choose from {[m.value for m in cls]}")
 
 
 class Config:

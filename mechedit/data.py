@@ -22,14 +22,13 @@ import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechedit.config import Config
-from mechedit.errors import ConfigError, MecheditError
+from mechedit.config import Choice, Config
+from mechedit.errors import ConfigError, DataError
 from mechedit.requests import EditRequest
 from mechedit.tokens import Prefix
 
@@ -218,16 +217,9 @@ def _parse_known(d: Any) -> KnownRecord:
 def _load(source: str | os.PathLike | Sequence[Any], parse: Callable[[Any], Any], id_key: str,
           ) -> tuple[list[Any], LoadReport]:
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise MecheditError(f"cannot read {path} as JSON: {e}") from e
-        name = str(path)
+        data, name = read_json_list(source), str(source)
     else:
         data, name = list(source), "<records>"
-    if not isinstance(data, list):
-        raise MecheditError(f"{name}: expected a JSON list of records, got {type(data).__name__}")
     records, problems, seen = [], [], set()
     for i, d in enumerate(data):
         rid = _id(d, id_key, i)
@@ -244,6 +236,34 @@ def _load(source: str | os.PathLike | Sequence[Any], parse: Callable[[Any], Any]
     return records, LoadReport(name, len(data), len(records), tuple(problems))
 
 
+def read_json_list(path: str | os.PathLike, what: str = "records") -> list[Any]:
+    """The JSON list in ``path``; a missing, unreadable, malformed or empty file is a :class:`DataError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {p} does not exist" + (" (it is a directory)" if p.is_dir() else "")
+                        + "; pass the path of a JSON file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {p}: {e.strerror if isinstance(e, OSError) else e}") from None
+    except ValueError as e:
+        raise DataError(f"{p} is not valid JSON ({str(e).splitlines()[0]}); it must hold a list of {what}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{p}: expected a JSON list of {what}, got a {type(data).__name__}")
+    if not data:
+        raise DataError(f"{p} holds an empty list: there are no {what} to run on")
+    return data
+
+
+def require_records(records: Sequence[Any], report: LoadReport) -> None:
+    """At least one record loaded; else a :class:`DataError` with the first problems."""
+    if records:
+        return
+    why = "; ".join(f"{p.record_id}: {p.message}" for p in report.problems[:3])
+    raise DataError(f"{report.source}: none of its {report.n_read} records could be used"
+                    + (f" ({why}{'; ...' if len(report.problems) > 3 else ''})" if why else ""))
+
+
 def load_counterfact(source: str | os.PathLike | Sequence[Any]) -> tuple[list[CounterFactRecord], LoadReport]:
     """Load CounterFact cases from a JSON file (or an already parsed list)."""
     return _load(source, _parse_counterfact, "case_id")
@@ -257,7 +277,7 @@ def load_known(source: str | os.PathLike | Sequence[Any]) -> tuple[list[KnownRec
 # --- which records a study uses ----------------------------------------------------
 
 
-class Order(StrEnum):
+class Order(Choice):
     STRATIFIED = "stratified"  # a seeded sample, spread over relations (select_records)
     FILE = "file"  # the first N records in file order
 
@@ -275,7 +295,7 @@ def select_records(records: Sequence[Any], n: int | None, *, order: Order | str 
     ``order="file"`` takes the first ``n`` (files sorted by relation then give one or two
     relations). The result is in draw order.
     """
-    order = _order(order)
+    order = Order(order)
     records = list(records)
     if n is None:
         return records
@@ -302,17 +322,12 @@ def select_records(records: Sequence[Any], n: int | None, *, order: Order | str 
     return picked[:n]
 
 
-def _order(order: Order | str) -> Order:
-    try:
-        return Order(order)
-    except ValueError:
-        raise ConfigError(f"unknown record order {order!r}; choose from {[o.value for o in Order]}") from None
 
 
 # --- "the model knows this fact" -----------------------------------------------------
 
 
-class KnownMode(StrEnum):
+class KnownMode(Choice):
     TOP1 = "top1"  # the first token of target_true is the model's top-1 after the prompt
     THRESHOLD = "threshold"  # P(target_true) > p (ROME convention: exp(-mean NLL))
 
@@ -354,8 +369,11 @@ class FilterReport:
 
 
 def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
-                 config: KnownFilter | None = None) -> tuple[list[Any], FilterReport]:
-    """Keep the records whose true target the model predicts after the record's prompt."""
+                 config: KnownFilter | None = None, *, progress: bool = False) -> tuple[list[Any], FilterReport]:
+    """Keep the records whose true target the model predicts after the record's prompt.
+
+    ``progress``: a tqdm bar on stderr over the batches of the (default) ``top1`` mode.
+    """
     from mechedit.evaluation.probs import target_logprobs
     from mechedit.tokens import encode, target_ids
 
@@ -372,7 +390,7 @@ def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
     else:
         encoded = [encode(model, p, prefix=config.prefix).ids for p in prompts]
         firsts = [target_ids(model, p, t)[0] for p, t in zip(prompts, targets, strict=True)]
-        top1 = _top1_batched(model, encoded, config.batch_size)
+        top1 = _top1_batched(model, encoded, config.batch_size, progress)
         for r, pred, first in zip(records, top1, firsts, strict=True):
             scores[r.record_id] = float(pred == first)
         keep = [r for r in records if scores[r.record_id] == 1.0]
@@ -381,13 +399,17 @@ def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
     return keep, report
 
 
-def _top1_batched(model: Any, encoded: Sequence[Sequence[int]], batch_size: int) -> list[int]:
+def _top1_batched(model: Any, encoded: Sequence[Sequence[int]], batch_size: int,
+                  progress: bool = False) -> list[int]:
     """The top-1 next token after each prompt; right-padded batches (pads follow, never precede)."""
+    from tqdm.auto import tqdm
+
     from mechedit.interventions import run
 
     device = next(model.parameters()).device
     out: list[int] = []
-    for lo in range(0, len(encoded), batch_size):
+    starts = range(0, len(encoded), batch_size)
+    for lo in tqdm(starts, desc="known-fact filter", unit="batch", disable=not progress, leave=False):
         chunk = encoded[lo:lo + batch_size]
         ids = torch.zeros(len(chunk), max(len(e) for e in chunk), dtype=torch.long)
         for b, e in enumerate(chunk):

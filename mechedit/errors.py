@@ -24,3 +24,19 @@ class TokenizationError(MecheditError, ValueError):
 
 class ConfigError(MecheditError, ValueError):
     """A configuration value is invalid."""
+
+
+class DataError(ConfigError):
+    """A data file is missing, unreadable, malformed or holds no usable record."""
+
+
+class OutputError(ConfigError):
+    """An output directory cannot be created or written."""
+
+
+class ShapeError(ConfigError):
+    """A tensor given to mechedit has the wrong shape for where it goes."""
+
+
+class PositionError(MecheditError, IndexError):
+    """Token positions do not fit the sequence they are applied to."""

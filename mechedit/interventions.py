@@ -38,7 +38,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from mechedit import tlens
-from mechedit.errors import ConfigError
+from mechedit.errors import ConfigError, PositionError, ShapeError
 from mechedit.sites import Site, SiteKind
 
 HookFn = Callable[..., Any]
@@ -71,7 +71,7 @@ def _index(positions: Positions) -> slice | list[int]:
 
 def _check_positions(act: Tensor, positions: Positions, what: str) -> None:
     if positions is not None and (max(positions) >= act.shape[1] or min(positions) < -act.shape[1]):
-        raise IndexError(f"{what}: positions {positions} out of range for a sequence of {act.shape[1]} tokens")
+        raise PositionError(f"{what}: positions {positions} out of range for a sequence of {act.shape[1]} tokens")
 
 
 def _positional_hook(
@@ -103,10 +103,23 @@ class Patch:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "positions", _positions(self.positions))
+        if not isinstance(self.values, Tensor) or self.values.ndim not in (1, 2, 3):
+            got = tuple(self.values.shape) if isinstance(self.values, Tensor) else type(self.values).__name__
+            raise ShapeError(f"Patch({self.site}) values must be a tensor [width], [pos, width] or "
+                             f"[batch, pos, width], got {got}")
 
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
-        yield _positional_hook(model, self.site, self.positions,
-                               lambda x: self.values.to(x.dtype).expand_as(x))
+        yield _positional_hook(model, self.site, self.positions, lambda x: _broadcast(self.values, x, self.site))
+
+
+def _broadcast(values: Tensor, target: Tensor, site: Site) -> Tensor:
+    """``values`` expanded to ``target``'s shape, or a :class:`ShapeError` naming both shapes."""
+    try:
+        return values.to(target.dtype).expand_as(target)
+    except RuntimeError:
+        raise ShapeError(f"Patch({site}): values of shape {tuple(values.shape)} do not broadcast to the "
+                         f"patched activation {tuple(target.shape)} [batch, pos, width]; give [width], "
+                         f"[{target.shape[1]}, {target.shape[-1]}] or {list(target.shape)}") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,7 +265,7 @@ class RowNoise:
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
         def fn(act: Tensor, *, hook: Any) -> Tensor:
             if act.shape[0] != len(self.spans) or max(b for _, b in self.spans) > act.shape[1]:
-                raise IndexError(f"row noise: spans {list(self.spans)} do not fit a batch of "
+                raise PositionError(f"row noise: spans {list(self.spans)} do not fit a batch of "
                                  f"{act.shape[0]} rows x {act.shape[1]} tokens")
             return act + self.noise(act.shape[1], act.shape[-1]).to(act.device, act.dtype)
 

@@ -61,6 +61,7 @@ class ModelInfo:
     n_heads: int
     d_head: int
     d_vocab: int
+    n_ctx: int  # context length: the most tokens one forward pass takes
     neutral_token: str
     neutral_token_id: int
     path: str | None = None

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from mechedit import __version__
+from mechedit.errors import ConfigError
 from mechedit.interventions import run
 from mechedit.models import model_info
 from mechedit.tokens import Prefix, encode, str_tokens
@@ -41,7 +42,7 @@ class Prediction:
 def predict(model: Any, prompt: str, *, top_k: int = 10, prefix: Prefix | str = Prefix.NONE) -> Prediction:
     """The ``top_k`` most likely next tokens after ``prompt``."""
     if top_k < 1:
-        raise ValueError(f"top_k must be >= 1, got {top_k}")
+        raise ConfigError(f"top_k must be >= 1, got {top_k}")
     enc = encode(model, prompt, prefix=prefix)
     device = next(model.parameters()).device
     logits = run(model, enc.tensor(device))

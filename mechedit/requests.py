@@ -38,6 +38,9 @@ class EditRequest:
             raise ConfigError(f"target_new must be a non-empty string, got {self.target_new!r}")
         if self.target_true is not None and not self.target_true.strip():
             raise ConfigError("target_true, when given, must be a non-empty string")
+        if self.target_true is not None and self.target_new.strip() == self.target_true.strip():
+            raise ConfigError(f"target_new equals target_true ({self.target_new!r}): an edit must change the "
+                              "fact; give another target_new, or objective 'amplify' to strengthen the true one")
 
     @property
     def text(self) -> str:

@@ -103,6 +103,7 @@ def dims(model: "TransformerBridge") -> dict[str, int]:
         "n_heads": int(cfg.n_heads),
         "d_head": int(cfg.d_head),
         "d_vocab": int(cfg.d_vocab),
+        "n_ctx": int(cfg.n_ctx),
     }
 
 

@@ -22,18 +22,18 @@ leading-space convention for every tokenizer; multi-token targets are first-clas
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechedit.config import Choice
 from mechedit.errors import TokenizationError
 from mechedit.models import model_info
 
 
-class Prefix(StrEnum):
+class Prefix(Choice):
     """What mechedit puts before a prompt. See the module docstring."""
 
     NONE = "none"
@@ -69,15 +69,34 @@ def _prefix_ids(model: Any, prefix: Prefix | str) -> list[int]:
     return [model_info(model).neutral_token_id]
 
 
-def encode(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NONE) -> Encoded:
-    """Tokenise ``prompt`` (no implicit special tokens) behind the chosen prefix."""
+def encode(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NONE, fit_context: bool = True) -> Encoded:
+    """Tokenise ``prompt`` (no implicit special tokens) behind the chosen prefix.
+
+    With ``fit_context`` (default) a prompt longer than the model's context (``n_ctx``,
+    prefix included) is a :class:`TokenizationError` here, before any forward pass;
+    callers that truncate afterwards pass ``fit_context=False``.
+    """
     if not isinstance(prompt, str) or not prompt:
         raise TokenizationError(f"prompt must be a non-empty string, got {prompt!r}")
     tok = _tokenizer(model)
     pre = _prefix_ids(model, prefix)
     body = tok(prompt, add_special_tokens=False)["input_ids"]
     ids = tuple(pre + list(body))
+    if fit_context and tok is not model:
+        check_fits(model, len(ids), f"prompt {_short(prompt)}")
     return Encoded(ids=ids, tokens=tuple(tok.convert_ids_to_tokens(list(ids))), n_prefix=len(pre), prompt=prompt)
+
+
+def check_fits(model: Any, n_tokens: int, what: str) -> None:
+    """``n_tokens`` must fit the model's context (``n_ctx``); else say by how much, and what to do."""
+    info = model_info(model)
+    if n_tokens > info.n_ctx:
+        raise TokenizationError(f"{what} is {n_tokens} tokens long, but {info.name} takes at most {info.n_ctx} "
+                                f"tokens per forward pass: shorten it by {n_tokens - info.n_ctx} tokens")
+
+
+def _short(text: str, width: int = 40) -> str:
+    return repr(text if len(text) <= width else text[: width - 3] + "...")
 
 
 def subject_span(

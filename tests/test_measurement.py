@@ -204,7 +204,7 @@ def test_n_draws_a_seeded_sample_spread_over_relations():
     assert select_records(recs, None) == recs
     with pytest.raises(ConfigError, match="n must be"):
         select_records(recs, 0)
-    with pytest.raises(ConfigError, match="unknown record order"):
+    with pytest.raises(ConfigError, match="unknown Order"):
         select_records(recs, 3, order="random")
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from mechedit.cli import patch as patch_cmd
 from mechedit.cli import trace as trace_cmd
+from mechedit.errors import ConfigError
 
 
 def _main(argv):
@@ -59,8 +60,9 @@ def test_patch_json_heads(tiny_dirs, capsys):
 
 
 def test_bad_cli_input_is_a_clear_error(tiny_dirs):
-    with pytest.raises(SystemExit, match="--prompt and --subject"):
+    # a MecheditError, which mechedit.cli.main turns into one line and exit code 2 (tests/test_bad_inputs.py)
+    with pytest.raises(ConfigError, match="--prompt and --subject"):
         _main(["trace", "--model", str(tiny_dirs["gpt2"])])
-    with pytest.raises(SystemExit, match="needs --wrong"):
+    with pytest.raises(ConfigError, match="needs --wrong"):
         _main(["patch", "--model", str(tiny_dirs["gpt2"]), "--clean", "a", "--corrupted", "b",
                "--answer", " c", "--metric", "logit_diff"])

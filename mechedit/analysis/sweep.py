@@ -549,13 +549,14 @@ def stores(out_dir: str | Path | None) -> tuple[ResultStore, ResultStore]:
     return ResultStore(out / "rows.jsonl"), ResultStore(out / "traces.jsonl")
 
 
-def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig) -> list[CounterFactRecord]:
+def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig, *,
+                 progress: bool = False) -> list[CounterFactRecord]:
     """The known facts (top-1 filter, if ``known_only``), ``n_facts`` of them by ``order``."""
     from mechedit.data import KnownFilter, filter_known, select_records
 
     records = list(records)
     if config.known_only:
-        records, _ = filter_known(model, records, KnownFilter("top1", prefix=config.prefix))
+        records, _ = filter_known(model, records, KnownFilter("top1", prefix=config.prefix), progress=progress)
     return select_records(records, config.n_facts, order=config.order, seed=config.seed)
 
 

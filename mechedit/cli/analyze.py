@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mechedit.cli.common import add_device_arg, load_model_arg
+from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, positive_int, read_hparams
 from mechedit.errors import MecheditError
 from mechedit.store import check_run_settings
 
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
     add_device_arg(q)
     q.add_argument("--data", default=None, help="CounterFact-schema JSON file (required unless --report-only)")
-    q.add_argument("--n", type=int, default=None,
+    q.add_argument("--n", type=positive_int, default=None,
                    help="N known facts: a sample spread over relations, seeded with --seed (see --order)")
     q.add_argument("--order", choices=["stratified", "file"], default="stratified",
                    help="how --n picks: stratified (default) or file (the first N in file order)")
@@ -39,15 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--methods", default="rome", help="comma-separated subset of rome,memit,ft,ft5")
     q.add_argument("--variants", default="injection",
                    help="comma-separated subset of injection,reversal,erasure,amplification,forcing")
-    q.add_argument("--samples", type=int, default=10, help="noise samples of the trace (default 10)")
-    q.add_argument("--window", type=int, default=5, help="MLP tracing window (default 5)")
+    q.add_argument("--samples", type=positive_int, default=10, help="noise samples of the trace (default 10)")
+    q.add_argument("--window", type=positive_int, default=5, help="MLP tracing window (default 5)")
     q.add_argument("--essence-texts", type=int, default=3, help="subject texts for the essence score")
     q.add_argument("--essence-tokens", type=int, default=30, help="tokens per essence text")
     q.add_argument("--all-facts", action="store_true", help="do not filter to facts the model knows (top-1)")
     q.add_argument("--hparams", default=None,
                    help='JSON file {"rome": {"lr": 2.0}, ...}: fields overriding the stored hparams per method')
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--workers", type=int, default=1,
+    q.add_argument("--workers", type=positive_int, default=1,
                    help="processes, each sweeping its share of the facts (default 1; see docs/analysis.md)")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.add_argument("--report-only", action="store_true",
@@ -57,24 +57,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=run)
 
 
-def _csv(text: str | None, cast: Any = str) -> tuple[Any, ...]:
-    return () if not text else tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+def _csv(text: str | None, cast: Any = str, flag: str = "") -> tuple[Any, ...]:
+    if text is None:
+        return ()
+    try:
+        items = tuple(cast(x.strip()) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MecheditError(f"{flag} takes comma-separated {cast.__name__}s, got {text!r}") from None
+    if not items:
+        raise MecheditError(f"{flag} is empty; give comma-separated values, or leave the flag out")
+    return items
 
 
 def sweep_config(args: argparse.Namespace) -> Any:
     from mechedit.analysis.sweep import SweepConfig
 
-    return SweepConfig(layers=_csv(args.layers, int), layer_step=args.layer_step, methods=_csv(args.methods),
-                       variants=_csv(args.variants), window=args.window, noise_samples=args.samples,
-                       n_facts=args.n, order=args.order, known_only=not args.all_facts, essence_texts=args.essence_texts,
+    return SweepConfig(layers=_csv(args.layers, int, "--layers"), layer_step=args.layer_step,
+                       methods=_csv(args.methods, str, "--methods"), variants=_csv(args.variants, str, "--variants"),
+                       window=args.window, noise_samples=args.samples, n_facts=args.n, order=args.order,
+                       known_only=not args.all_facts, essence_texts=args.essence_texts,
                        essence_tokens=args.essence_tokens, seed=args.seed)
 
 
 def _hparams(path: str | None) -> dict[str, Any]:
-    if path is None:
-        return {}
-    d = json.loads(Path(path).read_text())
-    if not isinstance(d, dict) or not all(isinstance(v, dict) for v in d.values()):
+    d = read_hparams(path)
+    if not all(isinstance(v, dict) for v in d.values()):
         raise MecheditError(f"{path}: --hparams must map method names to objects of config fields")
     return d
 
@@ -117,24 +124,25 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         raise MecheditError("--data is required (a CounterFact-schema JSON file), unless --report-only")
     config = sweep_config(args)  # fails on a bad option before anything is loaded
-    if args.workers < 1:
-        raise MecheditError(f"--workers must be >= 1, got {args.workers}")
     from mechedit.analysis.report import write_report
     from mechedit.analysis.sweep import run_sweep, select_facts
-    from mechedit.data import load_counterfact
+    from mechedit.data import load_counterfact, require_records
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out)
     settings = {"model": args.model, "data": str(Path(args.data).resolve()), "hparams": _hparams(args.hparams),
                 "sweep": config.to_dict()}
-    check_run_settings(out, settings, what="sweep")
+    if (out / "run.json").exists():
+        check_run_settings(out, settings, what="sweep")  # read only
     records, report = load_counterfact(args.data)
+    require_records(records, report)
     model = load_model_arg(args.model, args)
-    facts = select_facts(model, records, config)
+    facts = select_facts(model, records, config, progress=not args.quiet)
     print(f"{report.source}: {report.n_loaded} records, {len(facts)} facts in the sweep", file=sys.stderr)
     if not facts:
         raise MecheditError("no facts to sweep (none known by the model?); try --all-facts")
     bases = base_configs(model, _hparams(args.hparams))
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_settings(out, settings, what="sweep")
     if args.workers == 1:
         result = run_sweep(model, facts, config, out, editor_configs=bases, progress=not args.quiet)
     else:

@@ -6,15 +6,15 @@ import argparse
 import json
 from typing import Any
 
-from mechedit.cli.common import add_device_arg, load_model_arg
-
-
-def _layers(text: str) -> tuple[int, ...]:
-    a, sep, b = text.partition("-")
-    try:
-        return tuple(range(int(a), int(b) + 1)) if sep else (int(a),)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers takes A-B or L, got {text!r}") from None
+from mechedit.cli.common import (
+    add_device_arg,
+    check_out_dir,
+    layer_range,
+    load_model_arg,
+    positive_int,
+    read_hparams,
+)
+from mechedit.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,28 +34,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--noise-seed", type=int, default=None, help="seed of the subject noise (default 0)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--layer", type=int, help="layer to edit (rome; ft)")
-    where.add_argument("--layers", type=_layers, help="layer range A-B (memit; ft)")
+    where.add_argument("--layers", type=layer_range, help="layer range A-B (memit; ft)")
     p.add_argument("--check", action="append", default=[], metavar="PROMPT",
                    help="another prompt to show (may contain {} for the subject); repeatable")
-    p.add_argument("--hparams", help="JSON file with config fields to override")
-    p.add_argument("--stats-samples", type=int, help="texts in the key statistics (default from hparams)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--hparams", help="JSON file (or inline JSON) with config fields to override")
+    p.add_argument("--stats-samples", type=positive_int, help="texts in the key statistics (default from hparams)")
+    p.add_argument("--top-k", type=positive_int, default=5, help="tokens shown per prompt (5)")
     p.add_argument("--save", metavar="DIR", help="write the edit (deltas + provenance) to DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
-def _config(spec: Any, model: Any, args: argparse.Namespace) -> Any:
-    config = spec.config_for(model)
-    changes: dict[str, Any] = {}
-    if args.hparams:
-        with open(args.hparams) as f:
-            changes.update(json.load(f))
-    layers = args.layers or ((args.layer,) if args.layer is not None else None)
+def _changes(spec: Any, args: argparse.Namespace, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The config fields the flags and ``--hparams`` set, checked on the editor's defaults (no model needed)."""
+    changes: dict[str, Any] = dict(hparams)
+    layers = args.layers if args.layers is not None else ((args.layer,) if args.layer is not None else None)
     if layers is not None:
         if spec.name == "rome":
             if len(layers) != 1:
-                raise SystemExit("mechedit edit: error: rome edits one layer; use --layer L")
+                raise ConfigError("rome edits one layer; use --layer L")
             changes["layer"] = layers[0]
         else:
             changes["layers"] = list(layers)
@@ -65,9 +62,13 @@ def _config(spec: Any, model: Any, args: argparse.Namespace) -> Any:
         changes["subject_noise"] = args.subject_noise
     if args.noise_seed is not None:
         changes["noise_seed"] = args.noise_seed
-    if args.stats_samples is not None and hasattr(config, "mom2_n_samples"):
+    default = spec.config_class()
+    if args.stats_samples is not None:
+        if not hasattr(default, "mom2_n_samples"):
+            raise ConfigError(f"--method {spec.name} uses no key statistics, so --stats-samples does not apply")
         changes["mom2_n_samples"] = args.stats_samples
-    return spec.config_class.from_dict({**config.to_dict(), **changes})
+    spec.config_class.from_dict({**default.to_dict(), **changes})  # a bad field or value fails here
+    return changes
 
 
 def _report(model: Any, text: str, args: argparse.Namespace, prefix: Any, ivs: list) -> dict[str, Any]:
@@ -92,18 +93,36 @@ def _noise(model: Any, text: str, args: argparse.Namespace, config: Any) -> list
     return prompt_noise(model, text, args.subject, config.prefix, config.subject_noise, config.noise_seed)
 
 
-def run(args: argparse.Namespace) -> int:
+def _check(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """Every check that needs no model: the request and the prompts to show."""
     from mechedit import EditRequest
+
+    if args.layer is not None and args.layer < 0:
+        raise ConfigError(f"--layer counts from 0, got {args.layer}")
+    request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
+    if args.objective in ("erase", "amplify") and args.target_true is None:
+        raise ConfigError(f"--objective {args.objective} acts on the true fact: give --target-true")
+    if any(not c.strip() for c in args.check):
+        raise ConfigError("--check is empty; give a prompt to show (it may contain {} for the subject)")
+    check_out_dir(args.save, "--save")
+    return request, [request.text] + [c.replace("{}", args.subject) for c in args.check]
+
+
+def run(args: argparse.Namespace) -> int:
+    from mechedit import encode
     from mechedit.editors import EditorCache, get_editor
 
-    model = load_model_arg(args.model, args)
+    request, texts = _check(args)  # a mistake fails in the first second, before the model loads
     spec = get_editor(args.method)
-    config = _config(spec, model, args)
-    request = EditRequest(args.prompt, args.subject, args.target_new, args.target_true)
+    changes = _changes(spec, args, read_hparams(args.hparams))
+    model = load_model_arg(args.model, args)
+    config = spec.config_class.from_dict({**spec.config_for(model).to_dict(), **changes})
+    request.validate(model, prefix=config.prefix)  # subject found, targets tokenise, prompt fits the context
+    for text in texts:
+        encode(model, text, prefix=config.prefix)
     edit = spec.fn(model, [request], config, cache=EditorCache(progress=not args.json))
     if args.save:
         edit.save(args.save)
-    texts = [request.text] + [c.format(args.subject) if "{}" in c else c for c in args.check]
     rows = [{"prompt": t, "before": _report(model, t, args, config.prefix, _noise(model, t, args, config)),
              "after": _report(model, t, args, config.prefix, [edit, *_noise(model, t, args, config)])}
             for t in texts]

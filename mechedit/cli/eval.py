@@ -23,8 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mechedit.cli.common import add_device_arg, load_model_arg
-from mechedit.errors import MecheditError
+from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, positive_int
+from mechedit.errors import DataError, MecheditError
 from mechedit.store import check_run_settings
 
 BUILTIN_METHODS = ("none",)
@@ -40,12 +40,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=None, help="layer the editor writes (editor default if absent)")
     p.add_argument("--stats-samples", type=int, default=None,
                    help="texts in the editor's key statistics (default: its hparams, e.g. 512 for ROME)")
-    p.add_argument("--n", type=int, default=None,
+    p.add_argument("--n", type=positive_int, default=None,
                    help="evaluate N records (after --filter): a seeded sample spread over relations (see --order)")
     p.add_argument("--order", choices=["stratified", "file"], default="stratified",
                    help="how --n picks: stratified (seeded, over relations; default) or file (the first N)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the --n sample (default 0)")
-    p.add_argument("--batch", type=int, default=1,
+    p.add_argument("--batch", type=positive_int, default=1,
                    help="records edited at once (default 1: each alone); N: one edit of N requests (MEMIT's "
                         "mass editing), every record scored with the whole batch attached")
     p.add_argument("--filter", choices=["none", "known"], default="none",
@@ -132,43 +132,32 @@ def run(args: argparse.Namespace) -> int:
                              n_gen_prompts=args.gen_prompts, essence_max_new_tokens=args.essence_tokens,
                              essence_n_texts=args.essence_texts,
                              seed=args.seed, batch_size=args.batch_size)
-    if args.n is not None and args.n < 1:
-        raise MecheditError(f"--n must be >= 1, got {args.n}")
-    if args.batch < 1:
-        raise MecheditError(f"--batch must be >= 1 (records edited at once), got {args.batch}")
     # fail before loading anything
     editor, editor_config = resolve_editor(args.method, args.layer, args.model, stats_samples=args.stats_samples)
 
     from tqdm import tqdm
 
-    from mechedit.data import KnownFilter, filter_known, load_counterfact, select_records
+    from mechedit.data import KnownFilter, load_counterfact, require_records, select_records
     from mechedit.evaluation import evaluate
     from mechedit.store import ResultStore
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_out_dir(args.out)
     settings = _settings(args, eval_config)
-    check_run_settings(out, settings, what="run")
+    if (out / "run.json").exists():
+        check_run_settings(out, settings, what="run")  # read only: a resumed run with other settings fails now
+    kfilter = (KnownFilter(args.known_mode, p=args.known_p, prefix=_filter_prefix(args.prefix, editor_config))
+               if args.filter == "known" else None)
     records, report = load_counterfact(args.data)
+    require_records(records, report)
     print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
     for prob in report.problems:
         print(f"  skipped {prob.record_id}: {prob.message}", file=sys.stderr)
     model = load_model_arg(args.model, args)
-    filter_info: dict[str, Any] | None = None
-    if args.filter == "known":
-        kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=_filter_prefix(args.prefix, editor_config))
-        saved = _saved_filter(out, kfilter, records)
-        if saved is not None:  # a resumed run: run.json guarantees same model, data and filter
-            kept_ids = set(saved["kept_ids"])
-            records = [r for r in records if r.record_id in kept_ids]
-            filter_info = {"n_in": saved["n_in"], "n_kept": saved["n_kept"], "mode": args.known_mode}
-            print(f"known-fact filter ({args.known_mode}): {saved['n_kept']} of {saved['n_in']} records kept "
-                  f"(from {out / 'filter.json'})", file=sys.stderr)
-        else:
-            records, frep = filter_known(model, records, kfilter)
-            (out / "filter.json").write_text(json.dumps(frep.to_dict(), indent=2) + "\n")
-            filter_info = {"n_in": frep.n_in, "n_kept": frep.n_kept, "mode": args.known_mode}
-            print(str(frep), file=sys.stderr)
+    records, filter_info, new_filter = _filter(model, records, kfilter, args, out)
+    out.mkdir(parents=True, exist_ok=True)
+    check_run_settings(out, settings, what="run")
+    if new_filter is not None:
+        (out / "filter.json").write_text(json.dumps(new_filter.to_dict(), indent=2) + "\n")
     records = select_records(records, args.n, order=args.order, seed=args.sample_seed)
     store = ResultStore(out / "records.jsonl")
     unit = "record" if args.batch == 1 else f"batch of {args.batch}"
@@ -189,6 +178,32 @@ def run(args: argparse.Namespace) -> int:
 def _filter_prefix(prefix: str, editor_config: Any) -> str:
     """The known filter's prefix: the one the edits are scored behind (``--prefix edit``: the editor's)."""
     return str(getattr(editor_config, "prefix", "neutral")) if prefix == "edit" else prefix
+
+
+def _filter(model: Any, records: list[Any], kfilter: Any, args: argparse.Namespace,
+            out: Path) -> tuple[list[Any], dict[str, Any] | None, Any]:
+    """``--filter known``: the kept records, the filter's counts and its new report (None when
+    ``out/filter.json`` already holds it). None kept is an error."""
+    from mechedit.data import filter_known
+
+    if kfilter is None:
+        return records, None, None
+    saved, frep = _saved_filter(out, kfilter, records), None
+    if saved is not None:  # a resumed run: run.json guarantees same model, data and filter
+        kept_ids = set(saved["kept_ids"])
+        records = [r for r in records if r.record_id in kept_ids]
+        n_in, n_kept = saved["n_in"], saved["n_kept"]
+        print(f"known-fact filter ({args.known_mode}): {n_kept} of {n_in} records kept "
+              f"(from {out / 'filter.json'})", file=sys.stderr)
+    else:
+        records, frep = filter_known(model, records, kfilter, progress=True)
+        n_in, n_kept = frep.n_in, frep.n_kept
+        print(str(frep), file=sys.stderr)
+    if not records:
+        raise DataError(f"the known-fact filter ({args.known_mode}) kept none of the {n_in} records: "
+                        f"{args.model} knows none of these facts; use --filter none"
+                        + (" or a lower --known-p" if args.known_mode == "threshold" else ""))
+    return records, {"n_in": n_in, "n_kept": n_kept, "mode": args.known_mode}, frep
 
 
 def _saved_filter(out: Path, kfilter: Any, records: list[Any]) -> dict[str, Any] | None:

@@ -13,13 +13,14 @@ from mechedit.cli import patch as patch_cmd
 from mechedit.cli import predict as predict_cmd
 from mechedit.cli import synth as synth_cmd
 from mechedit.cli import trace as trace_cmd
+from mechedit.cli.common import Parser
 from mechedit.errors import MecheditError
 
 SUBCOMMANDS = [predict_cmd, trace_cmd, patch_cmd, edit_cmd, eval_cmd, analyze_cmd, synth_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mechedit", description="Locate and edit facts in language models.")
+    parser = Parser(prog="mechedit", description="Locate and edit facts in language models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in SUBCOMMANDS:

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from mechedit.cli.common import add_device_arg, load_model_arg
+from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, positive_int
+from mechedit.errors import ConfigError
 
 SITES = ["resid_pre", "resid_post", "mlp_out", "attn_out", "head"]
 
@@ -23,10 +24,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", choices=["logit_diff", "logprob", "prob", "normalized", "kl"],
                    help="default logit_diff with --wrong, else logprob; normalized rescales that one")
     p.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
-    p.add_argument("--window", type=int, default=1, help="layers per cell for mlp_out/attn_out/head")
+    p.add_argument("--window", type=positive_int, default=1, help="layers per cell for mlp_out/attn_out/head")
     p.add_argument("--out", type=Path, help="directory for the result JSON + safetensors + PNG")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Every check that needs no model."""
+    if args.metric == "logit_diff" and not args.wrong:
+        raise ConfigError("--metric logit_diff needs --wrong (a distractor answer)")
+    for flag, text in (("--clean", args.clean), ("--corrupted", args.corrupted), ("--answer", args.answer),
+                       ("--wrong", args.wrong)):
+        if text is not None and not text.strip():
+            raise ConfigError(f"{flag} is empty; give the text")
+    if args.wrong is not None and args.wrong.strip() == args.answer.strip():
+        raise ConfigError(f"--wrong {args.wrong!r} equals --answer: the logit difference would be zero "
+                          "everywhere; give a distractor that differs from the answer")
+    if args.clean == args.corrupted:
+        raise ConfigError("--corrupted equals --clean: patching between identical runs changes nothing; "
+                          "change the words that carry the fact")
+    check_out_dir(args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,8 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from mechedit.patching import MetricConfig, patch
 
     base = "logit_diff" if args.wrong else "logprob"
-    if args.metric == "logit_diff" and not args.wrong:
-        raise SystemExit("mechedit patch: error: --metric logit_diff needs --wrong (a distractor answer)")
+    _check(args)
     metric = MetricConfig(args.metric or base, base=base)
     model = load_model_arg(args.model, args)
     info = model_info(model)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from mechedit.cli.common import add_device_arg, load_model_arg
+from mechedit.cli.common import add_device_arg, load_model_arg, positive_int
+from mechedit.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -13,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt", help="the prompt (no special tokens are added)")
     p.add_argument("--model", default="smollm2-135m", help="alias, local directory or hub name")
     add_device_arg(p)
-    p.add_argument("--top-k", type=int, default=10, help="how many tokens to show (default 10)")
+    p.add_argument("--top-k", type=positive_int, default=10, help="how many tokens to show (default 10)")
     p.add_argument("--prefix", choices=["none", "neutral"], default="none",
                    help="what precedes the prompt (default none; see the README's token policy)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -23,8 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from mechedit import predict
 
-    if args.top_k < 1:
-        raise SystemExit("mechedit predict: error: --top-k must be >= 1")
+    if not args.prompt:
+        raise ConfigError("the prompt is empty; give the text to continue")
     model = load_model_arg(args.model, args)
     pred = predict(model, args.prompt, top_k=args.top_k, prefix=args.prefix)
     if args.json:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from mechedit.cli.common import add_device_arg, load_model_arg
+from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, read_hparams
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -78,6 +78,7 @@ def run_build(args: argparse.Namespace) -> int:
     )
     corpus_config = CorpusConfig(seed=args.corpus_seed, n_train_templates=args.n_train_templates,
                                  n_mentions=args.n_mentions)
+    check_out_dir(args.out)
     out = build_kg_dir(kg_config, corpus_config, args.out, force=args.force)
     kg, corpus = load_kg_dir(out)
     print(f"{out}: {len(kg.entities)} entities, {len(kg.facts)} facts, {len(corpus.sentences)} sentences")
@@ -94,6 +95,7 @@ def run_train(args: argparse.Namespace) -> int:
         warmup_steps=args.warmup_steps, num_threads=args.num_threads, lr=args.lr,
         weight_decay=args.weight_decay, target_recall=args.target_recall, p_no_prefix=args.p_no_prefix,
     )
+    check_out_dir(args.out)
     result = train_model_dir(args.kg, config, args.out, force=args.force, progress=not args.no_progress)
     recalls = {f"{r.name}/{r.prefix}": round(r.value, 4) for r in result.recalls}
     print(json.dumps({"out": args.out, "steps": result.steps, "seconds": result.seconds,
@@ -115,7 +117,7 @@ def _register_popularity(steps: argparse._SubParsersAction) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
                        help=f"default {getattr(d, name)}")
     p.add_argument("--hparams", default=None,
-                   help='JSON of per-method overrides, e.g. \'{"rome": {"layer": 1}}\'')
+                   help='JSON (inline or a file) of per-method overrides, e.g. \'{"rome": {"layer": 1}}\'')
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_popularity_cmd)
 
@@ -132,8 +134,9 @@ def run_popularity_cmd(args: argparse.Namespace) -> int:
     config = PopularityConfig(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), n_entities=args.n_entities,
         n_bins=args.n_bins, seed=args.seed, max_facts_per_set=args.max_facts_per_set,
-        n_unrelated=args.n_unrelated, hparams=json.loads(args.hparams) if args.hparams else {},
+        n_unrelated=args.n_unrelated, hparams=read_hparams(args.hparams),
     )
+    check_out_dir(args.out)
     kg, corpus = load_kg_dir(model_dir)
     model = load_model_arg(model_dir, args)
     result = run_popularity(model, kg, corpus, config, args.out, progress=not args.no_progress)

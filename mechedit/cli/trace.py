@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mechedit.cli.common import add_device_arg, load_model_arg
+from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, positive_int
+from mechedit.errors import ConfigError, DataError
 
 KINDS = ["resid", "mlp", "attn"]
 
@@ -20,14 +21,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject", help="the subject, a substring of the prompt (noised)")
     p.add_argument("--answer", help="answer text (default: the model's top-1 next token)")
     p.add_argument("--kind", choices=[*KINDS, "all"], default="all", help="what to restore (default all)")
-    p.add_argument("--window", type=int, default=10, help="layers restored per MLP/attention cell (10)")
-    p.add_argument("--samples", type=int, default=10, help="noise samples (default 10)")
-    p.add_argument("--noise", default="3sigma", help="'3sigma' (× std of subject embeddings) or a fixed std")
+    p.add_argument("--window", type=positive_int, default=10, help="layers restored per MLP/attention cell (10)")
+    p.add_argument("--samples", type=positive_int, default=10, help="noise samples (default 10)")
+    p.add_argument("--noise", default="3sigma", help="'3sigma' (× std of subject embeddings) or a fixed std > 0")
     p.add_argument("--distribution", choices=["gaussian", "uniform", "student_t"], default="gaussian")
     p.add_argument("--seed", type=int, default=0, help="noise seed (same draws for every cell)")
     p.add_argument("--metric", choices=["prob", "logprob", "kl"], default="prob")
     p.add_argument("--data", type=Path, help="trace every record of a known_1000-format JSON file")
-    p.add_argument("--limit", type=int, help="with --data: only the first N records")
+    p.add_argument("--limit", type=positive_int, help="with --data: only the first N records")
     p.add_argument("--answer-from", choices=["fact", "top1"], default="fact",
                    help="with --data: trace each record's own answer ('attribute', in context; default) or the "
                         "model's top-1 next token ('top1'). Records whose answer is not the model's top-1 are "
@@ -38,36 +39,63 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _fail(msg: str) -> SystemExit:
-    return SystemExit(f"mechedit trace: error: {msg}")
+def _check(args: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """Every check that needs no model; the records of ``--data`` when given."""
+    if args.data is None and (args.prompt is None or args.subject is None):
+        raise ConfigError("give --prompt and --subject, or --data FILE.json")
+    if args.data is not None and args.out is None:
+        raise ConfigError("--data needs --out DIR (one result file per record and kind; reruns resume)")
+    if args.aggregate and args.data is None:
+        raise ConfigError("--aggregate works with --data")
+    if args.limit is not None and args.data is None:
+        raise ConfigError("--limit works with --data")
+    check_out_dir(args.out)
+    if args.data is None:
+        if not args.prompt:
+            raise ConfigError("--prompt is empty; give the prompt to trace")
+        if not args.subject or args.subject not in args.prompt:
+            raise ConfigError(f"--subject {args.subject!r} does not occur in --prompt {args.prompt!r}")
+        if args.answer is not None and not args.answer.strip():
+            raise ConfigError("--answer is empty; give the answer text (e.g. ' Paris'), or leave it out for "
+                              "the model's top-1")
+        return None
+    from mechedit.data import read_json_list
+
+    records = read_json_list(args.data, "known_1000 records")
+    bad = [i for i, r in enumerate(records) if not (isinstance(r, dict) and isinstance(r.get("prompt"), str)
+                                                    and isinstance(r.get("subject"), str))]
+    if bad:
+        raise DataError(f"{args.data}: record(s) {bad[:5]} lack a string prompt and subject "
+                        "(known_1000 format: a list of objects with prompt and subject)")
+    if args.answer_from == "fact":
+        bad = [i for i, r in enumerate(records) if not (isinstance(r.get("attribute"), str) and r["attribute"].strip())]
+        if bad:
+            raise DataError(f"{args.data}: record(s) {bad[:5]} have no answer in 'attribute' to trace the fact; "
+                            "pass --answer-from top1 to trace the model's own top-1 instead")
+    return records
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.data is None and (args.prompt is None or args.subject is None):
-        raise _fail("give --prompt and --subject, or --data FILE.json")
-    if args.data is not None and args.out is None:
-        raise _fail("--data needs --out DIR (one result file per record and kind; reruns resume)")
-    if args.aggregate and args.data is None:
-        raise _fail("--aggregate works with --data")
+    records = _check(args)
     from mechedit.patching import NoiseConfig
 
     noise = NoiseConfig.parse(args.noise, distribution=args.distribution, samples=args.samples, seed=args.seed)
     kinds = KINDS if args.kind == "all" else [args.kind]
     model = load_model_arg(args.model, args)
-    if args.data is not None:
-        return _run_file(model, args, noise, kinds)
-    results = [_trace_one(model, args.prompt, args.subject, args.answer, kind, args, noise, None)
-               for kind in kinds]
-    if args.out is not None:
-        for res, kind in zip(results, kinds, strict=True):
+    if records is not None:
+        return _run_file(model, args, records, noise, kinds)
+    results = []
+    for kind in kinds:  # each kind is written and reported as soon as it is finished
+        res = _trace_one(model, args.prompt, args.subject, args.answer, kind, args, noise, None)
+        results.append(res)
+        if args.out is not None:
             _write(res, args.out / kind)
+        if not args.json:
+            print(f"{res.kind}: clean {res.clean_score:.4f}, corrupted {res.corrupted_score:.4f}, "
+                  f"best cell {_best(res)} (answer {res.answer!r}, noise std {res.noise_std:.4f})", flush=True)
     if args.json:
         dicts = [_json(r) for r in results]
         print(json.dumps(dicts[0] if len(dicts) == 1 else dicts, indent=1))
-    else:
-        for r in results:
-            print(f"{r.kind}: clean {r.clean_score:.4f}, corrupted {r.corrupted_score:.4f}, "
-                  f"best cell {_best(r)} (answer {r.answer!r}, noise std {r.noise_std:.4f})")
     return 0
 
 
@@ -104,24 +132,19 @@ def _write(result: Any, stem: Path) -> None:
 
     from mechedit.patching.plots import heatmap
 
+    stem.parent.mkdir(parents=True, exist_ok=True)
     result.save(stem.with_suffix(".json"))
     fig = heatmap(result)
     fig.savefig(stem.with_suffix(".png"), dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
-def _run_file(model: Any, args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
+def _run_file(model: Any, args: argparse.Namespace, records: list[dict[str, Any]], noise: Any,
+              kinds: list[str]) -> int:
     from mechedit.patching import PatchResult, noise_sigma
 
-    records = json.loads(args.data.read_text())
-    if not isinstance(records, list) or not all({"prompt", "subject"} <= set(r) for r in records):
-        raise _fail(f"{args.data} is not a known_1000-format list of records with prompt and subject")
-    if args.answer_from == "fact" and not all(isinstance(r.get("attribute"), str) and r["attribute"].strip()
-                                                for r in records):
-        raise _fail(f"{args.data}: every record needs its answer in 'attribute' to trace the fact; "
-                    "pass --answer-from top1 to trace the model's own top-1 instead")
     sigma = noise_sigma(model, noise, [r["subject"] for r in records])  # ROME: σ over the file's subjects
-    records = records[: args.limit] if args.limit else records
+    records = records[: args.limit] if args.limit is not None else records
     args.out.mkdir(parents=True, exist_ok=True)
     _report_known(model, records, args.out, args.answer_from)
     done = failed = 0

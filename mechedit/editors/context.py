@@ -23,6 +23,7 @@ import torch
 from mechedit import tlens
 from mechedit.errors import ConfigError
 from mechedit.models import model_info
+from mechedit.progress import bar, status
 
 
 def _model_key(model: Any) -> tuple[str, str | None]:
@@ -31,11 +32,13 @@ def _model_key(model: Any) -> tuple[str, str | None]:
 
 
 @torch.no_grad()
-def sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size: int = 32) -> list[str]:
+def sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size: int = 32,
+                 progress: bool = False) -> list[str]:
     """``n`` texts of ``n_tokens`` sampled tokens each, started from the neutral token.
 
     Special tokens are dropped when decoding; the result depends only on the arguments
-    (batch rows draw from one seeded generator in order).
+    (batch rows draw from one seeded generator in order). ``progress``: a bar over the
+    sampling steps.
     """
     if n < 1 or n_tokens < 1 or batch_size < 1:
         raise ConfigError(f"sample_texts needs n, n_tokens, batch_size >= 1, got {n}, {n_tokens}, {batch_size}")
@@ -44,30 +47,37 @@ def sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size
     device = next(hf.parameters()).device
     gen = torch.Generator().manual_seed(int(seed))
     texts: list[str] = []
-    for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
-        ids = torch.full((b, 1), info.neutral_token_id, dtype=torch.long, device=device)
-        out, past = [], None
-        for _ in range(n_tokens):
-            res = hf(input_ids=ids, past_key_values=past, use_cache=True)
-            past = res.past_key_values
-            probs = torch.softmax(res.logits[:, -1].double().cpu(), dim=-1)
-            ids = torch.multinomial(probs, 1, generator=gen).to(device)
-            out.append(ids)
-        rows = torch.cat(out, dim=1).tolist()
-        texts.extend(info.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
+    n_batches = -(-n // batch_size)
+    with bar(n_batches * n_tokens, f"sampling {n} texts", progress, unit="token") as steps:
+        for start in range(0, n, batch_size):
+            b = min(batch_size, n - start)
+            ids = torch.full((b, 1), info.neutral_token_id, dtype=torch.long, device=device)
+            out, past = [], None
+            for _ in range(n_tokens):
+                res = hf(input_ids=ids, past_key_values=past, use_cache=True)
+                past = res.past_key_values
+                probs = torch.softmax(res.logits[:, -1].double().cpu(), dim=-1)
+                ids = torch.multinomial(probs, 1, generator=gen).to(device)
+                out.append(ids)
+                steps.update(1)
+            rows = torch.cat(out, dim=1).tolist()
+            texts.extend(info.tokenizer.decode(r, skip_special_tokens=True) for r in rows)
     return texts
 
 
-def make_templates(model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0) -> tuple[str, ...]:
+def make_templates(model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0,
+                   progress: bool = False) -> tuple[str, ...]:
     """ROME's context templates: ``"{}"`` plus, per ``(n_tokens, count)``, ``count``
     sampled texts of ``n_tokens`` tokens, each followed by ``". {}"``.
 
     Braces are removed from the sampled text so that ``template.format(prompt)`` is safe.
     """
     out = ["{}"]
+    status(f"sampling {sum(c for _, c in lengths)} context templates from {model_info(model).name} "
+           "(once per EditorCache)", progress and bool(lengths))
     for i, (n_tokens, count) in enumerate(lengths):
-        for text in sample_texts(model, count, n_tokens, seed=seed + i, batch_size=max(1, count)):
+        for text in sample_texts(model, count, n_tokens, seed=seed + i, batch_size=max(1, count),
+                                 progress=progress):
             clean = " ".join(text.replace("{", "").replace("}", "").split())
             out.append(f"{clean}. {{}}")
     return tuple(out)
@@ -79,10 +89,11 @@ class ContextTemplateCache:
 
     _store: dict[tuple, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
-    def get(self, model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0) -> tuple[str, ...]:
+    def get(self, model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0,
+            progress: bool = False) -> tuple[str, ...]:
         key = (_model_key(model), tuple(map(tuple, lengths)), int(seed))
         if key not in self._store:
-            self._store[key] = make_templates(model, tuple(map(tuple, lengths)), seed=seed)
+            self._store[key] = make_templates(model, tuple(map(tuple, lengths)), seed=seed, progress=progress)
         return self._store[key]
 
     def __len__(self) -> int:

@@ -118,12 +118,12 @@ def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | Non
     cache = cache or EditorCache()
     p_before = probabilities_before(model, requests, config.prefix, config.objective,
                                     subject_noise=config.subject_noise, noise_seed=config.noise_seed)
-    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
+    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed, progress=cache.progress)
     z_site = Site("resid_post", layers[-1])
     zs, losses = [], []
     for r in requests:
         res = optimize_delta(model, build_batch(model, r, templates, config.optim()), z_site, config.optim(),
-                             fast=config.fast)
+                             fast=config.fast, progress=cache.progress)
         zs.append(res.v0 + res.delta)
         losses.append(res.losses)
     z = torch.stack(zs)

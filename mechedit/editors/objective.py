@@ -22,17 +22,16 @@ with ``target_true``. The per-token losses are averaged over a target's tokens.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from mechedit.config import Choice
 from mechedit.errors import ConfigError
 from mechedit.requests import EditRequest
 
 
-class Objective(StrEnum):
+class Objective(Choice):
     INJECT = "inject"
     ERASE = "erase"
     AMPLIFY = "amplify"

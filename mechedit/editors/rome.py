@@ -111,13 +111,14 @@ def rank_one_update(
 def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCache) -> tuple[Tensor, DeltaResult,
                                                                                               Tensor, Tensor]:
     layer = config.layer
-    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed)
+    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed, progress=cache.progress)
     keys = subject_keys(model, request, templates, [layer], config.prefix, subject_noise=config.subject_noise,
                         noise_seed=config.noise_seed)[layer]
     k_star = keys.mean(0)
     k = k_star if config.key == "consistent" else keys[0]  # templates[0] is "{}": the bare prompt
     batch = build_batch(model, request, templates, config.optim())
-    res = optimize_delta(model, batch, Site("mlp_out", layer), config.optim(), fast=config.fast)
+    res = optimize_delta(model, batch, Site("mlp_out", layer), config.optim(), fast=config.fast,
+                         progress=cache.progress)
     w = mlp_out_weight(model, layer).detach()
     v_star = (k.double() @ w.double() + res.delta.double()).float()
     c = cache.second_moment(model, layer, n_samples=config.mom2_n_samples, max_length=config.mom2_max_length,

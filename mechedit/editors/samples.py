@@ -24,6 +24,7 @@ import torch
 
 from mechedit.editors.context import sample_texts
 from mechedit.models import cache_dir, model_info
+from mechedit.progress import status
 
 _FORMAT = 1  # bump when sample_texts changes what it draws
 
@@ -53,8 +54,12 @@ def samples_key(model: Any, n: int, n_tokens: int, seed: int, batch_size: int) -
 
 
 def cached_sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size: int = 32,
-                        root: Path | str | None = None) -> list[str]:
-    """:func:`sample_texts` with a disk cache (``root`` default ``cache_dir()/"samples"``)."""
+                        root: Path | str | None = None, progress: bool = False) -> list[str]:
+    """:func:`sample_texts` with a disk cache (``root`` default ``cache_dir()/"samples"``).
+
+    ``progress``: say in one line that texts are sampled once and where they are cached,
+    with a bar over the sampled tokens.
+    """
     key = samples_key(model, n, n_tokens, seed, batch_size)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key["model"])
@@ -62,7 +67,9 @@ def cached_sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, bat
     path = path / safe / f"{digest}.json"
     if path.is_file():
         return list(json.loads(path.read_text())["texts"])
-    texts = sample_texts(model, n, n_tokens, seed=seed, batch_size=batch_size)
+    status(f"sampling {n} texts of {n_tokens} tokens from {key['model']} for the key statistics "
+           f"(once; cached in {path.parent})", progress)
+    texts = sample_texts(model, n, n_tokens, seed=seed, batch_size=batch_size, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
         json.dump({"key": key, "texts": texts}, f)

@@ -42,6 +42,7 @@ from mechedit.errors import ConfigError, ModelNotAvailableError
 from mechedit.interventions import capture_until
 from mechedit.models import cache_dir as mechedit_cache_dir
 from mechedit.models import model_info
+from mechedit.progress import status
 from mechedit.sites import Site
 from mechedit.tokens import Prefix, encode
 
@@ -60,10 +61,11 @@ class Corpus:
     kind: CorpusKind
     name: str
     fingerprint: str
-    _texts: Callable[[Any], Iterable[str]] = field(repr=False)
+    _texts: Callable[[Any, bool], Iterable[str]] = field(repr=False)
 
-    def texts(self, model: Any) -> Iterable[str]:
-        return self._texts(model)
+    def texts(self, model: Any, progress: bool = False) -> Iterable[str]:
+        """The corpus' texts; ``progress`` shows a bar while texts are sampled (model samples)."""
+        return self._texts(model, progress)
 
     def to_dict(self) -> dict[str, str]:
         return {"kind": self.kind, "name": self.name, "fingerprint": self.fingerprint}
@@ -74,7 +76,7 @@ class Corpus:
         if not items:
             raise ConfigError("the corpus has no non-empty text")
         digest = hashlib.sha256("\x00".join(items).encode()).hexdigest()[:16]
-        return cls("texts", name, digest, lambda model: items)
+        return cls("texts", name, digest, lambda model, progress: items)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Corpus":
@@ -83,7 +85,7 @@ class Corpus:
             raise ConfigError(f"corpus file {p} does not exist")
         digest = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
 
-        def read(model: Any) -> Iterator[str]:
+        def read(model: Any, progress: bool) -> Iterator[str]:
             with p.open(encoding="utf-8") as f:
                 yield from (line.strip() for line in f if line.strip())
 
@@ -98,7 +100,7 @@ class Corpus:
         except ImportError as e:  # pragma: no cover - datasets is optional
             raise ModelNotAvailableError("Corpus.from_hf_dataset needs `pip install datasets`") from e
 
-        def read(model: Any) -> Iterator[str]:
+        def read(model: Any, progress: bool) -> Iterator[str]:
             try:
                 ds = datasets.load_dataset(name, config, split=split, streaming=True)
             except Exception as e:
@@ -121,11 +123,12 @@ class _ModelSampler:
     n_tokens: int
     seed: int
 
-    def __call__(self, model: Any) -> Iterator[str]:
+    def __call__(self, model: Any, progress: bool = False) -> Iterator[str]:
         # drawn in chunks so that a short run does not pay for the full sample
         chunk, i = 64, 0
         while True:
-            yield from cached_sample_texts(model, chunk, self.n_tokens, seed=self.seed * 1_000_003 + i)
+            yield from cached_sample_texts(model, chunk, self.n_tokens, seed=self.seed * 1_000_003 + i,
+                                           progress=progress)
             i += 1
 
 
@@ -222,6 +225,9 @@ def key_second_moments(
                 found[layer] = KeyStats.load(path)
     missing = [layer for layer in layers if layer not in found]
     if missing:
+        where = f"cached in {_cache_path(root, provs[missing[0]]).parent}" if root is not None else "not cached"
+        status(f"computing key statistics for layer(s) {missing} of {model_info(model).name} once "
+               f"({n_samples} texts of {corpus.name}); {where}", progress)
         sums, n_tok = accumulate(model, missing, corpus, n_samples=n_samples, max_length=max_length,
                                  batch_size=batch_size, prefix=prefix, progress=progress)
         for layer in missing:
@@ -242,7 +248,7 @@ def _batches(model: Any, texts: Iterable[str], n_samples: int, max_length: int,
             break
         if not text.strip():
             continue
-        enc = encode(model, text, prefix=prefix)
+        enc = encode(model, text, prefix=prefix, fit_context=False)  # truncated just below
         batch.append(list(enc.ids[: enc.n_prefix + max_length]))
         seen += 1
         if len(batch) == batch_size:
@@ -264,7 +270,7 @@ def accumulate(model: Any, layers: Sequence[int], corpus: Corpus, *, n_samples: 
     n_tok = 0
     bar = tqdm(total=n_samples, desc=f"key statistics, layers {list(layers)}", unit="text", disable=not progress)
     try:
-        for batch in _batches(model, corpus.texts(model), n_samples, max_length, batch_size, prefix):
+        for batch in _batches(model, corpus.texts(model, progress), n_samples, max_length, batch_size, prefix):
             width = max(map(len, batch))
             ids = torch.full((len(batch), width), info.neutral_token_id, dtype=torch.long)
             mask = torch.zeros(len(batch), width, dtype=torch.bool)

@@ -45,6 +45,7 @@ from mechedit.editors.noise import row_noise
 from mechedit.editors.objective import Objective
 from mechedit.interventions import Capture, capture_until, intervened, run
 from mechedit.models import model_info
+from mechedit.progress import bar
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
 from mechedit.tokens import Prefix, encode, subject_span, target_ids
@@ -220,8 +221,11 @@ def _logits_reference(model: Any, batch: TemplateBatch, interventions: list[Any]
 
 
 def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSettings, *,
-                   fast: bool = True) -> DeltaResult:
-    """Optimise δ at ``site`` (subject's last token of every row) for ``batch``."""
+                   fast: bool = True, progress: bool = False) -> DeltaResult:
+    """Optimise δ at ``site`` (subject's last token of every row) for ``batch``.
+
+    ``progress``: a bar over the optimisation steps, showing the loss.
+    """
     device = next(model.parameters()).device
     ids = batch.ids.to(device)
     start = int(site.layer)  # the site's own block must run: δ enters inside it
@@ -234,22 +238,25 @@ def optimize_delta(model: Any, batch: TemplateBatch, site: Site, s: OptimSetting
     opt = torch.optim.Adam([delta], lr=s.lr)
     max_norm = s.clamp_norm_factor * v0.norm()
     kl_init, losses, nlls = None, [], []
-    for it in range(s.steps):
-        with torch.enable_grad():
-            if suf is not None:
-                logits = _logits_fast(model, suf, batch, delta, site)
-            else:
-                logits = _logits_reference(model, batch, [AddAtRows(site, delta, batch.lookup), *noise])
-            loss, nll, kl_lp = _loss(logits, batch, kl_init, delta, v0, s)
-        kl_init = kl_lp if kl_init is None else kl_init
-        losses.append(float(loss.detach()))
-        nlls.append(float(nll.detach()))
-        if losses[-1] < s.early_stop_loss or it == s.steps - 1:
-            break
-        opt.zero_grad()
-        (delta.grad,) = torch.autograd.grad(loss, [delta])
-        opt.step()
-        with torch.no_grad():
-            if delta.norm() > max_norm:
-                delta.mul_(max_norm / delta.norm())
+    with bar(s.steps, f"v* at {site}", progress, unit="step") as steps:
+        for it in range(s.steps):
+            with torch.enable_grad():
+                if suf is not None:
+                    logits = _logits_fast(model, suf, batch, delta, site)
+                else:
+                    logits = _logits_reference(model, batch, [AddAtRows(site, delta, batch.lookup), *noise])
+                loss, nll, kl_lp = _loss(logits, batch, kl_init, delta, v0, s)
+            kl_init = kl_lp if kl_init is None else kl_init
+            losses.append(float(loss.detach()))
+            nlls.append(float(nll.detach()))
+            steps.update(1)
+            steps.set_postfix(loss=f"{losses[-1]:.3g}", refresh=False)
+            if losses[-1] < s.early_stop_loss or it == s.steps - 1:
+                break
+            opt.zero_grad()
+            (delta.grad,) = torch.autograd.grad(loss, [delta])
+            opt.step()
+            with torch.no_grad():
+                if delta.norm() > max_norm:
+                    delta.mul_(max_norm / delta.norm())
     return DeltaResult(delta.detach().clone(), v0, tuple(losses), tuple(nlls))

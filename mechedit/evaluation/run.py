@@ -49,7 +49,7 @@ from typing import Any, Literal, get_args
 
 from mechedit.config import Config
 from mechedit.data import CounterFactRecord
-from mechedit.errors import ConfigError
+from mechedit.errors import ConfigError, DataError
 from mechedit.evaluation.counterfact import case_scores
 from mechedit.evaluation.generation import generate
 from mechedit.evaluation.hase import (
@@ -361,6 +361,9 @@ def evaluate(
         raise ConfigError(f"batch must be an integer >= 1 (records edited at once), got {batch!r}")
     store = store if store is not None else ResultStore(None)
     records = list(records)
+    if not records:
+        raise DataError("no records to evaluate: an empty evaluation has no result; check the data and "
+                        "the filters that came before")
     keys = [record_key(r) for r in records]
     if len(set(keys)) != len(keys):
         raise ConfigError("records have duplicate case ids; each record needs its own key")

@@ -9,6 +9,7 @@ whole grid and return a :class:`~mechedit.patching.results.PatchResult`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -74,6 +75,8 @@ def trace(
     span = subject_span(model, prompt, subject, prefix=prefix)
     ids = target_ids(model, prompt, answer) if isinstance(answer, str) else (
         tuple(int(i) for i in answer) if answer is not None else top1_answer(model, prompt, prefix=prefix))
+    if sigma is not None and not (math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise ConfigError(f"sigma must be a finite noise std > 0, got {sigma!r} (zero noise changes nothing)")
     sigma = float(sigma) if sigma is not None else noise_sigma(model, noise, subjects)
     runs = noise_runs(model, prompt, ids, range(*span), sigma, noise, prefix=prefix)
     grid, clean, corrupt = run_grid(model, runs, config, progress=progress)
@@ -101,6 +104,9 @@ def patch(
     ans = answer if isinstance(answer, str) else tuple(int(i) for i in answer)
     wr = wrong if wrong is None or isinstance(wrong, str) else tuple(int(i) for i in wrong)
     runs = pair_runs(model, clean, corrupted, ans, wrong=wr, prefix=prefix)
+    if runs.wrong is not None and tuple(runs.wrong) == tuple(runs.answer):
+        raise ConfigError(f"wrong {wrong!r} tokenises like answer {answer!r}: a logit difference between them "
+                          "is zero everywhere; give a distractor that differs from the answer")
     grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress)
     tokens = str_tokens(model, encode(model, clean, prefix=prefix).ids)
     return PatchResult(

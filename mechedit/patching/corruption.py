@@ -28,21 +28,20 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from mechedit.config import Config
+from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError, TokenizationError
 from mechedit.interventions import EmbeddingNoise, NoiseDistribution, capture
 from mechedit.sites import Site
 from mechedit.tokens import Prefix, encode, target_ids
 
 
-class Direction(StrEnum):
+class Direction(Choice):
     """``denoise``: corrupted run, clean patches. ``noise``: clean run, corrupted patches."""
 
     DENOISE = "denoise"
@@ -83,8 +82,9 @@ class NoiseConfig(Config):
         if self.distribution not in ("gaussian", "uniform", "student_t"):
             raise ConfigError(f"unknown noise distribution {self.distribution!r}; "
                               "known: gaussian, uniform, student_t")
-        if not (isinstance(self.value, int | float) and math.isfinite(self.value) and self.value >= 0):
-            raise ConfigError(f"noise value must be a finite number >= 0, got {self.value!r}")
+        if not (isinstance(self.value, int | float) and math.isfinite(self.value) and self.value > 0):
+            raise ConfigError(f"noise value must be a finite number > 0, got {self.value!r} (zero noise leaves "
+                              "the corrupted run equal to the clean one); ROME uses 3sigma")
         if self.distribution == "student_t" and not self.df > 2:
             raise ConfigError(f"Student-t noise needs df > 2 (finite variance), got {self.df}")
         self.require_positive("samples")
@@ -189,9 +189,9 @@ def pair_runs(model: Any, clean: str, corrupted: str, answer: str | tuple[int, .
     a, b = encode(model, clean, prefix=prefix), encode(model, corrupted, prefix=prefix)
     if len(a) != len(b):
         raise TokenizationError(
-            f"clean and corrupted prompts must have the same number of tokens, got {len(a)} vs {len(b)}:\n"
-            f"  clean     ({len(a)}): {list(a.tokens)}\n  corrupted ({len(b)}): {list(b.tokens)}\n"
-            "Choose a corrupted prompt whose replaced words tokenise to as many tokens as the originals."
+            f"clean and corrupted prompts must have the same number of tokens, got {len(a)} vs {len(b)} "
+            f"(clean {list(a.tokens)}, corrupted {list(b.tokens)}); choose a corrupted prompt whose replaced "
+            "words tokenise to as many tokens as the originals"
         )
     ans = target_ids(model, clean, answer) if isinstance(answer, str) else tuple(answer)
     wr = target_ids(model, clean, wrong) if isinstance(wrong, str) else wrong

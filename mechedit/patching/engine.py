@@ -42,7 +42,6 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Literal
 
 import torch
@@ -50,7 +49,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit import tlens
-from mechedit.config import Config
+from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, HookFn, intervened
 from mechedit.models import model_info
@@ -59,7 +58,7 @@ from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site, SiteKind
 
 
-class PatchKind(StrEnum):
+class PatchKind(Choice):
     """What a cell patches."""
 
     RESID_PRE = "resid_pre"

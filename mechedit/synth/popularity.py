@@ -76,7 +76,7 @@ class PopularityConfig(Config):
     seed: int = 0
     max_facts_per_set: int = 20
     n_unrelated: int = 50
-    hparams: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hparams: dict[str, Any] = field(default_factory=dict)  # method -> fields; checked in __post_init__
     prefix: Prefix | str = Prefix.NEUTRAL
     batch_size: int = 128
 
@@ -89,9 +89,20 @@ class PopularityConfig(Config):
         if unknown or not self.methods or len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"methods must be distinct editors from {editor_names()}, got {self.methods} "
                               f"(hparams keys {sorted(self.hparams)})")
+        self._check_hparams()
         self.require_positive("n_entities", "n_bins", "max_facts_per_set", "n_unrelated", "batch_size")
         if self.n_entities < self.n_bins:
             raise ConfigError(f"n_entities ({self.n_entities}) must be >= n_bins ({self.n_bins})")
+
+    def _check_hparams(self) -> None:
+        """Each override an object of the method's config fields (checked on its defaults, no model)."""
+        from mechedit.editors import get_editor
+
+        for method, fields in self.hparams.items():
+            if not isinstance(fields, dict):
+                raise ConfigError(f"hparams[{method!r}] must be an object of config fields, got {fields!r}")
+            cls = get_editor(method).config_class
+            cls.from_dict({**cls().to_dict(), "objective": "erase", **fields})
 
 
 
@@ -232,7 +243,6 @@ def set_damage(model: Any, sets: dict[str, list[tuple[str, str]]], edit: Any, be
 
 
 # --- the experiment -------------------------------------------------------------------
-
 
 def editor_configs(model: Any, config: PopularityConfig) -> dict[str, Any]:
     """Each method's per-model hparams with ``objective="erase"`` and the config's overrides."""
