@@ -36,7 +36,7 @@ from torch import Tensor
 
 from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError, TokenizationError
-from mechedit.interventions import EmbeddingNoise, NoiseDistribution, capture
+from mechedit.interventions import EmbeddingNoise, NoiseDistribution, capture_until
 from mechedit.sites import Site
 from mechedit.tokens import Prefix, encode, target_ids
 
@@ -112,8 +112,8 @@ def embedding_std(model: Any, subjects: Sequence[str] = DEFAULT_SUBJECTS) -> flo
     """Std of the token embeddings (``hook_embed``) of ``subjects`` (ROME's σ_emb)."""
     if not subjects:
         raise ConfigError("embedding_std needs at least one subject string")
-    site = Site("embed")
-    acts = [capture(model, encode(model, s).tensor(_device(model)), [site])[site][0] for s in subjects]
+    site, stop = Site("embed"), Site("resid_pre", 0)  # the forward stops after block 0: σ over a file is cheap
+    acts = [capture_until(model, encode(model, s).tensor(_device(model)), [site, stop])[site][0] for s in subjects]
     return float(torch.cat(acts).double().std())
 
 
