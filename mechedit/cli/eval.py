@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
               "n_new": result.n_new, "n_resumed": result.n_skipped,
               "record_ids": [r.case_id for r in records],
               "score_prefix": sorted({str(r.get("score_prefix")) for r in result.rows}),
-              "edit_prefix": sorted({str(r.get("edit_prefix")) for r in result.rows})}
+              "edit_prefix": sorted({str(r["edit_prefix"]) for r in result.rows if r.get("edit_prefix")})}
     summary = type(summary)(summary.stats, summary.n, config)
     summary.save(out / "summary.json")
     _print_table(summary, args)
@@ -224,10 +224,12 @@ def _print_table(summary: Any, args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    scored, made = (", ".join(summary.config.get(k) or ["?"]) for k in ("score_prefix", "edit_prefix"))
+    scored = ", ".join(summary.config.get("score_prefix") or ["?"])
+    made = ", ".join(summary.config.get("edit_prefix") or [])
+    made = f"edits made behind {made}" if made else "no edit"
     batch = "" if args.batch == 1 else f", batches of {args.batch}"
     table = Table(title=f"mechedit eval: {args.method} on {args.model}, n = {summary.n}{batch}; "
-                        f"scored behind prefix {scored} (edits made behind {made})")
+                        f"scored behind prefix {scored} ({made})")
     table.add_column("metric")
     table.add_column("mean", justify="right")
     table.add_column("95% CI", justify="right")
