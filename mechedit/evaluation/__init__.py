@@ -35,6 +35,7 @@ from mechedit.evaluation.run import (
     evaluate_record,
     hase_baseline,
     record_key,
+    score_prefix,
 )
 from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci
 from mechedit.evaluation.summary import Summary, summarize
@@ -43,7 +44,7 @@ from mechedit.evaluation.text import ngram_entropy, ngram_entropy_of_text, tfidf
 __all__ = [
     "METRICS", "EvalConfig", "EvalResult", "Generation", "HaseBaseline", "Stat", "Summary", "TargetLogProbs", "case_scores",
     "default_references", "erasure_score", "essence_drift", "evaluate", "evaluate_record",
-    "gather_target_logprobs", "generate", "harmonic_mean", "hase_baseline", "mean_ci", "neighborhood_score", "ngram_entropy",
+    "gather_target_logprobs", "generate", "harmonic_mean", "hase_baseline", "mean_ci", "score_prefix", "neighborhood_score", "ngram_entropy",
     "ngram_entropy_of_text", "perplexity", "record_key", "rewrite_score", "sequence_logprobs",
     "success_and_margin", "summarize", "summarize_counterfact", "summarize_hase", "target_logprobs",
     "target_probs", "tfidf_cosine",

@@ -7,9 +7,10 @@ once, each record scored with the whole batch's edit attached).
 **One prefix from edit to score.** An edit is computed behind a prefix (the editor
 config's ``prefix``, neutral by default) and stored in the :class:`~mechedit.editors.Edit`;
 every score of it uses the same prefix unless the caller asks for another, and then the
-scores behind the edit's own prefix are reported beside them (:func:`score_prefix`). The returned edit is an
-:class:`~mechedit.interventions.Intervention` — its ``hooks(model)`` yield the *hook
-form* of the edit — so the edited model is the unedited one with those hooks attached
+scores behind the edit's own prefix are reported beside them (:func:`score_prefix`).
+
+The returned edit is an :class:`~mechedit.interventions.Intervention` — its
+``hooks(model)`` yield the *hook form* of the edit — so the edited model is the unedited one with those hooks attached
 during the forward passes that measure it. No weight is copied or written: after a
 run, also one that raised, the model is bit-identical to before (tested). An editor
 may return ``None`` for "no edit".
