@@ -240,3 +240,20 @@ def test_batch_evaluation_edits_each_batch_once_and_scores_with_it_attached(tiny
     assert again.rows[1]["probs"] == result.rows[1]["probs"]
     with pytest.raises(ConfigError, match="batch must be"):
         evaluate(tiny_gpt2, records[:1], spy, cfg, batch=0)
+
+
+def test_trace_data_with_a_bad_record_finishes_the_others_and_fails(tiny_dirs, tmp_path, capsys):
+    from mechedit.cli.main import main
+
+    data = tmp_path / "known.json"
+    data.write_text(json.dumps([
+        {"known_id": 0, "subject": "Michael Jordan", "prompt": "Michael Jordan plays the sport of",
+         "attribute": " basketball"},
+        {"known_id": 1, "subject": "Nobody", "prompt": "The Eiffel Tower is located in", "attribute": " Paris"},
+    ]))
+    out = tmp_path / "o"
+    assert main(["trace", "--model", str(tiny_dirs["gpt2"]), "--data", str(data), "--kind", "resid",
+                 "--samples", "2", "--out", str(out)]) == 2
+    assert (out / "0_resid.json").is_file() and not (out / "1_resid.json").exists()
+    assert list(json.loads((out / "skipped.json").read_text())) == ["1_resid"]
+    assert "1 record×kind results could not be traced" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, positive_int
-from mechedit.errors import ConfigError, DataError
+from mechedit.errors import ConfigError, DataError, MecheditError
 
 KINDS = ["resid", "mlp", "attn"]
 
@@ -147,7 +147,7 @@ def _run_file(model: Any, args: argparse.Namespace, records: list[dict[str, Any]
     records = records[: args.limit] if args.limit is not None else records
     args.out.mkdir(parents=True, exist_ok=True)
     _report_known(model, records, args.out, args.answer_from)
-    done = failed = 0
+    done, skipped = 0, {}
     for i, rec in enumerate(records):
         key = str(rec.get("known_id", i))
         for kind in kinds:
@@ -157,15 +157,19 @@ def _run_file(model: Any, args: argparse.Namespace, records: list[dict[str, Any]
             try:
                 res = _trace_one(model, rec["prompt"], rec["subject"], _record_answer(rec, args.answer_from), kind,
                                  args, noise, sigma)
-            except Exception as e:  # one bad record must not end a long run
-                failed += 1
+            except MecheditError as e:  # one bad record must not end a long run
+                skipped[f"{key}_{kind}"] = str(e)
                 print(f"record {key} ({kind}): skipped: {e}")
                 continue
             res.save(stem.with_suffix(".json"))
             done += 1
-    print(f"traced {done} new record×kind results into {args.out} ({failed} skipped); sigma {sigma:.4f}")
+    print(f"traced {done} new record×kind results into {args.out} ({len(skipped)} skipped); sigma {sigma:.4f}")
     if args.aggregate:
         _aggregate(args.out, kinds, PatchResult)
+    if skipped:  # finished what it could, but a run with bad records does not end as a success
+        (args.out / "skipped.json").write_text(json.dumps(skipped, indent=1) + "\n")
+        raise DataError(f"{len(skipped)} record×kind results could not be traced (reasons in "
+                        f"{args.out / 'skipped.json'}); the other results are in {args.out}")
     return 0
 
 
