@@ -78,7 +78,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit.config import Config
-from mechedit.data import CounterFactRecord
+from mechedit.data import CounterFactRecord, Order
 from mechedit.errors import ConfigError
 from mechedit.evaluation.hase import erasure_score, rewrite_score
 from mechedit.patching.results import PatchResult
@@ -116,7 +116,7 @@ class SweepConfig(Config):
     noise_samples: int = 10
     noise_multiple: float = 3.0
     n_facts: int | None = None
-    order: str = "stratified"  # how n_facts picks: mechedit.data.select_records (seeded with ``seed``) or "file"
+    order: Order | str = Order.STRATIFIED  # how n_facts picks (mechedit.data.select_records, seeded with ``seed``)
     known_only: bool = True
     prefix: Prefix | str = Prefix.NEUTRAL
     essence_texts: int = 3
@@ -133,8 +133,7 @@ class SweepConfig(Config):
         for name in ("layers", "methods", "variants"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.coerce("prefix", Prefix)
-        if self.order not in ("stratified", "file"):
-            raise ConfigError(f"SweepConfig.order must be 'stratified' or 'file', got {self.order!r}")
+        self.coerce("order", Order)
         self.require_known("methods", METHODS)
         self.require_known("variants", VARIANTS)
         if any(int(x) < 0 for x in self.layers):
@@ -647,10 +646,9 @@ def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepCon
             bar.update(1)
     finally:
         bar.close()
-    stored = {str(r.case_id) for r, *_ in units}
-    stored -= {str(r.case_id) for (r, *_), k in zip(units, keys, strict=True) if k not in rows_store}
-    for rec in records:  # facts whose rows are all stored but whose trace is not (deleted to retrace)
-        if str(rec.case_id) in stored:
+    unfinished = {str(r.case_id) for (r, *_), k in zip(units, keys, strict=True) if k not in rows_store}
+    for rec in records:  # facts with every row stored but no trace (it was deleted to retrace)
+        if str(rec.case_id) not in unfinished:
             _fact_trace(ctx, rec, sigma)
     rows, traces = result_frames([rows_store.get(k) for k in keys if k in rows_store],
                                   [traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store],
