@@ -138,15 +138,16 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from mechedit.data import KnownFilter, load_counterfact, require_records, select_records
-    from mechedit.evaluation import evaluate
+    from mechedit.evaluation import evaluate, score_prefix
     from mechedit.store import ResultStore
 
     out = check_out_dir(args.out)
     settings = _settings(args, eval_config)
     if (out / "run.json").exists():
         check_run_settings(out, settings, what="run")  # read only: a resumed run with other settings fails now
-    kfilter = (KnownFilter(args.known_mode, p=args.known_p, prefix=_filter_prefix(args.prefix, editor_config))
-               if args.filter == "known" else None)
+    # the filter runs behind the prefix the edits are scored behind: the one rule of evaluation.score_prefix
+    scored = score_prefix(eval_config, [], getattr(editor_config, "prefix", None))[0]
+    kfilter = KnownFilter(args.known_mode, p=args.known_p, prefix=scored) if args.filter == "known" else None
     records, report = load_counterfact(args.data)
     require_records(records, report)
     print(f"{report.source}: loaded {report.n_loaded} of {report.n_read} records", file=sys.stderr)
@@ -173,11 +174,6 @@ def run(args: argparse.Namespace) -> int:
     summary.save(out / "summary.json")
     _print_table(summary, args)
     return 0
-
-
-def _filter_prefix(prefix: str, editor_config: Any) -> str:
-    """The known filter's prefix: the one the edits are scored behind (``--prefix edit``: the editor's)."""
-    return str(getattr(editor_config, "prefix", "neutral")) if prefix == "edit" else prefix
 
 
 def _filter(model: Any, records: list[Any], kfilter: Any, args: argparse.Namespace,
