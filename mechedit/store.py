@@ -38,12 +38,15 @@ class ResultStore:
     ...     store.append("case-7", {"ES": 1.0})
     """
 
-    def __init__(self, path: str | os.PathLike | None) -> None:
+    def __init__(self, path: str | os.PathLike | None, *, read_only: bool = False) -> None:
         self.path = None if path is None else Path(path)
+        self.read_only = read_only
         self._rows: dict[str, dict[str, Any]] = {}
         self.torn_line_dropped = False
+        self.n_appended = 0  # rows this object wrote
         if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not read_only:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
             self._load()
 
     def _load(self) -> None:
@@ -76,6 +79,9 @@ class ResultStore:
 
     def _drop(self, good_end: int, why: str) -> None:
         assert self.path is not None
+        if self.read_only:  # a reader (e.g. a report while a run goes on) leaves the file alone
+            log.info("%s: %s; not read", self.path, why)
+            return
         log.warning("%s: %s (interrupted write); dropping it, that unit will be redone", self.path, why)
         with open(self.path, "r+b") as f:
             f.truncate(good_end)
@@ -106,13 +112,18 @@ class ResultStore:
             raise StoreError(f"key {key!r} is already in {self.path}; a unit is never stored twice")
         if "key" in row:
             raise StoreError("a row may not have its own 'key' field (the store adds it)")
+        if self.read_only:
+            raise StoreError(f"{self.path} is open read-only")
         full = {"key": key, **row}
         line = json.dumps(full, allow_nan=True, default=_json_default) + "\n"
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
+        if self.path is not None:  # one write() of one line in O_APPEND mode: never interleaved with another
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, line.encode("utf-8"))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.n_appended += 1
         stored = json.loads(line)
         self._rows[key] = stored
         return stored
