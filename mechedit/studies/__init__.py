@@ -10,7 +10,17 @@ from mechedit.studies.files import DirectoryLock, LockError, atomic_write_json, 
 from mechedit.studies.provenance import weights_fingerprint
 from mechedit.studies.result import StudyResult, rows_equal
 from mechedit.studies.runner import check_study_dir, load_study_rows, run_study
-from mechedit.studies.study import STUDIES, ModelSpec, Row, Study, Unit, content_hash, get_study, register_study, unit_key
+from mechedit.studies.study import (
+           STUDIES,
+           ModelSpec,
+           Row,
+           Study,
+           Unit,
+           content_hash,
+           get_study,
+           register_study,
+           unit_key,
+)
 
 __all__ = ["EXECUTORS", "DirectoryLock", "LocalExecutor", "LockError", "ModelSpec", "RayExecutor", "Row", "STUDIES",
            "Study", "StudyResult", "Unit", "atomic_write_json", "atomic_write_text", "check_study_dir",

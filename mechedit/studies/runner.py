@@ -107,8 +107,9 @@ def run_study(study: Study, out: str | Path | None = None, *, executor: str | Ex
                 _check_weights(out, meta, model_meta)
                 meta = _write_meta(out, study, meta, model_meta, run, plan)
             budget = [max_units]
-            for table, row_type in study.tables.items():
-                done = {t: _typed(stores[t], study.tables[t]) for t in list(study.tables)[:list(study.tables).index(table)]}
+            names = list(study.tables)
+            for k, table in enumerate(names):
+                done = {t: _typed(stores[t], study.tables[t]) for t in names[:k]}
                 units[table] = _planned(study.units(table, done), table)
                 _run_table(pool, table, units[table], stores[table], skipped, budget, progress)
         run.update(end=now(), added={t: s.n_appended for t, s in stores.items()}, skipped=len(skipped))

@@ -127,7 +127,8 @@ class Study(ABC):
         return {}
 
     def use_plan(self, plan: Mapping[str, Any]) -> None:
-        """Adopt a plan made by :meth:`plan` (now or by an earlier run)."""
+        """Adopt a plan made by :meth:`plan` (now or by an earlier run); default: nothing to adopt."""
+        return None
 
     @abstractmethod
     def units(self, table: str, done: Mapping[str, Mapping[str, Row]]) -> Sequence[Unit]:
