@@ -162,9 +162,9 @@ def memit_edit(model: Any, requests: Sequence[EditRequest], config: MemitConfig,
     cache = cache or EditorCache()
     p_before = probabilities_before(model, requests, config.prefix, config.objective,
                                     subject_noise=config.subject_noise, noise_seed=config.noise_seed)
+    solve, extra = make_solve(model, config, cache)  # before z: a solve that cannot be built fails early
     templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed, progress=cache.progress)
     z, losses = memit_targets(model, requests, templates, config, progress=cache.progress)
-    solve, extra = make_solve(model, config, cache)
     deltas = memit_deltas(model, requests, templates, z, config, solve)
     return finish(model, method, requests, deltas, config, config.prefix, losses, p_before,
                   {"z": z.detach()}, extra, objective=config.objective)
