@@ -91,9 +91,9 @@ def test_ft_respects_the_linf_bound_and_raises_the_target(tiny_llama):
 def test_registry():
     spec = get_editor("rome")
     assert spec.config_class is RomeConfig and spec.fn is rome
-    assert editor_names() == ["ft", "memit", "rome"]
+    assert editor_names() == ["alphaedit", "ft", "memit", "rome"]
     assert {get_editor(n).name for n in editor_names()} == set(editor_names())
-    with pytest.raises(ConfigError, match=r"known editors: \['ft', 'memit', 'rome'\]"):
+    with pytest.raises(ConfigError, match=r"known editors: \['alphaedit', 'ft', 'memit', 'rome'\]"):
         get_editor("mend")
     assert spec.config_for("smollm2-135m") == RomeConfig.for_model("smollm2-135m")
     with pytest.raises(ConfigError, match="unknown RomeConfig field"):
@@ -153,7 +153,7 @@ def test_an_editor_from_outside_the_package_registers_the_same_way(tiny_gpt2):
         register_editor("Scale Up", ScaleConfig, description="bad name")
 
 
-@pytest.mark.parametrize("name", ["rome", "memit", "ft"])
+@pytest.mark.parametrize("name", ["rome", "memit", "ft", "alphaedit"])
 def test_bad_requests_fail_before_any_computation(tiny_gpt2, name):
     spec = get_editor(name)
     cache = EditorCache(stats_dir=False, progress=False)
