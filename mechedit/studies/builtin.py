@@ -1,3 +1,4 @@
 """Imports the modules that define the built-in studies, so they register themselves."""
 
 from mechedit.studies import toy  # noqa: F401
+from mechedit.synth import popularity_study  # noqa: F401
