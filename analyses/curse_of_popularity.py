@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     config = PopularityConfig(n_entities=args.n_entities, n_bins=5, seed=0)
     cmd = "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:])
     study = PopularityStudy(ModelSpec(SHIPPED_MODEL, loaded=model), config, kg=kg)
-    result = run_study(study, args.out)
-    study.report(result, args.out, cmd)  # rows/correlations/binned CSVs, result.json, the three figures
+    # rows/correlations/binned CSVs, result.json and the three figures
+    result = study.report(run_study(study, args.out), args.out, cmd)
     if (args.out / "trace_vs_edit.csv").is_file():  # resumed: the trace study is done
         tve = TraceEditResult.load(args.out)
     else:

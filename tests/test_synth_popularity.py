@@ -224,28 +224,26 @@ def test_rows_equal_the_pre_study_loop(synth_model, kg, cache):
 
 
 def test_committed_results_report_rebuilds_their_tables_without_a_model(tmp_path, monkeypatch):
-    """analyses/results/curse_of_popularity/, converted to the study layout: the study's report,
-    from the store alone, writes correlations.csv and binned.csv byte for byte as the loop
-    before the study did (those files are unchanged since that run)."""
+    """analyses/results/curse_of_popularity/, converted to the study layout: ``mechedit study
+    report``, from the store alone, writes correlations.csv and binned.csv byte for byte as the
+    loop before the study did (those files are unchanged since that run)."""
     import shutil
     from pathlib import Path
 
     import mechedit
-    from mechedit.studies import ModelSpec, load_study_rows
-    from mechedit.synth.popularity_study import PopularityStudy
+    from mechedit.cli.main import main
+    from mechedit.synth.popularity import PopularityResult
 
     src = Path(__file__).parents[1] / "analyses" / "results" / "curse_of_popularity"
     out = tmp_path / "copy"
     out.mkdir()
     for name in ("study.json", "rows.jsonl"):
         shutil.copy(src / name, out / name)
-    monkeypatch.setattr(mechedit, "load_model", lambda *a, **k: pytest.fail("the report loaded a model"))
-    spec = json.loads((src / "study.json").read_text())["settings"]
-    study = PopularityStudy(ModelSpec(spec["model"]), PopularityConfig.from_dict(spec["config"]))
-    result = load_study_rows(out, study)
-    study.report(result, out, "test")
-    assert len(result.rows["key"].unique()) == 450
+    for where in (mechedit, mechedit.models):
+        monkeypatch.setattr(where, "load_model", lambda *a, **k: pytest.fail("the report loaded a model"))
+    assert main(["study", "report", str(out)]) == 0
     for name in ("correlations.csv", "binned.csv"):
         assert (out / name).read_text() == (src / name).read_text(), name
     for name in ("damage_vs_popularity.png", "acc_drop_vs_popularity.png", "spearman_damage_vs_degree.png"):
         assert (out / name).stat().st_size > 10_000, name
+    assert len(PopularityResult.load(out).rows["key"].unique()) == 450

@@ -155,8 +155,8 @@ def run_popularity_cmd(args: argparse.Namespace) -> int:
         raise ConfigError(f"--model {model_dir} holds no kg.json: give a model directory made by `mechedit synth "
                           "train` (it carries its graph)")
     study = PopularityStudy(ModelSpec(args.model or SHIPPED_MODEL, resolve_device(args.device)), config)
-    result = run_study(study, args.out, executor=executor, workers=args.workers, progress=not args.no_progress)
-    study.report(result, args.out, "mechedit " + shlex.join(sys.argv[1:]))
+    stored = run_study(study, args.out, executor=executor, workers=args.workers, progress=not args.no_progress)
+    result = study.report(stored, args.out, "mechedit " + shlex.join(sys.argv[1:]))
     c = result.correlations
     c = c[(c["damage_measure"] == "damage") & (c["popularity"] == "degree")] if not c.empty else c
     summary = {f"{r.method}/{r.set}": {"spearman_r": round(r.spearman_r, 3),

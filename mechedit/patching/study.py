@@ -164,9 +164,6 @@ class TraceStudy(Study):
         self.model, self.config = model, config
         self.planned = TracePlan()
 
-    def settings(self) -> dict[str, Any]:
-        return {"model": self.model.name, "config": self.config.to_dict()}
-
     def plan(self, model: Any) -> dict[str, Any]:
         c = self.config
         records = read_trace_records(c.data, c.answer_from)

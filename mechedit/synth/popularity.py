@@ -333,7 +333,7 @@ def run_popularity(model: Any, kg: KnowledgeGraph, corpus: Corpus | None, config
 
     study = PopularityStudy(ModelSpec(model_info(model).name, loaded=model), config, kg=kg, cache=cache,
                             known=known)
-    return run_study(study, out_dir, progress=progress)
+    return study.popularity_result(run_study(study, out_dir, progress=progress))
 
 
 def rows_frame(rows: Sequence[PopularityRow], keys: Sequence[str]) -> pd.DataFrame:

@@ -11,8 +11,9 @@
 * **setup** (per worker): the unedited (p, top-1) cache (``_Before``), the editor cache
   (key statistics) and the editor configs;
 * **run**: erase the fact, measure every set → one :class:`~mechedit.synth.popularity.PopularityRow`;
-* **result**: a :class:`~mechedit.synth.popularity.PopularityResult` (long rows,
-  correlations, binned means); **report**: its tables and three figures, no model.
+* **report** (no model): :meth:`PopularityStudy.popularity_result` turns the rows into a
+  :class:`~mechedit.synth.popularity.PopularityResult` (long rows, correlations, binned
+  means); its tables and three figures are written.
 
 The knowledge graph comes with the model: ``kg.json`` in the model's directory
 (:func:`mechedit.synth.pipeline.load_kg_dir`), unless given.
@@ -29,6 +30,7 @@ from typing import Any, ClassVar
 from mechedit.config import Config
 from mechedit.models import model_info
 from mechedit.studies.files import atomic_write_figure
+from mechedit.studies.result import StudyResult
 from mechedit.studies.study import ModelSpec, Row, Study, Unit, register_study, unit_key
 from mechedit.synth.kg import KnowledgeGraph
 from mechedit.synth.popularity import (
@@ -88,9 +90,6 @@ class PopularityStudy(Study):
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "cache": None}  # a worker builds its own editor cache
 
-    def settings(self) -> dict[str, Any]:
-        return {"model": self.model.name, "config": self.config.to_dict()}
-
     def kg_for(self, model: Any) -> KnowledgeGraph:
         if self._kg is None:
             from mechedit.synth.pipeline import load_kg_dir
@@ -139,21 +138,22 @@ class PopularityStudy(Study):
         damage = set_damage(model, sets, edit, state.before, c)
         return erasure_row(kg, entity, b, fact, method, edit, time.perf_counter() - t0, damage)
 
-    def result(self, rows: Mapping[str, Sequence[Row]], provenance: Mapping[str, Any]) -> PopularityResult:
-        typed = [r for r in rows["rows"] if isinstance(r, PopularityRow)]
+    def popularity_result(self, result: StudyResult) -> PopularityResult:
+        """The statistics of a run's (or a directory's) rows: a :class:`PopularityResult`."""
+        typed = [r for r in result.table("rows") if isinstance(r, PopularityRow)]
         keys = [self.key(r.entity, r.bin, r.fact, r.method) for r in typed]
-        model = (provenance.get("model") or {}).get("name") or self.model.name
+        model = (result.provenance.get("model") or {}).get("name") or self.model.name
         return PopularityResult.from_rows(self.config, model, typed, keys, self.planned.editor_configs)
 
-    def report(self, result: PopularityResult, out: Any, command: str) -> Path:
+    def report(self, result: StudyResult, out: Any, command: str) -> PopularityResult:
         """``rows.csv``, ``correlations.csv``, ``binned.csv``, ``result.json`` and the figures."""
         from mechedit.synth.popularity_plots import correlation_forest, damage_vs_popularity
 
-        out = result.save(out)
-        if result.rows.empty:
-            return out
-        figures = (damage_vs_popularity(result), damage_vs_popularity(result, measure="acc_drop"),
-                   correlation_forest(result))
-        for name, fig in zip(FIGURES, figures, strict=True):
-            atomic_write_figure(out / name, fig)
-        return out
+        stats = self.popularity_result(result)
+        out = stats.save(out)
+        if not stats.rows.empty:
+            figures = (damage_vs_popularity(stats), damage_vs_popularity(stats, measure="acc_drop"),
+                       correlation_forest(stats))
+            for name, fig in zip(FIGURES, figures, strict=True):
+                atomic_write_figure(out / name, fig)
+        return stats
