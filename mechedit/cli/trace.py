@@ -73,6 +73,7 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]] | None:
     if args.data is None and (args.executor != "local" or args.workers != 1 or args.address):
         raise ConfigError("--executor, --workers and --address work with --data (one prompt runs here)")
     check_out_dir(args.out)
+    make_executor_arg(args)  # --workers > 1 needs ray: said before the records are read
     if args.data is None:
         if not args.prompt:
             raise ConfigError("--prompt is empty; give the prompt to trace")
