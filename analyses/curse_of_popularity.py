@@ -2,8 +2,9 @@
 
 Erase one fact about each of N entities sampled across the popularity range with ROME,
 MEMIT and FT (per-model hparams in mechedit/editors/hparams/*/kg-small.json), measure
-side effects, relate them to popularity; then trace a sample of facts and compare the
-MLP trace peak with the layer where ROME erasure works best. Resumable (rows.jsonl).
+side effects, relate them to popularity (the ``popularity`` study: rows.jsonl, study.json;
+tables and figures by its report); then trace a sample of facts and compare the
+MLP trace peak with the layer where ROME erasure works best. Resumable.
 
     PYTHONPATH=. python analyses/curse_of_popularity.py
 """
@@ -20,11 +21,12 @@ from pathlib import Path
 import torch
 
 import mechedit
-from mechedit.synth import shipped_model_dir
+from mechedit.studies import ModelSpec, run_study
+from mechedit.synth import SHIPPED_MODEL, shipped_model_dir
 from mechedit.synth.localization import TraceEditResult, trace_vs_edit
 from mechedit.synth.pipeline import load_kg_dir
-from mechedit.synth.popularity import PopularityConfig, known_facts, run_popularity
-from mechedit.synth.popularity_plots import correlation_forest, damage_vs_popularity
+from mechedit.synth.popularity import PopularityConfig, known_facts
+from mechedit.synth.popularity_study import PopularityStudy
 
 OUT = Path(__file__).parent / "results" / "curse_of_popularity"
 
@@ -54,20 +56,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     model_dir = shipped_model_dir()
-    model, (kg, corpus) = mechedit.load_model(model_dir), load_kg_dir(model_dir)
+    model, kg = mechedit.load_model(model_dir), load_kg_dir(model_dir)[0]
     config = PopularityConfig(n_entities=args.n_entities, n_bins=5, seed=0)
-    result = run_popularity(model, kg, corpus, config, args.out, progress=True)
-    result.save(args.out)
-    damage_vs_popularity(result).savefig(args.out / "damage_vs_popularity.png", dpi=120)
-    damage_vs_popularity(result, measure="acc_drop").savefig(args.out / "acc_drop_vs_popularity.png", dpi=120)
-    correlation_forest(result).savefig(args.out / "spearman_damage_vs_degree.png", dpi=120)
+    cmd = "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:])
+    study = PopularityStudy(ModelSpec(SHIPPED_MODEL, loaded=model), config, kg=kg)
+    # rows/correlations/binned CSVs, result.json and the three figures
+    result = study.report(run_study(study, args.out), args.out, cmd)
     if (args.out / "trace_vs_edit.csv").is_file():  # resumed: the trace study is done
         tve = TraceEditResult.load(args.out)
     else:
         facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
         tve = trace_vs_edit(model, kg, facts, window=1, progress=True)
         tve.save(args.out)
-    cmd = "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:])
     with open(args.out / "runs.log", "a") as fh:  # every invocation: date, command, wall time
         fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {cmd.strip()}  "
                  f"wall {time.time() - t0:.0f} s\n")

@@ -101,6 +101,9 @@ CLI_CASES = [
     ("trace-data-not-list", [*TRACE_DATA, "@object.json"], "expected a JSON list", PRE),
     ("trace-data-bad-records", [*TRACE_DATA, "@nosubject.json"], "lack a string prompt and subject", PRE),
     ("trace-aggregate-without-data", [*TRACE, "--aggregate"], "--aggregate works with --data", PRE),
+    ("trace-workers-without-ray", [*TRACE_DATA, "@known.json", "--workers", "2"], "use --executor ray", PRE),
+    ("trace-data-repeated-id", [*TRACE_DATA, "@known.json", "--answer-from", "top1"], "known_id ['1'] repeated", PRE),
+    ("trace-ray-one-prompt", [*TRACE, "--executor", "ray"], "work with --data", PRE),
     # --- patch --------------------------------------------------------------------------------------
     ("patch-wrong-equals-answer", [*PATCH, "--wrong", " Paris"], "equals --answer", PRE),
     ("patch-clean-equals-corrupted", [*PATCH[:6], "The Eiffel Tower is in", *PATCH[7:]], "equals --clean", PRE),
@@ -148,6 +151,8 @@ CLI_CASES = [
     ("synth-hparams-not-object", [*POPULARITY, "--hparams", '{"rome": 3}'], "must be an object", PRE),
     ("synth-unknown-method", [*POPULARITY, "--methods", "nosuch"], "distinct editors", PRE),
     ("synth-popularity-out-is-file", [*POPULARITY[:-1], "@FILE"], "is a file", PRE),
+    ("synth-workers-without-ray", [*POPULARITY, "--workers", "2"], "use --executor ray", PRE),
+    ("synth-model-without-graph", [*POPULARITY, "--model", "@dir"], "holds no kg.json", PRE),
     ("synth-build-out-is-file", ["synth", "build-kg", "--out", "@FILE"], "is a file", PRE),
     ("synth-train-out-is-file", ["synth", "train", "--kg", "@dir", "--out", "@FILE"], "is a file", PRE),
     # --- predict and the parser ---------------------------------------------------------------------

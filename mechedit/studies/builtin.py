@@ -1,3 +1,5 @@
 """Imports the modules that define the built-in studies, so they register themselves."""
 
+from mechedit.patching import study as patching_study  # noqa: F401
 from mechedit.studies import toy  # noqa: F401
+from mechedit.synth import popularity_study  # noqa: F401

@@ -54,10 +54,17 @@ def check_study_dir(out: str | Path, study: Study) -> dict[str, Any] | None:
         raise ConfigError(f"{out} holds a {meta.get('study')!r} study, not {study.name!r}; use another --out")
     old, new = meta.get("settings", {}), json.loads(json.dumps(study.settings(), default=str))
     if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = _differences(old, new)
         raise ConfigError(f"{out} holds a {study.name} study with other settings ({', '.join(diff)}); "
                           "use another --out, or delete the directory to start over")
     return meta
+
+
+def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """The (dotted) keys where two settings differ, into nested objects: ``config.noise.value``."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return [prefix.rstrip(".") or "settings"] if old != new else []
+    return [d for k in sorted(set(old) | set(new), key=str) for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
 
 
 def _check_weights(out: Path, meta: Mapping[str, Any] | None, model: Mapping[str, Any]) -> None:
