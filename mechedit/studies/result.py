@@ -35,15 +35,19 @@ class StudyResult:
         rows = self.table(table)
         return pd.DataFrame([r.to_dict() for r in rows])
 
+    def flat(self, table: str | None = None) -> pd.DataFrame:
+        """:meth:`to_dataframe` without the nested (list or dict) columns: what a CSV holds."""
+        frame = self.to_dataframe(table)
+        nested = [c for c in frame if frame[c].map(lambda v: isinstance(v, dict | list)).any()]
+        return frame.drop(columns=nested)
+
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, rows in self.rows.items():
             atomic_write_text(out / f"{name}.rows.jsonl",
                               "".join(json.dumps(r.to_dict(), allow_nan=True) + "\n" for r in rows))
-            frame = self.to_dataframe(name)
-            nested = [c for c in frame if frame[c].map(lambda v: isinstance(v, dict | list)).any()]
-            atomic_write_text(out / f"{name}.csv", frame.drop(columns=nested).to_csv(index=False))
+            atomic_write_text(out / f"{name}.csv", self.flat(name).to_csv(index=False))
         atomic_write_json(out / "result.json", {"study": self.study, "provenance": self.provenance,
                                                 "counts": {t: len(r) for t, r in self.rows.items()}})
         return out
