@@ -54,10 +54,19 @@ def check_study_dir(out: str | Path, study: Study) -> dict[str, Any] | None:
         raise ConfigError(f"{out} holds a {meta.get('study')!r} study, not {study.name!r}; use another --out")
     old, new = meta.get("settings", {}), json.loads(json.dumps(study.settings(), default=str))
     if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = _differing(old, new)
         raise ConfigError(f"{out} holds a {study.name} study with other settings ({', '.join(diff)}); "
                           "use another --out, or delete the directory to start over")
     return meta
+
+
+def _differing(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted names of the settings that differ (``config.eval.seed``), at most five."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return [path or "settings"]
+    out = [name for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)
+           for name in _differing(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    return out[:5]
 
 
 def _check_weights(out: Path, meta: Mapping[str, Any] | None, model: Mapping[str, Any]) -> None:
