@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mechedit.data import load_counterfact
 from mechedit.evaluation.study import EvalRow, EvalStudy, record_hash
-from mechedit.studies import ModelSpec, atomic_write_json, atomic_write_text
+from mechedit.studies import atomic_write_json, atomic_write_text
 from mechedit.studies.provenance import model_provenance
 
 

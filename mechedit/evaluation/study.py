@@ -123,7 +123,7 @@ class EvalStudyConfig(Config):
     filter: EvalFilter | str = EvalFilter.NONE
     known_mode: KnownMode | str | None = KnownMode.TOP1
     known_p: float | None = KnownFilter.p
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: EvalConfig | Mapping[str, Any] = field(default_factory=EvalConfig)  # a mapping becomes an EvalConfig
 
     def __post_init__(self) -> None:
         if isinstance(self.eval, Mapping):
