@@ -245,3 +245,18 @@ def test_eval_on_ray_equals_local_at_equal_threads(tiny_dirs, tmp_path, local_ra
         for k in ("ES", "PS", "NS", "EM", "PM", "NM", "hase_rewrite", "hase_essence_drift", "GE", "RS"):
             assert getattr(row, k) == pytest.approx(want[k], rel=1e-5), k
     assert json.loads((tmp_path / "ray" / "study.json").read_text())["runs"][0]["executor"] == "ray"
+
+
+def test_mechedit_study_run_takes_an_eval_config_file(tiny_dirs, tmp_path):
+    spec = tmp_path / "eval.json"
+    spec.write_text(json.dumps({"study": "eval", "model": str(tiny_dirs["gpt2"]), "out": "run",
+                                "config": {"data": str(FIXTURES / "counterfact_small.json"), "method": "none",
+                                           "n": 2, "order": "file"}}))
+    assert main(["study", "run", str(spec), "--quiet"]) == 0
+    out = tmp_path / "run"
+    assert [r["case_id"] for r in lines(out / "records.jsonl")] == [0, 1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["config"]["method"] == "none" and "ES" in summary
+    # the same study from mechedit eval resumes it (one set of defaults): nothing new
+    assert main(_cli(tiny_dirs["gpt2"], out)) == 0
+    assert json.loads((out / "summary.json").read_text())["config"]["n_new"] == 0
