@@ -6,7 +6,8 @@ typed rows (:class:`~mechedit.evaluation.study.EvalRow`), ``study.json`` (the se
 the model's weights fingerprint, the plan made from ``filter.json`` and the record order
 of ``summary.json``, one run entry for the old run). Nothing is recomputed: each stored row
 is re-keyed and re-typed. ``summary.json`` is kept as the old run wrote it; ``mechedit
-study report DIR`` rebuilds it (with the same numbers, tested) and writes ``summary.md``.
+study report DIR`` rebuilds it (with the same numbers, tested, except the ES/PS/NS intervals,
+computed since by the [0, 1]-bounded method) and writes ``summary.md``.
 
 The editor config recorded is the registry's (``mechedit/editors/hparams``, unchanged since
 2026-11-22, before these runs of 2026-12-01) with the run's ``--layer``/``--stats-samples``.
