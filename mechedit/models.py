@@ -282,5 +282,8 @@ def _in_hf_cache(name: str) -> bool:
     except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
         return False
     hub_name = name if "/" in name else tlens.official_model_name(name)
-    found = try_to_load_from_cache(hub_name, "config.json")
+    try:
+        found = try_to_load_from_cache(hub_name, "config.json")
+    except ValueError:  # not a valid hub id (e.g. a mistyped local path): not cached
+        return False
     return isinstance(found, str)

@@ -130,6 +130,12 @@ CLI_CASES = [
      PRE),
     ("eval-out-is-file", [*EVAL[:6], "@FILE", "--data", "@cf.json"], "is a file", PRE),
     ("eval-none-known", [*EVAL, "@cf.json", "--filter", "known"], "kept none", POST),
+    ("eval-out-under-file", [*EVAL[:6], "@FILE/sub", "--data", "@cf.json"], "is a file", PRE),
+    ("eval-typo-model", [*EVAL[:2], "@nosuchmodel", *EVAL[3:], "@cf.json"], "cannot load", POST),
+    ("eval-no-model", [*EVAL[:2], "@nomodel", *EVAL[3:], "@cf.json"], "holds no config.json", POST),
+    ("eval-workers-local", [*EVAL, "@cf.json", "--workers", "2"], "use --executor ray", PRE),
+    ("eval-workers-0", [*EVAL, "@cf.json", "--executor", "ray", "--workers", "0"], "--workers: must be", PRE),
+    ("eval-unknown-executor", [*EVAL, "@cf.json", "--executor", "dask"], "invalid choice", PRE),
     # --- analyze ------------------------------------------------------------------------------------
     ("analyze-hparams-missing", [*ANALYZE, "--hparams", "@missing.json"], "no such file", PRE),
     ("analyze-hparams-malformed", [*ANALYZE, "--hparams", "@bad.json"], "not valid JSON", PRE),
@@ -237,6 +243,9 @@ def test_cli_unwritable_out_fails_first(tiny_dirs, tmp_path, capsys, monkeypatch
     assert "\n" not in err and "is not writable" in err, err
     assert main(_argv([*EDIT, "--save", str(tmp_path / "ro" / "new")], {}, str(tiny_dirs["gpt2"]), tmp_path)) == 2
     assert "cannot be created" in capsys.readouterr().err
+    cf = str(FIXTURES / "counterfact_small.json")
+    assert main(_argv([*EVAL[:6], str(tmp_path / "ro"), "--data", cf], {}, str(tiny_dirs["gpt2"]), tmp_path)) == 2
+    assert "is not writable" in capsys.readouterr().err
 
 
 # --- the Python API --------------------------------------------------------------------------------
