@@ -1,3 +1,4 @@
 """Imports the modules that define the built-in studies, so they register themselves."""
 
+from mechedit.analysis import sweep_study  # noqa: F401
 from mechedit.studies import toy  # noqa: F401

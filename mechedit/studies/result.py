@@ -20,7 +20,8 @@ class StudyResult:
 
     ``save(dir)`` writes ``result.json`` (study name, provenance, counts) and per table
     ``{table}.rows.jsonl`` (the typed rows, exactly) and ``{table}.csv`` (flat, for
-    spreadsheets); ``load(dir)`` rebuilds the same rows as their dataclasses.
+    spreadsheets; ``csv=False``: none, for a study that writes its own tables); ``load(dir)``
+    rebuilds the same rows as their dataclasses.
     """
 
     study: str
@@ -35,12 +36,14 @@ class StudyResult:
         rows = self.table(table)
         return pd.DataFrame([r.to_dict() for r in rows])
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, *, csv: bool = True) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, rows in self.rows.items():
             atomic_write_text(out / f"{name}.rows.jsonl",
                               "".join(json.dumps(r.to_dict(), allow_nan=True) + "\n" for r in rows))
+            if not csv:
+                continue
             frame = self.to_dataframe(name)
             nested = [c for c in frame if frame[c].map(lambda v: isinstance(v, dict | list)).any()]
             atomic_write_text(out / f"{name}.csv", frame.drop(columns=nested).to_csv(index=False))
