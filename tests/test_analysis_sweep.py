@@ -241,6 +241,26 @@ def test_the_committed_directories_reproduce_their_tables_without_a_model(monkey
         pd.testing.assert_frame_equal(got, want, check_exact=True)
 
 
+@pytest.mark.parametrize("name,methods,variants", [
+    ("localization_vs_editing_methods", "rome,memit,ft,ft5", "injection"),
+    ("localization_vs_editing", "rome", "injection,reversal,erasure,amplification,forcing")])
+def test_the_committed_commands_build_the_committed_settings(name, methods, variants):
+    """Rerunning a committed command (docs/analysis.md) resumes its directory: same settings."""
+    import importlib.util
+
+    script = RESULTS.parent / "localization_vs_editing.py"
+    spec = importlib.util.spec_from_file_location("lve_script", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not mod.DATA.is_file():
+        pytest.skip(f"{mod.DATA} is not here")
+    args = mod.parser().parse_args(["--n", "12", "--order", "file", "--layers", "0,3,6,10,16,23", "--mom2-length",
+                                    "64", "--samples", "3", "--methods", methods, "--variants", variants])
+    study = mod.make_study(args, load_counterfact(mod.DATA)[0])
+    stored = json.loads((RESULTS / name / "study.json").read_text())["settings"]
+    assert json.loads(json.dumps(study.settings())) == stored
+
+
 def test_forcing_row_equals_an_edit_and_noised_probabilities_computed_by_hand(synth_model, records, cache):
     cfg = SweepConfig(layers=(0,), methods=("rome",), variants=("forcing",), noise_samples=3, essence_texts=1,
                       essence_tokens=4, known_only=False, seed=2)
