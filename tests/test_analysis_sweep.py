@@ -349,3 +349,16 @@ def test_cli_writes_every_file_and_resumes(synth_model, tmp_path, monkeypatch):
         args = parser.parse_args(["analyze", "localization-vs-editing", *argv_bad])
         with pytest.raises(MecheditError, match=match):
             args.func(args)
+
+
+def test_workers_imply_ray_and_local_refuses_them():
+    from mechedit.cli import analyze
+
+    parser = argparse.ArgumentParser()
+    analyze.register(parser.add_subparsers(dest="command"))
+    base = ["analyze", "localization-vs-editing", "--out", "x"]
+    assert analyze._executor(parser.parse_args(base)) == "local"
+    assert analyze._executor(parser.parse_args([*base, "--workers", "2"])) == "ray"
+    assert analyze._executor(parser.parse_args([*base, "--address", "auto"])) == "ray"
+    assert analyze._executor(parser.parse_args([*base, "--executor", "local", "--workers", "2"])) == "local"
+    assert analyze.sweep_config(parser.parse_args(base)) == SweepConfig()  # defaults: the config's, once

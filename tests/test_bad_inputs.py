@@ -148,6 +148,8 @@ CLI_CASES = [
     ("analyze-hparams-unknown-method", [*ANALYZE, "--hparams", '{"romee": {"lr": 1}}'], "unknown method", PRE),
     ("analyze-layer-out-of-range", [*ANALYZE, "--layers", "0,99"], "do not exist", POST),
     ("analyze-no-model", [*ANALYZE[:3], "@nomodel", *ANALYZE[4:]], "holds no config.json", POST),
+    ("analyze-report-only-other-study", ["analyze", "localization-vs-editing", "--report-only", "--out", "@pred"],
+     "holds a 'predictions' study", PRE),
     # --- synth --------------------------------------------------------------------------------------
     ("synth-hparams-malformed", [*POPULARITY, "--hparams", "{rome"], "not valid JSON", PRE),
     ("synth-hparams-missing", [*POPULARITY, "--hparams", "@missing.json"], "no such file", PRE),
@@ -182,6 +184,8 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "FILE").write_text("a file, not a directory\n")
     (tmp / "dir").mkdir()
     (tmp / "nomodel").mkdir()
+    (tmp / "pred").mkdir()
+    (tmp / "pred" / "study.json").write_text('{"study": "predictions", "settings": {}}')
     return {name: str(tmp / name) for name in ("cf.json", "known.json", "bad.json", "empty.json", "list.json",
                                                 "object.json", "nosubject.json", "FILE", "dir", "nomodel")}
 

@@ -126,7 +126,14 @@ def report_only(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not (out / STUDY_FILE).is_file():
         raise MecheditError(f"{out} has no {STUDY_FILE}: --report-only reads a directory a sweep has written into")
-    study = SweepStudy.from_settings(json.loads((out / STUDY_FILE).read_text())["settings"])
+    try:
+        meta = json.loads((out / STUDY_FILE).read_text())
+    except ValueError:
+        raise MecheditError(f"{out / STUDY_FILE} is not valid JSON; it is not a directory a sweep wrote") from None
+    if meta.get("study") != SweepStudy.name:
+        raise MecheditError(f"{out} holds a {meta.get('study')!r} study, not a localization-vs-editing sweep; "
+                            "pass the --out of a sweep")
+    study = SweepStudy.from_settings(meta["settings"])
     result = load_study_rows(out, study).complete()
     stats = study.report(result, out, _command())
     print(f"{len(result.rows)} rows of {len(result.traces)} complete facts ({result.n_incomplete} rows of "
