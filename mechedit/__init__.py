@@ -25,9 +25,11 @@ from mechedit.interventions import (
     RowNoise,
     ZeroAblate,
     capture,
+    capture_until,
     intervened,
     mean_activation,
     run,
+    run_from,
 )
 from mechedit.models import DEFAULT_MODEL, ModelInfo, cache_dir, load_model, model_info
 from mechedit.predict import Prediction, predict

@@ -14,10 +14,13 @@ behave like the real thing (leading-space tokens, multi-token words).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
+
+from mechedit.studies.toy import PredictionsConfig, PredictionsStudy
 
 TinyArch = Literal["gpt2", "llama"]
 
@@ -112,3 +115,43 @@ def build_tiny_model(
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+def crash_once(marker: str | Path) -> None:
+    """Kill this process the first time it is called for ``marker`` (a file it creates):
+    the fault the study runner's tests inject into a worker (see :class:`FlakyPredictions`)."""
+    import os
+
+    path = Path(marker)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os._exit(1)
+
+
+
+@dataclass(frozen=True)
+class FlakyConfig(PredictionsConfig):
+    """:class:`~mechedit.studies.toy.PredictionsConfig` plus the faults of the runner's tests:
+    ``delay`` seconds per unit, and the worker killed at prompt ``crash_at`` once (``marker``)."""
+
+    crash_at: int = -1
+    marker: str = ""
+    delay: float = 0.0
+
+
+class FlakyPredictions(PredictionsStudy):
+    """The predictions study with injected faults (:class:`FlakyConfig`); same rows."""
+
+    name = "flaky-predictions"
+    config_class = FlakyConfig
+
+    def run(self, model: Any, state: Any, table: str, unit: Any) -> Any:
+        import time
+
+        if self.config.marker and unit.payload == self.config.prompts[self.config.crash_at]:
+            crash_once(self.config.marker)
+        time.sleep(self.config.delay)
+        return super().run(model, state, table, unit)

@@ -351,6 +351,36 @@ def test_cli_writes_every_file_and_resumes(synth_model, tmp_path, monkeypatch):
             args.func(args)
 
 
+@pytest.mark.parametrize("name", ["localization_vs_editing", "localization_vs_editing_methods"])
+def test_the_committed_config_files_build_the_committed_settings(name):
+    """``mechedit study run analyses/studies/NAME.toml`` resumes the committed directory."""
+    import tomllib
+
+    from mechedit.cli.study import RUN_FIELDS
+
+    path = RESULTS.parent / "studies" / f"{name}.toml"
+    spec = tomllib.loads(path.read_text())
+    if not Path(spec["data"]).is_file():
+        pytest.skip(f"{spec['data']} is not here (run from the repository root)")
+    assert (path.parent / spec["out"]).resolve() == (RESULTS / name).resolve()
+    study = SweepStudy.from_spec({k: v for k, v in spec.items() if k not in RUN_FIELDS})
+    assert json.loads(json.dumps(study.settings())) == json.loads((RESULTS / name / "study.json").read_text())[
+        "settings"]
+
+
+def test_study_report_rebuilds_a_committed_directory_without_a_model(tmp_path, monkeypatch):
+    import shutil
+
+    from mechedit.cli.main import main
+
+    monkeypatch.setattr(mechedit, "load_model", lambda *a, **k: pytest.fail("no model for a report"))
+    out = tmp_path / "copy"
+    shutil.copytree(RESULTS / "localization_vs_editing_methods", out)
+    assert main(["study", "report", str(out)]) == 0
+    for name in ("r2.csv", "correlations.csv", "rows.csv", "traces.csv", "verdicts.json"):
+        assert (out / name).read_bytes() == (RESULTS / "localization_vs_editing_methods" / name).read_bytes(), name
+
+
 def test_workers_imply_ray_and_local_refuses_them():
     from mechedit.cli import analyze
 

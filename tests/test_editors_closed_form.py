@@ -80,3 +80,32 @@ def test_memit_on_a_tiny_model(tiny_gpt2, cache):
     assert edit.layers == (1, 2) and len(edit.diagnostics.loss_curves) == 2
     assert all(a > b for a, b in zip(edit.diagnostics.p_target_after, edit.diagnostics.p_target_before,
                                      strict=True))
+
+
+# (‖ΔW‖_F, ΣΔW, Σ sin(i)·ΔW_i) per layer and of z, recorded from MEMIT before it was split into
+# memit_targets / memit_keys / memit_deltas (commit 7a3ed82); the split left them bit-identical.
+MEMIT_PINNED = {
+    "tiny_gpt2": {1: (11.8467068, 0.1466009, -6.1931877), 2: (20.2713789, -4.5964943, 7.6427389),
+                  "z": (95.6787216, -40.0503153, -141.8633111)},
+    "tiny_llama": {1: (1.8702975, -2.3571776, -3.4596353), 2: (2.4045477, 4.8771002, -0.4837714),
+                   "z": (119.3617203, 62.0552527, -132.5260566)},
+}
+
+
+def _summary(t):
+    t = t.double()
+    w = torch.sin(torch.arange(t.numel(), dtype=torch.float64)).reshape(t.shape)
+    return float(t.norm()), float(t.sum()), float((t * w).sum())
+
+
+@pytest.mark.parametrize("name", ["tiny_gpt2", "tiny_llama"])
+def test_memit_numbers_are_pinned(name, request, cache):
+    """Two requests over layers 1-2 (tiny Llama: with the subject noised) give the recorded deltas."""
+    model = request.getfixturevalue(name)
+    reqs = [REQ, mechedit.EditRequest("{} plays the sport of", "Lionel Messi", " basketball", " football")]
+    noise = {"subject_noise": 2.0} if name == "tiny_llama" else {}
+    cfg = MemitConfig(layers=(1, 2), mom2_update_weight=10.0, clamp_norm_factor=4.0, **SMALL, **noise)
+    edit = memit(model, reqs, cfg, cache=cache)
+    got = {layer: _summary(edit.delta(layer)) for layer in (1, 2)} | {"z": _summary(edit.tensors["z"])}
+    for key, want in MEMIT_PINNED[name].items():
+        np.testing.assert_allclose(got[key], want, rtol=1e-5, atol=1e-5, err_msg=str(key))

@@ -1,14 +1,21 @@
 """The Edit value object: hook form = weight form, exact restore, save/load, registry, errors."""
 
+import dataclasses
+from typing import ClassVar
+
 import pytest
 import torch
 
 import mechedit
 from mechedit import tlens
-from mechedit.editors import EditorCache, FTConfig, RomeConfig, ft, get_editor, load_edit, rome
+from mechedit.editors import EditorCache, FTConfig, RomeConfig, editor_names, ft, get_editor, load_edit, rome
+from mechedit.editors.config import EditorConfig
+from mechedit.editors.edit import Edit, EditDiagnostics
+from mechedit.editors.registry import register_editor, unregister_editor
 from mechedit.errors import ConfigError
 from mechedit.interventions import run
-from mechedit.weights import mlp_out_weight
+from mechedit.models import model_info
+from mechedit.weights import WeightDelta, mlp_out_weight
 
 REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
@@ -84,15 +91,69 @@ def test_ft_respects_the_linf_bound_and_raises_the_target(tiny_llama):
 def test_registry():
     spec = get_editor("rome")
     assert spec.config_class is RomeConfig and spec.fn is rome
-    assert {get_editor(n).name for n in ("rome", "memit", "ft")} == {"rome", "memit", "ft"}
-    with pytest.raises(ConfigError, match=r"known editors: \['ft', 'memit', 'rome'\]"):
+    assert editor_names() == ["alphaedit", "ft", "memit", "rome"]
+    assert {get_editor(n).name for n in editor_names()} == set(editor_names())
+    with pytest.raises(ConfigError, match=r"known editors: \['alphaedit', 'ft', 'memit', 'rome'\]"):
         get_editor("mend")
     assert spec.config_for("smollm2-135m") == RomeConfig.for_model("smollm2-135m")
     with pytest.raises(ConfigError, match="unknown RomeConfig field"):
         RomeConfig.from_dict({"layr": 3})
 
 
-@pytest.mark.parametrize("name", ["rome", "memit", "ft"])
+def test_each_editor_says_what_it_needs_and_which_layers_it_writes():
+    rome_, memit_, ft_ = (get_editor(n) for n in ("rome", "memit", "ft"))
+    assert rome_.needs_key_stats and memit_.needs_key_stats and not ft_.needs_key_stats
+    assert rome_.layers_around(6, 30) == (6,) and memit_.layers_around(6, 30) == (4, 5, 6, 7, 8)
+    assert memit_.layers_around(1, 4) == (0, 1, 2, 3) == ft_.layers_around(1, 4, window=5)  # clipped; "ft5"
+    assert ft_.layers_around(2, 4) == (2,)
+    with pytest.raises(ConfigError, match="writes one layer"):
+        rome_.layers_around(6, 30, window=5)
+    with pytest.raises(ConfigError, match="out of range"):
+        memit_.layers_around(4, 4)
+    assert rome_.at_layers(RomeConfig(**SMALL), [3]) == RomeConfig(layer=3, **SMALL)
+    assert ft_.layers_of(ft_.at_layers(FTConfig(), (3, 1))) == (1, 3) and rome_.layers_of(RomeConfig(layer=2)) == (2,)
+    with pytest.raises(ConfigError, match="writes one layer"):
+        rome_.at_layers(RomeConfig(), [1, 2])
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig(EditorConfig):
+    """An editor from outside the package: W_out of each layer scaled by (1 + factor)."""
+
+    layers: tuple[int, ...] = (0,)
+    factor: float = 0.1
+
+    method: ClassVar[str] = "scale"
+
+
+def scale(model, requests, config=None, *, cache=None):
+    config = config or ScaleConfig()
+    deltas = tuple(WeightDelta(ly, config.factor * mlp_out_weight(model, ly).detach().clone()) for ly in config.layers)
+    return Edit("scale", model_info(model).name, deltas, tuple(requests), config.to_dict(), EditDiagnostics({}))
+
+
+def test_an_editor_from_outside_the_package_registers_the_same_way(tiny_gpt2):
+    try:
+        assert register_editor("scale", ScaleConfig, description="scale W_out", window=3)(scale) is scale
+        spec = get_editor("scale")
+        assert "scale" in editor_names() and spec.config_class is ScaleConfig and not spec.needs_key_stats
+        config = spec.at_layers(spec.config_for(tiny_gpt2), spec.layers_around(2, 4))
+        edit = spec(tiny_gpt2, [REQ], config)
+        assert edit.layers == (1, 2, 3)
+        torch.testing.assert_close(edit.delta(2), 0.1 * mlp_out_weight(tiny_gpt2, 2), atol=0, rtol=0)
+        register_editor("scale", ScaleConfig, description="again")(scale)  # the same function: a reload
+        with pytest.raises(ConfigError, match="already registered"):
+            register_editor("scale", ScaleConfig, description="another")(lambda *a, **k: None)
+    finally:
+        unregister_editor("scale")
+    assert "scale" not in editor_names()
+    with pytest.raises(ConfigError, match="method is 'scale'"):
+        register_editor("scaler", ScaleConfig, description="name and config disagree")
+    with pytest.raises(ConfigError, match="lower-case identifier"):
+        register_editor("Scale Up", ScaleConfig, description="bad name")
+
+
+@pytest.mark.parametrize("name", ["rome", "memit", "ft", "alphaedit"])
 def test_bad_requests_fail_before_any_computation(tiny_gpt2, name):
     spec = get_editor(name)
     cache = EditorCache(stats_dir=False, progress=False)
@@ -110,4 +171,4 @@ def test_bad_requests_fail_before_any_computation(tiny_gpt2, name):
 
 def _cfg(name, layer):
     spec = get_editor(name)
-    return spec.config_class.from_dict({"layer": layer} if name == "rome" else {"layers": [layer]})
+    return spec.at_layers(spec.config_class(), [layer])

@@ -161,3 +161,32 @@ def test_summary_round_trip(tmp_path):
         assert key in d
     assert d["S"] == 0.0 and d["n"] == 3 and d["config"] == {"seed": 0}
     assert set(s.to_dataframe()["metric"]) == set(s.stats)
+
+
+def test_proportion_intervals_stay_in_range_and_match_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    from mechedit.evaluation.stats import proportion_ci
+
+    es = [1] * 29 + [0]  # ES over 30 cases: a t-interval gave [0.90, 1.03]
+    s = proportion_ci(es)
+    lo, hi = proportion_confint(29, 30, alpha=0.05, method="wilson")  # independent implementation
+    assert (s.ci_low, s.ci_high) == pytest.approx((lo, hi), abs=1e-12)
+    assert s.mean == pytest.approx(29 / 30)
+    ns = [0.0, 0.5, 1.0]  # NS of three cases: the t-interval was [-0.20, 1.60]
+    b = proportion_ci(ns)
+    assert 0.0 <= b.ci_low < b.mean < b.ci_high <= 1.0
+    ones = proportion_ci([1, 1, 1])
+    assert ones.ci_high == 1.0 and ones.ci_low == pytest.approx(proportion_confint(3, 3, method="wilson")[0])
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        proportion_ci([0.5, 1.5])
+
+
+def test_counterfact_summary_uses_range_respecting_intervals():
+    from mechedit.evaluation.counterfact import summarize_counterfact
+
+    rows = [{"ES": e, "PS": p, "NS": n, "EM": 0.1, "PM": 0.1, "NM": 0.1}
+            for e, p, n in ((1, 1.0, 0.0), (1, 0.5, 1.0), (0, 1.0, 0.5))]
+    out = summarize_counterfact(rows)
+    for k in ("ES", "PS", "NS"):
+        assert 0.0 <= out[k].ci_low <= out[k].mean <= out[k].ci_high <= 1.0

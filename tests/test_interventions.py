@@ -195,3 +195,12 @@ def test_a_new_intervention_is_one_small_class(tiny_gpt2):
     site = Site("mlp_out", 2)
     assert torch.equal(run(tiny_gpt2, ids, [Scale(site, 0.0)]), run(tiny_gpt2, ids, [ZeroAblate(site)]))
     assert torch.equal(run(tiny_gpt2, ids, [Scale(site, 1.0)]), run(tiny_gpt2, ids))
+
+
+def test_star_import_exports_exactly_all():
+    import mechedit
+
+    namespace: dict = {}
+    exec("from mechedit import *", namespace)  # fails if __all__ names something missing
+    assert set(mechedit.__all__) <= set(namespace)
+    assert callable(namespace["run_from"]) and callable(namespace["capture_until"])

@@ -206,6 +206,21 @@ def prefetch_stats(model: Any, cache: Any, bases: Mapping[str, Any], config: Swe
                             prefix=base.prefix)
 
 
+def _corpus(spec: Any) -> Any:
+    """The key statistics' corpus of a study spec (None: the default, text sampled from the model)."""
+    from mechedit.editors.stats import Corpus
+
+    if spec is None:
+        return None
+    kind = spec.get("kind") if isinstance(spec, Mapping) else None
+    if kind == "model_samples" and set(spec) <= {"kind", "n_tokens", "seed"}:
+        return Corpus.model_samples(**{k: int(v) for k, v in spec.items() if k != "kind"})
+    if kind == "text_file" and set(spec) == {"kind", "path"}:
+        return Corpus.from_file(spec["path"])
+    raise ConfigError(f"corpus {spec!r}: use {{kind = \"model_samples\", n_tokens = N, seed = S}} or "
+                      "{kind = \"text_file\", path = \"FILE\"}")
+
+
 def _label(case_id: Any) -> str:
     return str(case_id).replace("@", "_")
 
@@ -227,7 +242,9 @@ class SweepStudy(Study):
 
     name = "sweep"
     tables: ClassVar[Mapping[str, type[Row]]] = {"traces": SweepTraceRow, "rows": SweepRow}
+    config_class = SweepConfig
     needs_model_to_plan = True
+    SPEC_FIELDS: ClassVar[tuple[str, ...]] = ("model", "data", "config", "editors", "corpus")
 
     def __init__(self, model: ModelSpec, records: Sequence[CounterFactRecord], config: SweepConfig | None = None, *,
                  editors: Mapping[str, Any] | None = None, corpus: Any = None,
@@ -241,6 +258,31 @@ class SweepStudy(Study):
                        "noise_subjects": None if self.noise_subjects is None else
                        {"n": len(self.noise_subjects), "hash": content_hash(self.noise_subjects)}}
         self._plan: dict[str, Any] | None = None
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], *, device: str = "cpu", threads: int | None = None) -> SweepStudy:
+        """The study of a config file (``model``, ``data``: a CounterFact-schema JSON file,
+        relative to the working directory; ``config``: :class:`SweepConfig` fields;
+        ``editors``: per method, fields overriding the stored hparams; ``corpus``:
+        ``{kind = "model_samples", n_tokens, seed}`` or ``{kind = "text_file", path}``), or
+        of a directory's stored settings (:meth:`from_settings`, for reports)."""
+        from mechedit.data import load_counterfact, require_records
+
+        model = ModelSpec(str(spec.get("model") or ""), device, threads)
+        if "records" in spec:
+            return cls.from_settings(spec, model)
+        unknown = sorted(set(spec) - set(cls.SPEC_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown field(s) {unknown} in a sweep study spec; known: {list(cls.SPEC_FIELDS)}")
+        if not model.name or not spec.get("data"):
+            raise ConfigError("a sweep study spec needs 'model' (a name or directory) and 'data' (a CounterFact-"
+                              "schema JSON file)")
+        if not isinstance(spec.get("config", {}), Mapping):
+            raise ConfigError("'config' of a sweep study spec must be a table of SweepConfig fields")
+        records, report = load_counterfact(spec["data"])
+        require_records(records, report)
+        return cls(model, records, SweepConfig.from_dict(spec.get("config", {})), editors=spec.get("editors"),
+                   corpus=_corpus(spec.get("corpus")))
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], model: ModelSpec | None = None) -> SweepStudy:

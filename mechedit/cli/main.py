@@ -11,12 +11,13 @@ from mechedit.cli import edit as edit_cmd
 from mechedit.cli import eval as eval_cmd
 from mechedit.cli import patch as patch_cmd
 from mechedit.cli import predict as predict_cmd
+from mechedit.cli import study as study_cmd
 from mechedit.cli import synth as synth_cmd
 from mechedit.cli import trace as trace_cmd
 from mechedit.cli.common import Parser
 from mechedit.errors import MecheditError
 
-SUBCOMMANDS = [predict_cmd, trace_cmd, patch_cmd, edit_cmd, eval_cmd, analyze_cmd, synth_cmd]
+SUBCOMMANDS = [predict_cmd, trace_cmd, patch_cmd, edit_cmd, eval_cmd, analyze_cmd, synth_cmd, study_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,14 +3,17 @@
 Editors take ``cache=EditorCache(...)`` as a keyword; without one they build a fresh
 cache (templates are then sampled again, statistics still come from the disk cache).
 Keep one :class:`EditorCache` per session to edit many facts without recomputing.
+Precomputed statistics are an input too: ``cache.use_key_stats(model, [KeyStats.load(path)], ...)``
+(``KeyStats.save`` writes them with their provenance).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from jaxtyping import Float
 from torch import Tensor
@@ -20,10 +23,13 @@ from mechedit.editors.stats import Corpus, KeyStats, key_second_moments
 from mechedit.models import model_info
 from mechedit.tokens import Prefix
 
+T = TypeVar("T")
+
 
 @dataclass
 class EditorCache:
-    """Context templates and ``E[k kᵀ]`` per (model, layer), kept while this object lives.
+    """Context templates, ``E[k kᵀ]`` per (model, layer) and what editors derive from it
+    (:meth:`derived`, e.g. AlphaEdit's null-space projector), kept while this object lives.
 
     Attributes:
         stats_dir: disk cache of key statistics; ``None`` = ``mechedit.cache_dir()/"stats"``,
@@ -37,12 +43,12 @@ class EditorCache:
     progress: bool = True
     templates: ContextTemplateCache = field(default_factory=ContextTemplateCache)
     _stats: dict[tuple, KeyStats] = field(default_factory=dict, repr=False)
+    _derived: dict[tuple, Any] = field(default_factory=dict, repr=False)
 
     def key_stats(self, model: Any, layers: list[int] | tuple[int, ...], *, n_samples: int,
                   max_length: int, prefix: Prefix | str) -> dict[int, KeyStats]:
-        info = model_info(model)
+        base = self._stats_key(model, n_samples, max_length, prefix)
         device = next(model.parameters()).device  # statistics read from disk are on the CPU
-        base = (info.name, info.path, str(device), n_samples, max_length, Prefix(prefix).value)
         missing = [layer for layer in layers if (*base, layer) not in self._stats]
         if missing:
             found = key_second_moments(model, missing, self.corpus, n_samples=n_samples,
@@ -51,6 +57,37 @@ class EditorCache:
             for layer, stats in found.items():
                 self._stats[(*base, layer)] = dataclasses.replace(stats, moment=stats.moment.to(device))
         return {layer: self._stats[(*base, layer)] for layer in layers}
+
+    def use_key_stats(self, model: Any, stats: Iterable[KeyStats], *, n_samples: int, max_length: int,
+                      prefix: Prefix | str) -> None:
+        """Serve precomputed statistics (e.g. ``KeyStats.load(path)``, or ``E[k kᵀ]`` of keys you
+        chose) wherever an editor asks for these settings, instead of computing them.
+
+        ``n_samples``, ``max_length`` and ``prefix`` are the editor config's ``mom2_n_samples``,
+        ``mom2_max_length`` and ``prefix``; each statistic keeps its own provenance. Quantities
+        derived from a replaced statistic (:meth:`derived`) are dropped.
+        """
+        base = self._stats_key(model, n_samples, max_length, prefix)
+        device = next(model.parameters()).device
+        for st in stats:
+            key = (*base, st.layer)
+            self._stats[key] = dataclasses.replace(st, moment=st.moment.to(device))
+            self._derived = {k: v for k, v in self._derived.items() if k[0] != key}
+
+    def derived(self, model: Any, layer: int, what: tuple[Hashable, ...], compute: Callable[[KeyStats], T], *,
+                n_samples: int, max_length: int, prefix: Prefix | str) -> T:
+        """``compute(statistics of layer)``, kept beside the statistics: keyed by their key and
+        ``what`` (a name and the parameters, e.g. ``("null_space", threshold)``)."""
+        stats = self.key_stats(model, [layer], n_samples=n_samples, max_length=max_length, prefix=prefix)[layer]
+        key = ((*self._stats_key(model, n_samples, max_length, prefix), layer), what)
+        if key not in self._derived:
+            self._derived[key] = compute(stats)
+        return self._derived[key]
+
+    def _stats_key(self, model: Any, n_samples: int, max_length: int, prefix: Prefix | str) -> tuple:
+        info = model_info(model)
+        device = next(model.parameters()).device
+        return (info.name, info.path, str(device), n_samples, max_length, Prefix(prefix).value)
 
     def second_moment(self, model: Any, layer: int, *, n_samples: int, max_length: int,
                       prefix: Prefix | str) -> Float[Tensor, "d_mlp d_mlp"]:

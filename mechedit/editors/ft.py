@@ -30,6 +30,7 @@ from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit, key_delta_hooks
 from mechedit.editors.noise import row_noise
 from mechedit.editors.objective import Objective
+from mechedit.editors.registry import register_editor
 from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
@@ -86,6 +87,8 @@ def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
     return ids, r_idx, pos, tok, spans
 
 
+@register_editor("ft", FTConfig,
+                 description="fine-tune W_out of a layer window under an L-infinity bound (FT-L)")
 def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = None, *,
        cache: EditorCache | None = None) -> Edit:
     """Compute an FT-L edit (the model is left unchanged). ``cache`` is unused."""

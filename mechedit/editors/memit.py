@@ -22,7 +22,7 @@ clamp 0.75, 21 context templates); ``hparams/memit/{model}.json`` holds per-mode
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -35,6 +35,7 @@ from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
 from mechedit.editors.noise import prompt_noise
 from mechedit.editors.objective import Objective
+from mechedit.editors.registry import register_editor
 from mechedit.editors.vstar import OptimSettings, build_batch, optimize_delta
 from mechedit.interventions import capture_until
 from mechedit.requests import EditRequest
@@ -94,6 +95,34 @@ def memit_solve(
     return torch.linalg.solve(a, k) @ resid.double()
 
 
+LayerSolve = Callable[[int, Float[Tensor, "n d_mlp"], Float[Tensor, "n d_model"]], Float[Tensor, "d_mlp d_model"]]
+"""Step 3 at one layer: ``ΔW_l`` (``[d_mlp, d_model]``) from that layer's keys ``K`` and residuals ``R``."""
+
+MakeSolve = Callable[[Any, MemitConfig, EditorCache], tuple[LayerSolve, dict[str, Any]]]
+"""Builds the per-layer solve for an edit (from the cached statistics, say) and the
+diagnostics it wants recorded in ``Edit.diagnostics.extra``."""
+
+
+def memit_targets(model: Any, requests: Sequence[EditRequest], templates: Sequence[str], config: MemitConfig, *,
+                  progress: bool = True) -> tuple[Float[Tensor, "n d_model"], list[tuple[float, ...]]]:
+    """Step 1: ``zᵢ = v₀ + δᵢ`` at ``resid_post`` of the last layer, per request, and the loss curves."""
+    z_site = Site("resid_post", max(config.layers))
+    zs, losses = [], []
+    for r in requests:
+        res = optimize_delta(model, build_batch(model, r, templates, config.optim()), z_site, config.optim(),
+                             fast=config.fast, progress=progress)
+        zs.append(res.v0 + res.delta)
+        losses.append(res.losses)
+    return torch.stack(zs), losses
+
+
+def memit_keys(model: Any, requests: Sequence[EditRequest], templates: Sequence[str], layer: int,
+               config: MemitConfig) -> Float[Tensor, "n d_mlp"]:
+    """Step 2: each request's key at ``layer`` in the model as it is, averaged over the templates."""
+    return torch.stack([subject_keys(model, r, templates, [layer], config.prefix, subject_noise=config.subject_noise,
+                                     noise_seed=config.noise_seed)[layer].mean(0) for r in requests])
+
+
 def _bare_last(model: Any, requests: Sequence[EditRequest], layer: int, config: MemitConfig) -> Tensor:
     """``resid_post`` of ``layer`` at the subject's last token of each bare prompt (noised
     with row 0's draw, as in z's batch, when ``config.subject_noise`` is set)."""
@@ -108,37 +137,53 @@ def _bare_last(model: Any, requests: Sequence[EditRequest], layer: int, config: 
     return torch.stack(out)
 
 
-def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | None = None, *,
-          cache: EditorCache | None = None) -> Edit:
-    """Compute a MEMIT edit for all ``requests`` at once (the model is left unchanged)."""
-    config = config or MemitConfig()
+def memit_deltas(model: Any, requests: Sequence[EditRequest], templates: Sequence[str],
+                 z: Float[Tensor, "n d_model"], config: MemitConfig, solve: LayerSolve) -> dict[int, Tensor]:
+    """Step 3, layer by layer in order with the earlier layers' updates applied: keys, the
+    residual ``R = (z − h)/(layers left)`` and ``ΔW_l = solve(l, K, R)`` (float64)."""
     layers = sorted(config.layers)
-    requests = validate(model, requests, layers, config.prefix, config.kl_prompt,
+    deltas: dict[int, Tensor] = {}
+    for i, layer in enumerate(layers):
+        with edited_weights(model, [WeightDelta(ly, d.float()) for ly, d in deltas.items()]):
+            keys = memit_keys(model, requests, templates, layer, config)
+            cur = _bare_last(model, requests, layers[-1], config)
+        resid = (z - cur).double() / (len(layers) - i)
+        deltas[layer] = solve(layer, keys, resid)
+    shape = tuple(mlp_out_weight(model, layers[0]).shape)
+    assert all(tuple(d.shape) == shape for d in deltas.values())
+    return deltas
+
+
+def memit_edit(model: Any, requests: Sequence[EditRequest], config: MemitConfig, cache: EditorCache | None,
+               make_solve: MakeSolve, *, method: str) -> Edit:
+    """MEMIT's pipeline (z → keys → solve) with the solve ``make_solve`` builds; ``method`` names the edit."""
+    requests = validate(model, requests, sorted(config.layers), config.prefix, config.kl_prompt,
                         objective=config.objective)
     cache = cache or EditorCache()
     p_before = probabilities_before(model, requests, config.prefix, config.objective,
                                     subject_noise=config.subject_noise, noise_seed=config.noise_seed)
+    solve, extra = make_solve(model, config, cache)  # before z: a solve that cannot be built fails early
     templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed, progress=cache.progress)
-    z_site = Site("resid_post", layers[-1])
-    zs, losses = [], []
-    for r in requests:
-        res = optimize_delta(model, build_batch(model, r, templates, config.optim()), z_site, config.optim(),
-                             fast=config.fast, progress=cache.progress)
-        zs.append(res.v0 + res.delta)
-        losses.append(res.losses)
-    z = torch.stack(zs)
-    stats = cache.key_stats(model, layers, n_samples=config.mom2_n_samples, max_length=config.mom2_max_length,
-                            prefix=config.prefix)
-    deltas: dict[int, Tensor] = {}
-    for i, layer in enumerate(layers):
-        with edited_weights(model, [WeightDelta(ly, d.float()) for ly, d in deltas.items()]):
-            keys = torch.stack([subject_keys(model, r, templates, [layer], config.prefix,
-                                             subject_noise=config.subject_noise,
-                                             noise_seed=config.noise_seed)[layer].mean(0) for r in requests])
-            cur = _bare_last(model, requests, layers[-1], config)
-        resid = (z - cur).double() / (len(layers) - i)
-        deltas[layer] = memit_solve(stats[layer].moment, keys, resid, config.mom2_update_weight)
-    shape = tuple(mlp_out_weight(model, layers[0]).shape)
-    assert all(tuple(d.shape) == shape for d in deltas.values())
-    return finish(model, "memit", requests, deltas, config, config.prefix, losses, p_before,
-                  {"z": z.detach()}, objective=config.objective)
+    z, losses = memit_targets(model, requests, templates, config, progress=cache.progress)
+    deltas = memit_deltas(model, requests, templates, z, config, solve)
+    return finish(model, method, requests, deltas, config, config.prefix, losses, p_before,
+                  {"z": z.detach()}, extra, objective=config.objective)
+
+
+def memit_solver(model: Any, config: MemitConfig, cache: EditorCache) -> tuple[LayerSolve, dict[str, Any]]:
+    """MEMIT's solve: :func:`memit_solve` with the layer's ``C`` and ``λ = mom2_update_weight``."""
+    stats = cache.key_stats(model, sorted(config.layers), n_samples=config.mom2_n_samples,
+                            max_length=config.mom2_max_length, prefix=config.prefix)
+
+    def solve(layer: int, keys: Tensor, resid: Tensor) -> Tensor:
+        return memit_solve(stats[layer].moment, keys, resid, config.mom2_update_weight)
+
+    return solve, {}
+
+
+@register_editor("memit", MemitConfig, description="many facts at once over a range of layers",
+                 needs_key_stats=True, window=5)
+def memit(model: Any, requests: Sequence[EditRequest], config: MemitConfig | None = None, *,
+          cache: EditorCache | None = None) -> Edit:
+    """Compute a MEMIT edit for all ``requests`` at once (the model is left unchanged)."""
+    return memit_edit(model, requests, config or MemitConfig(), cache, memit_solver, method="memit")

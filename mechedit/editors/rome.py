@@ -39,6 +39,7 @@ from mechedit.editors.common import finish, probabilities_before, subject_keys, 
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit
 from mechedit.editors.objective import Objective
+from mechedit.editors.registry import register_editor
 from mechedit.editors.vstar import DeltaResult, OptimSettings, build_batch, optimize_delta
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
@@ -126,6 +127,8 @@ def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCach
     return rank_one_update(c, k_star, k, w, v_star), res, k_star, v_star
 
 
+@register_editor("rome", RomeConfig, description="rank-one MLP edit at one layer (r-ROME keys by default)",
+                 needs_key_stats=True)
 def rome(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None = None, *,
          cache: EditorCache | None = None) -> Edit:
     """Compute a ROME edit (the model is left unchanged)."""

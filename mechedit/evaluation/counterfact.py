@@ -12,8 +12,10 @@ prompt (:meth:`~mechedit.evaluation.probs.TargetLogProbs.mean_nll_prob`):
 ROME compares NLLs (``nll_true > nll_new``), which is the same as comparing ``P``.
 Each metric is averaged per case first, then over cases; **S** is the harmonic mean of
 the case-averaged ES, PS and NS. Values here are fractions in [0, 1] (ROME's tables
-multiply by 100). Every mean comes with a 95% t-interval (:func:`~.stats.mean_ci`); S,
-for which ROME defines none, with a seeded bootstrap interval over cases.
+multiply by 100). Every mean comes with a 95% interval: ES, PS and NS, proportions, with
+one that stays in [0, 1] (:func:`~.stats.proportion_ci`), EM, PM and NM with a t-interval
+(:func:`~.stats.mean_ci`), and S, for which ROME defines none, with a seeded bootstrap
+interval over cases.
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from typing import Any
 import numpy as np
 
 from mechedit.errors import ConfigError
-from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci
+from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci, proportion_ci
 
 #: per-case CounterFact metrics, in reporting order
 CASE_METRICS = ("ES", "PS", "NS", "EM", "PM", "NM")
+PROPORTIONS = ("ES", "PS", "NS")  # per-case shares of prompts: intervals inside [0, 1]
 
 
 def _pairs(p_new: Sequence[float], p_true: Sequence[float], what: str) -> tuple[np.ndarray, np.ndarray]:
@@ -69,13 +72,16 @@ def case_scores(
 
 def summarize_counterfact(rows: Sequence[Mapping[str, Any]], *, n_boot: int = 2000,
                           seed: int = 0) -> dict[str, Stat]:
-    """Case-averaged ES/PS/NS/EM/PM/NM with 95% t-intervals, and S.
+    """Case-averaged ES/PS/NS/EM/PM/NM with 95% intervals, and S.
+
+    ES, PS and NS are proportions: their intervals stay in [0, 1] (:func:`~.stats.proportion_ci`:
+    Wilson for 0/1 cases, a bootstrap for fractions); EM, PM and NM get t-intervals.
 
     S is the harmonic mean of the means of ES, PS and NS, as in ROME. ROME gives S no
     interval; here its 95% interval is a seeded percentile bootstrap over cases
     (``n_boot`` resamples; ``std`` is the bootstrap standard deviation).
     """
-    out = {k: mean_ci([r[k] for r in rows if k in r]) for k in CASE_METRICS}
+    out = {k: (proportion_ci if k in PROPORTIONS else mean_ci)([r[k] for r in rows if k in r]) for k in CASE_METRICS}
     s = harmonic_mean([out["ES"].mean, out["PS"].mean, out["NS"].mean])
     lo, hi, sd = _bootstrap_s(rows, n_boot, seed)
     out["S"] = Stat(s, sd, lo, hi, out["ES"].n)

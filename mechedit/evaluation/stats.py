@@ -48,6 +48,38 @@ def mean_ci(values: Sequence[float | int | None], confidence: float = 0.95) -> S
     return Stat(mean, std, mean - half, mean + half, n)
 
 
+def proportion_ci(values: Sequence[float | int | None], confidence: float = 0.95, *, n_boot: int = 4000,
+                  seed: int = 0) -> Stat:
+    """Mean of per-case proportions (each in [0, 1]) with an interval that stays in [0, 1].
+
+    Cases that are all 0 or 1 (ES: one rewrite prompt each) are Bernoulli trials: the
+    Wilson score interval of k successes in n. Cases that are fractions (PS, NS: the share
+    of a case's prompts that prefer the new target) get a seeded percentile bootstrap over
+    cases, which cannot leave [min, max]. A t-interval can (NS of three cases printed
+    [-0.20, 1.60]). ``std`` is the population standard deviation, as in :func:`mean_ci`.
+    """
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+    n = int(x.size)
+    if n == 0:
+        return Stat(math.nan, math.nan, math.nan, math.nan, 0)
+    if (x < 0).any() or (x > 1).any():
+        raise ValueError(f"proportions must lie in [0, 1]; got values from {x.min()} to {x.max()}")
+    mean, std = float(x.mean()), float(x.std())
+    if np.isin(x, (0.0, 1.0)).all():
+        from scipy import stats
+
+        z = float(stats.norm.ppf(0.5 + confidence / 2))
+        centre = (mean + z * z / (2 * n)) / (1 + z * z / n)
+        half = z / (1 + z * z / n) * math.sqrt(mean * (1 - mean) / n + z * z / (4 * n * n))
+        return Stat(mean, std, max(0.0, centre - half), min(1.0, centre + half), n)
+    if n < 2:
+        return Stat(mean, std, math.nan, math.nan, n)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    means = x[idx].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    return Stat(mean, std, float(np.quantile(means, alpha)), float(np.quantile(means, 1 - alpha)), n)
+
+
 def harmonic_mean(values: Sequence[float | int]) -> float:
     """Harmonic mean of non-negative values; 0 if any is 0, NaN if any is NaN or negative."""
     x = np.asarray(values, dtype=np.float64)

@@ -28,6 +28,11 @@ class StudyResult:
     rows: dict[str, list[Row]]
     provenance: dict[str, Any] = field(default_factory=dict)
 
+    def typed(self) -> StudyResult:
+        """This result (a study whose :meth:`~Study.result` is its own type, e.g. the sweep's
+        ``SweepResult``, gives its rows as a :class:`StudyResult` through ``typed()`` too)."""
+        return self
+
     def table(self, name: str | None = None) -> list[Row]:
         return self.rows[name or next(iter(self.rows))]
 
@@ -36,17 +41,20 @@ class StudyResult:
         rows = self.table(table)
         return pd.DataFrame([r.to_dict() for r in rows])
 
+    def flat(self, table: str | None = None) -> pd.DataFrame:
+        """:meth:`to_dataframe` without the nested (list or dict) columns: what a CSV holds."""
+        frame = self.to_dataframe(table)
+        nested = [c for c in frame if frame[c].map(lambda v: isinstance(v, dict | list)).any()]
+        return frame.drop(columns=nested)
+
     def save(self, out_dir: str | Path, *, csv: bool = True) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, rows in self.rows.items():
             atomic_write_text(out / f"{name}.rows.jsonl",
                               "".join(json.dumps(r.to_dict(), allow_nan=True) + "\n" for r in rows))
-            if not csv:
-                continue
-            frame = self.to_dataframe(name)
-            nested = [c for c in frame if frame[c].map(lambda v: isinstance(v, dict | list)).any()]
-            atomic_write_text(out / f"{name}.csv", frame.drop(columns=nested).to_csv(index=False))
+            if csv:
+                atomic_write_text(out / f"{name}.csv", self.flat(name).to_csv(index=False))
         atomic_write_json(out / "result.json", {"study": self.study, "provenance": self.provenance,
                                                 "counts": {t: len(r) for t, r in self.rows.items()}})
         return out

@@ -109,11 +109,32 @@ class Study(ABC):
     #: exceptions of one unit that are recorded (``skipped.json``) instead of ending the run
     skip_errors: ClassVar[tuple[type[BaseException], ...]] = ()
 
-    model: ModelSpec
+    #: the study's typed config (``settings()["config"]``)
+    config_class: ClassVar[type[Config]]
 
-    @abstractmethod
+    model: ModelSpec
+    config: Config
+
     def settings(self) -> dict[str, Any]:
-        """The directory's identity: everything that, changed, makes it another study (JSON)."""
+        """The directory's identity and the study's *spec*: everything that, changed, makes it
+        another study, as JSON; :meth:`from_spec` rebuilds the study from it (a report needs
+        nothing else). Default: the model's name and the config."""
+        return {"model": self.model.name, "config": self.config.to_dict()}
+
+    @classmethod
+    def from_spec(cls, spec: Mapping[str, Any], *, device: str = "cpu", threads: int | None = None) -> Study:
+        """The study a spec describes (a config file's fields, or :meth:`settings` of a run)."""
+        unknown = sorted(set(spec) - {"model", "config"})
+        if unknown:
+            raise ConfigError(f"unknown field(s) {unknown} in a {cls.name} study spec; it holds 'model' and "
+                              "'config'")
+        if not isinstance(spec.get("model"), str) or not spec["model"]:
+            raise ConfigError(f"a {cls.name} study spec needs 'model': a model name or directory")
+        config = spec.get("config", {})
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"'config' of a {cls.name} study spec must be a table of "
+                              f"{cls.config_class.__name__} fields")
+        return cls(ModelSpec(spec["model"], device, threads), cls.config_class.from_dict(config))  # type: ignore[call-arg]
 
     #: whether :meth:`plan` needs the model (then the driver loads it on the first run)
     needs_model_to_plan: ClassVar[bool] = False
@@ -149,8 +170,15 @@ class Study(ABC):
         return StudyResult(self.name, {t: list(r) for t, r in rows.items()}, dict(provenance))
 
     def report(self, result: Any, out: Any, command: str) -> Any:
-        """Write tables and figures of ``result`` into ``out`` (no model); default: CSVs only."""
-        return result.save(out)
+        """Write tables and figures of ``result`` into ``out`` (no model); default: one flat
+        ``{table}.csv`` per table (the rows themselves are the store's ``{table}.jsonl``)."""
+        from pathlib import Path
+
+        from mechedit.studies.files import atomic_write_text
+
+        for table in result.rows:
+            atomic_write_text(Path(out) / f"{table}.csv", result.flat(table).to_csv(index=False))
+        return out
 
 
 STUDIES: dict[str, type[Study]] = {}

@@ -43,12 +43,10 @@ class PredictionsStudy(Study):
 
     name = "predictions"
     tables: ClassVar[Mapping[str, type[Row]]] = {"predictions": PredictionRow}
+    config_class = PredictionsConfig
 
     def __init__(self, model: ModelSpec, config: PredictionsConfig) -> None:
         self.model, self.config = model, config
-
-    def settings(self) -> dict[str, Any]:
-        return {"model": self.model.name, "config": self.config.to_dict()}
 
     def units(self, table: str, done: Mapping[str, Mapping[str, Row]]) -> Sequence[Unit]:
         c = self.config
