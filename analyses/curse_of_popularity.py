@@ -2,9 +2,10 @@
 
 Erase one fact about each of N entities sampled across the popularity range with ROME,
 MEMIT and FT (per-model hparams in mechedit/editors/hparams/*/kg-small.json), measure
-side effects, relate them to popularity; then trace a sample of facts and compare the
+side effects, relate them to popularity (the ``popularity`` study: rows.jsonl, study.json;
+tables and figures by its report); then trace a sample of facts and compare the
 MLP trace peak with the layer where ROME erasure works best (a sweep study in
-``trace_vs_edit/``, :mod:`mechedit.synth.localization`). Resumable (rows.jsonl).
+``trace_vs_edit/``, :mod:`mechedit.synth.localization`). Resumable.
 
     PYTHONPATH=. python analyses/curse_of_popularity.py
 """
@@ -22,11 +23,11 @@ import torch
 
 import mechedit
 from mechedit.studies import ModelSpec, run_study
-from mechedit.synth import shipped_model_dir
+from mechedit.synth import SHIPPED_MODEL, shipped_model_dir
 from mechedit.synth.localization import trace_vs_edit_study, trace_vs_edit_summary
 from mechedit.synth.pipeline import load_kg_dir
-from mechedit.synth.popularity import PopularityConfig, known_facts, run_popularity
-from mechedit.synth.popularity_plots import correlation_forest, damage_vs_popularity
+from mechedit.synth.popularity import PopularityConfig, known_facts
+from mechedit.synth.popularity_study import PopularityStudy
 
 OUT = Path(__file__).parent / "results" / "curse_of_popularity"
 
@@ -56,18 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     model_dir = shipped_model_dir()
-    model, (kg, corpus) = mechedit.load_model(model_dir), load_kg_dir(model_dir)
+    model, kg = mechedit.load_model(model_dir), load_kg_dir(model_dir)[0]
     config = PopularityConfig(n_entities=args.n_entities, n_bins=5, seed=0)
-    result = run_popularity(model, kg, corpus, config, args.out, progress=True)
-    result.save(args.out)
-    damage_vs_popularity(result).savefig(args.out / "damage_vs_popularity.png", dpi=120)
-    damage_vs_popularity(result, measure="acc_drop").savefig(args.out / "acc_drop_vs_popularity.png", dpi=120)
-    correlation_forest(result).savefig(args.out / "spearman_damage_vs_degree.png", dpi=120)
+    cmd = "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:])
+    study = PopularityStudy(ModelSpec(SHIPPED_MODEL, loaded=model), config, kg=kg)
+    # rows/correlations/binned CSVs, result.json and the three figures
+    result = study.report(run_study(study, args.out), args.out, cmd)
     facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
     tve = run_study(trace_vs_edit_study(ModelSpec(loaded=model), kg, facts), args.out / "trace_vs_edit")  # resumes
     summary = trace_vs_edit_summary(tve)
     summary.to_csv(args.out / "trace_vs_edit_summary.csv", index=False)
-    cmd = "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:])
     with open(args.out / "runs.log", "a") as fh:  # every invocation: date, command, wall time
         fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {cmd.strip()}  "
                  f"wall {time.time() - t0:.0f} s\n")

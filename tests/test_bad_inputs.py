@@ -101,6 +101,9 @@ CLI_CASES = [
     ("trace-data-not-list", [*TRACE_DATA, "@object.json"], "expected a JSON list", PRE),
     ("trace-data-bad-records", [*TRACE_DATA, "@nosubject.json"], "lack a string prompt and subject", PRE),
     ("trace-aggregate-without-data", [*TRACE, "--aggregate"], "--aggregate works with --data", PRE),
+    ("trace-workers-without-ray", [*TRACE_DATA, "@known.json", "--workers", "2"], "use --executor ray", PRE),
+    ("trace-data-repeated-id", [*TRACE_DATA, "@known.json", "--answer-from", "top1"], "known_id ['1'] repeated", PRE),
+    ("trace-ray-one-prompt", [*TRACE, "--executor", "ray"], "work with --data", PRE),
     # --- patch --------------------------------------------------------------------------------------
     ("patch-wrong-equals-answer", [*PATCH, "--wrong", " Paris"], "equals --answer", PRE),
     ("patch-clean-equals-corrupted", [*PATCH[:6], "The Eiffel Tower is in", *PATCH[7:]], "equals --clean", PRE),
@@ -127,6 +130,12 @@ CLI_CASES = [
      PRE),
     ("eval-out-is-file", [*EVAL[:6], "@FILE", "--data", "@cf.json"], "is a file", PRE),
     ("eval-none-known", [*EVAL, "@cf.json", "--filter", "known"], "kept none", POST),
+    ("eval-out-under-file", [*EVAL[:6], "@FILE/sub", "--data", "@cf.json"], "is a file", PRE),
+    ("eval-typo-model", [*EVAL[:2], "@nosuchmodel", *EVAL[3:], "@cf.json"], "cannot load", POST),
+    ("eval-no-model", [*EVAL[:2], "@nomodel", *EVAL[3:], "@cf.json"], "holds no config.json", POST),
+    ("eval-workers-local", [*EVAL, "@cf.json", "--workers", "2"], "use --executor ray", PRE),
+    ("eval-workers-0", [*EVAL, "@cf.json", "--executor", "ray", "--workers", "0"], "--workers: must be", PRE),
+    ("eval-unknown-executor", [*EVAL, "@cf.json", "--executor", "dask"], "invalid choice", PRE),
     # --- analyze ------------------------------------------------------------------------------------
     ("analyze-hparams-missing", [*ANALYZE, "--hparams", "@missing.json"], "no such file", PRE),
     ("analyze-hparams-malformed", [*ANALYZE, "--hparams", "@bad.json"], "not valid JSON", PRE),
@@ -158,6 +167,8 @@ CLI_CASES = [
     ("synth-hparams-not-object", [*POPULARITY, "--hparams", '{"rome": 3}'], "must be an object", PRE),
     ("synth-unknown-method", [*POPULARITY, "--methods", "nosuch"], "distinct editors", PRE),
     ("synth-popularity-out-is-file", [*POPULARITY[:-1], "@FILE"], "is a file", PRE),
+    ("synth-workers-without-ray", [*POPULARITY, "--workers", "2"], "use --executor ray", PRE),
+    ("synth-model-without-graph", [*POPULARITY, "--model", "@dir"], "holds no kg.json", PRE),
     ("synth-build-out-is-file", ["synth", "build-kg", "--out", "@FILE"], "is a file", PRE),
     ("synth-train-out-is-file", ["synth", "train", "--kg", "@dir", "--out", "@FILE"], "is a file", PRE),
     # --- predict and the parser ---------------------------------------------------------------------
@@ -244,6 +255,9 @@ def test_cli_unwritable_out_fails_first(tiny_dirs, tmp_path, capsys, monkeypatch
     assert "\n" not in err and "is not writable" in err, err
     assert main(_argv([*EDIT, "--save", str(tmp_path / "ro" / "new")], {}, str(tiny_dirs["gpt2"]), tmp_path)) == 2
     assert "cannot be created" in capsys.readouterr().err
+    cf = str(FIXTURES / "counterfact_small.json")
+    assert main(_argv([*EVAL[:6], str(tmp_path / "ro"), "--data", cf], {}, str(tiny_dirs["gpt2"]), tmp_path)) == 2
+    assert "is not writable" in capsys.readouterr().err
 
 
 # --- the Python API --------------------------------------------------------------------------------

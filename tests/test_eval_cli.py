@@ -55,7 +55,9 @@ def test_eval_none_on_a_tiny_model_writes_records_and_summary(tiny_dirs, tmp_pat
     assert "ES" in printed.out and "95% CI" in printed.out
     assert "loaded 4 of 8" in printed.err
     rows = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    assert [r["key"] for r in rows] == ["0", "1"]
+    assert [r["key"].split("@")[0] for r in rows] == ["0", "1"]
+    assert json.loads((out / "study.json").read_text())["study"] == "eval" and not (out / "run.json").exists()
+    assert "mechedit eval: none on" in (out / "summary.md").read_text()
     summary = json.loads((out / "summary.json").read_text())
     for key in ("ES", "PS", "NS", "EM", "PM", "NM", "S", "n", "config", "GE", "RS", "hase_rewrite",
                 "hase_harmonic", "ci95"):
@@ -67,28 +69,41 @@ def test_eval_none_on_a_tiny_model_writes_records_and_summary(tiny_dirs, tmp_pat
     assert args.func(args) == 0
     assert json.loads((out / "summary.json").read_text())["config"]["n_resumed"] == 2
     args = _parser().parse_args([*argv[:-2], "--seed", "1", "--out", str(out)])
-    with pytest.raises(MecheditError, match="seed|eval"):
+    with pytest.raises(MecheditError, match=r"other settings \(config\.eval\.seed\)"):
         args.func(args)
 
 
 def test_known_filter_is_reported(tiny_dirs, tmp_path):
     out = tmp_path / "run"
-    args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
-                                 str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
-                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--order", "file", "--out", str(out)])
+    argv = ["eval", "--model", str(tiny_dirs["llama"]), "--data", str(FIXTURES / "counterfact_small.json"),
+            "--method", "none", "--filter", "known", "--known-mode", "threshold", "--known-p", "0.0", "--n", "1",
+            "--order", "file", "--out", str(out)]
+    args = _parser().parse_args(argv)
     assert args.func(args) == 0
-    filt = json.loads((out / "filter.json").read_text())
+    meta = json.loads((out / "study.json").read_text())
+    filt = meta["plan"]["filter"]
     assert filt["n_in"] == 4 and filt["n_kept"] == 4  # p > 0 keeps every fact
+    assert [rid for rid, _ in meta["plan"]["records"]] == ["0"]
     assert json.loads((out / "summary.json").read_text())["config"]["filter_result"]["n_kept"] == 4
-    # a resumed run reuses the saved filter result instead of filtering again
-    (out / "filter.json").write_text(json.dumps({**filt, "n_kept": 1, "kept_ids": ["1"]}))
-    args = _parser().parse_args(["eval", "--model", str(tiny_dirs["llama"]), "--data",
-                                 str(FIXTURES / "counterfact_small.json"), "--method", "none", "--filter", "known",
-                                 "--known-mode", "threshold", "--known-p", "0.0", "--n", "1", "--order", "file", "--out", str(out)])
+    # a resumed run reuses the stored plan instead of filtering again
+    plan = {**meta["plan"], "filter": {**filt, "n_kept": 1, "kept_ids": ["1"]},
+            "records": [*meta["plan"]["records"], _planned("1")]}
+    (out / "study.json").write_text(json.dumps({**meta, "plan": plan}))
+    args = _parser().parse_args(argv)
     assert args.func(args) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["filter_result"]["n_kept"] == 1
-    assert [json.loads(x)["key"] for x in (out / "records.jsonl").read_text().splitlines()] == ["0", "1"]
+    assert summary["config"]["n_new"] == 1 and summary["config"]["n_resumed"] == 1
+    assert [json.loads(x)["key"].split("@")[0] for x in (out / "records.jsonl").read_text().splitlines()] == ["0", "1"]
+
+
+def _planned(rid):
+    """``[id, content hash]`` of a fixture record, as a plan lists it."""
+    from mechedit.data import load_counterfact
+    from mechedit.evaluation.study import record_hash
+
+    rec = next(r for r in load_counterfact(FIXTURES / "counterfact_small.json")[0] if r.record_id == rid)
+    return [rid, record_hash(rec)]
 
 
 def test_resolve_editor_uses_the_registry():

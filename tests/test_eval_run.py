@@ -12,6 +12,7 @@ from mechedit import AddVector, Site, tlens
 from mechedit.data import load_counterfact
 from mechedit.errors import ConfigError
 from mechedit.evaluation import EvalConfig, default_references, evaluate, generate
+from mechedit.evaluation.study import EvalRow
 from mechedit.store import ResultStore
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -50,6 +51,11 @@ def records():
     return load_counterfact(FIXTURES / "counterfact_small.json")[0]
 
 
+def _labels(keys):
+    """The record part of content-derived keys (``case_id@hash``)."""
+    return [k.split("@")[0] for k in keys]
+
+
 def _strip(rows):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
@@ -65,7 +71,8 @@ def test_no_edit_is_neutral_and_the_dummy_edit_takes(tiny_gpt2, records):
     assert summary["ES"] == 1.0 and summary["EM"] > base.summary()["EM"]
     assert all(r["hase_rewrite"] > 0 for r in edited.rows)
     assert all(r["hase_essence_drift"] != 0 for r in edited.rows)
-    assert [r["key"] for r in edited.rows] == [str(r.case_id) for r in records]
+    assert _labels(r["key"] for r in edited.rows) == [str(r.case_id) for r in records]
+    assert {r["key"] for r in edited.rows}.isdisjoint(r["key"] for r in base.rows)  # another editor: new keys
     assert edited.rows[0]["editor"] == "push_editor"
 
 
@@ -103,16 +110,18 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(tiny_gpt2, records, tm
     path = tmp_path / "resumed.jsonl"
     with pytest.raises(KeyboardInterrupt):
         evaluate(tiny_gpt2, records, crashes_on_third, ALL, ResultStore(path))
-    assert ResultStore(path).keys() == ["0", "1"]  # the two finished records are on disk
+    assert _labels(ResultStore(path).keys()) == ["0", "1"]  # the two finished records are on disk
     with open(path, "a") as f:
         f.write('{"key": "2", "ES": 1.')  # and a torn line, as a kill during a write leaves
 
     resumed = evaluate(tiny_gpt2, records, push_editor, ALL, ResultStore(path))
     assert (resumed.n_new, resumed.n_skipped) == (2, 2)
     on_disk = ResultStore(path)
-    assert on_disk.keys() == ["0", "1", "2", "5"] and len(path.read_text().splitlines()) == 4
+    assert on_disk.keys() == [r["key"] for r in full.rows] and len(path.read_text().splitlines()) == 4
     assert _strip(resumed.rows) == _strip(full.rows)  # same rows, generations included
-    assert _strip(on_disk) == _strip(full.rows)
+    # the store holds typed rows (EvalRow.to_dict: unmeasured fields null); rows leave those out
+    assert _strip(EvalRow.from_dict({k: v for k, v in r.items() if k != "key"}).record() for r in on_disk) == \
+        _strip({k: v for k, v in r.items() if k != "key"} for r in full.rows)
     again = evaluate(tiny_gpt2, records, push_editor, ALL, ResultStore(path))
     assert (again.n_new, again.n_skipped) == (0, 4)
     assert resumed.summary().to_dict()["ES"] == full.summary().to_dict()["ES"]

@@ -102,7 +102,8 @@ def test_eval_cli_filters_and_scores_behind_the_editors_prefix(tiny_dirs, tmp_pa
     assert main(["eval", "--model", str(tiny_dirs["gpt2"]), "--data", str(FIXTURES / "counterfact_small.json"),
                  "--method", "ft", "--filter", "known", "--known-mode", "threshold", "--known-p", "0.0",
                  "--n", "1", "--out", str(out)]) == 0
-    assert json.loads((out / "filter.json").read_text())["config"]["prefix"] == "neutral"  # FT's default
+    plan = json.loads((out / "study.json").read_text())["plan"]
+    assert plan["filter"]["config"]["prefix"] == "neutral"  # FT's default
     summary = json.loads((out / "summary.json").read_text())
     assert summary["config"]["score_prefix"] == summary["config"]["edit_prefix"] == ["neutral"]
     assert len(summary["config"]["record_ids"]) == 1

@@ -116,15 +116,15 @@ def test_damage_equals_a_plain_before_after_loop(synth_model, kg, erased):
     config = PopularityConfig(max_facts_per_set=4, n_unrelated=10)
     sets = measure_sets(kg, 0, list(range(0, 1282, 128)), config.max_facts_per_set, config.seed)
     edit = erased
-    got = {r["set"]: r for r in set_damage(synth_model, sets, edit, _Before(synth_model, config), config)}
+    got = {r.set: r for r in set_damage(synth_model, sets, edit, _Before(synth_model, config), config)}
     assert set(got) == {"efficacy", "paraphrase", "same_subject", "as_object", "same_relation_object", "unrelated"}
     for name, pairs in sets.items():
         before = [target_probability(synth_model, p, t, "neutral") for p, t in pairs]
         after = [target_probability(synth_model, p, t, "neutral", [edit]) for p, t in pairs]
-        assert got[name]["n"] == len(pairs)
+        assert got[name].n == len(pairs)
         expected = sum(before) / len(before) - sum(after) / len(after)
-        assert got[name]["damage"] == pytest.approx(expected, abs=1e-5), name
-    assert got["efficacy"]["damage"] > 0.5
+        assert got[name].damage == pytest.approx(expected, abs=1e-5), name
+    assert got["efficacy"].damage > 0.5
 
 
 def test_resume_after_a_crash_gives_the_same_rows_without_duplicates(synth_model, kg, cache, tmp_path):
@@ -172,7 +172,7 @@ def test_cli_writes_its_files(tmp_path):
             "--max-facts-per-set", "2", "--n-unrelated", "4", "--no-progress", "--hparams", '{"ft": {"steps": 5}}']
     assert main(argv) == 0
     for name in ("rows.jsonl", "rows.csv", "correlations.csv", "binned.csv", "result.json",
-                 "damage_vs_popularity.png", "config.json"):
+                 "damage_vs_popularity.png", "study.json"):
         assert (out / name).is_file(), name
     assert main(argv) == 0  # resumed: nothing redone, nothing duplicated
     assert len((out / "rows.jsonl").read_text().splitlines()) == 2
@@ -205,3 +205,45 @@ def test_tracing_on_the_shipped_model(synth_model, kg):
     # restoring the last layer's MLP there cannot (no later attention reads it)
     assert float(res.scores[last, 0]) > corrupt + 0.05
     assert float(res.scores[last, -1]) == pytest.approx(corrupt, abs=1e-5)
+
+
+def test_rows_equal_the_pre_study_loop(synth_model, kg, cache):
+    """The study reproduces the rows of the loop it replaced (recorded at bfcd9d4 in
+    tests/fixtures/popularity_tiny_golden.json: same config, known facts and key statistics)."""
+    from pathlib import Path
+
+    golden = json.loads((Path(__file__).parent / "fixtures" / "popularity_tiny_golden.json").read_text())["rome,ft"]
+    r = run_popularity(synth_model, kg, None, PopularityConfig(methods=("rome", "ft"), **TINY), None, cache=cache,
+                       known=KNOWN, progress=False)
+    got = r.rows.assign(key=r.rows["key"].str.split("@").str[0])
+    assert [(g["key"], g["set"], g["n"], g["bin"]) for g in golden["rows"]] == list(
+        zip(got["key"], got["set"], got["n"], got["bin"], strict=True))
+    for col in ("p_before", "p_after", "damage", "acc_drop", "edit_p_before", "edit_p_after"):
+        assert got[col].tolist() == pytest.approx([g[col] for g in golden["rows"]], abs=1e-6), col
+    assert all(k.count("@") == 1 for k in r.rows["key"])  # content-derived keys
+
+
+def test_committed_results_report_rebuilds_their_tables_without_a_model(tmp_path, monkeypatch):
+    """analyses/results/curse_of_popularity/, converted to the study layout: ``mechedit study
+    report``, from the store alone, writes correlations.csv and binned.csv byte for byte as the
+    loop before the study did (those files are unchanged since that run)."""
+    import shutil
+    from pathlib import Path
+
+    import mechedit
+    from mechedit.cli.main import main
+    from mechedit.synth.popularity import PopularityResult
+
+    src = Path(__file__).parents[1] / "analyses" / "results" / "curse_of_popularity"
+    out = tmp_path / "copy"
+    out.mkdir()
+    for name in ("study.json", "rows.jsonl"):
+        shutil.copy(src / name, out / name)
+    for where in (mechedit, mechedit.models):
+        monkeypatch.setattr(where, "load_model", lambda *a, **k: pytest.fail("the report loaded a model"))
+    assert main(["study", "report", str(out)]) == 0
+    for name in ("correlations.csv", "binned.csv"):
+        assert (out / name).read_text() == (src / name).read_text(), name
+    for name in ("damage_vs_popularity.png", "acc_drop_vs_popularity.png", "spearman_damage_vs_degree.png"):
+        assert (out / name).stat().st_size > 10_000, name
+    assert len(PopularityResult.load(out).rows["key"].unique()) == 450

@@ -120,3 +120,19 @@ def load_model_arg(name: Any, args: argparse.Namespace) -> Any:
     from mechedit import load_model
 
     return load_model(name, device=resolve_device(getattr(args, "device", "cpu")))
+
+
+def add_executor_args(p: argparse.ArgumentParser) -> None:
+    """``--executor/--workers/--address``: where a study's units run (``mechedit.studies``)."""
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: in this process (default); ray: --workers Ray actors, each loading the model once")
+    p.add_argument("--workers", type=positive_int, default=1, help="Ray actors (default 1; needs --executor ray)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto or HOST:PORT (default: start a local Ray; needs --executor ray)")
+
+
+def make_executor_arg(args: argparse.Namespace) -> Any:
+    """The executor of ``args`` (checked before any model loads: --workers > 1 needs ray)."""
+    from mechedit.studies import make_executor
+
+    return make_executor(args.executor, workers=args.workers, address=args.address)

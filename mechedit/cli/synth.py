@@ -2,8 +2,9 @@
 
 Each step writes one directory (``--out``) and is resumable: ``build-kg`` leaves a
 complete directory with the same configuration alone, ``train`` skips a finished model
-directory and resumes an interrupted run from its checkpoint, ``popularity`` skips the
-(entity, fact, method) rows already in ``OUT/rows.jsonl``.
+directory and resumes an interrupted run from its checkpoint, ``popularity`` (the
+``popularity`` study, :mod:`mechedit.synth.popularity_study`) skips the (entity, fact, method)
+rows already in ``OUT/rows.jsonl`` and refuses a directory made with other settings.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from mechedit.cli.common import add_device_arg, check_out_dir, load_model_arg, read_hparams
+from mechedit.cli.common import (
+    add_device_arg,
+    add_executor_args,
+    check_out_dir,
+    make_executor_arg,
+    read_hparams,
+    resolve_device,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -118,33 +126,39 @@ def _register_popularity(steps: argparse._SubParsersAction) -> None:
                        help=f"default {getattr(d, name)}")
     p.add_argument("--hparams", default=None,
                    help='JSON (inline or a file) of per-method overrides, e.g. \'{"rome": {"layer": 1}}\'')
+    add_executor_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_popularity_cmd)
 
 
 def run_popularity_cmd(args: argparse.Namespace) -> int:
+    """A thin front end of the ``popularity`` study: config and checks, run_study, report."""
+    import shlex
+    import sys
     from pathlib import Path
 
-    from mechedit.synth import shipped_model_dir
-    from mechedit.synth.pipeline import load_kg_dir
-    from mechedit.synth.popularity import PopularityConfig, run_popularity
-    from mechedit.synth.popularity_plots import damage_vs_popularity
+    from mechedit.errors import ConfigError
+    from mechedit.studies import ModelSpec, run_study
+    from mechedit.synth import SHIPPED_MODEL, shipped_model_dir
+    from mechedit.synth.popularity import PopularityConfig
+    from mechedit.synth.popularity_study import PopularityStudy
 
-    model_dir = Path(args.model) if args.model else shipped_model_dir()
     config = PopularityConfig(
         methods=tuple(m.strip() for m in args.methods.split(",") if m.strip()), n_entities=args.n_entities,
         n_bins=args.n_bins, seed=args.seed, max_facts_per_set=args.max_facts_per_set,
         n_unrelated=args.n_unrelated, hparams=read_hparams(args.hparams),
     )
     check_out_dir(args.out)
-    kg, corpus = load_kg_dir(model_dir)
-    model = load_model_arg(model_dir, args)
-    result = run_popularity(model, kg, corpus, config, args.out, progress=not args.no_progress)
-    result.save(args.out)
-    fig = damage_vs_popularity(result)
-    fig.savefig(Path(args.out) / "damage_vs_popularity.png", dpi=120)
+    executor = make_executor_arg(args)
+    model_dir = Path(args.model) if args.model else shipped_model_dir()
+    if not (model_dir / "kg.json").is_file():
+        raise ConfigError(f"--model {model_dir} holds no kg.json: give a model directory made by `mechedit synth "
+                          "train` (it carries its graph)")
+    study = PopularityStudy(ModelSpec(args.model or SHIPPED_MODEL, resolve_device(args.device)), config)
+    stored = run_study(study, args.out, executor=executor, workers=args.workers, progress=not args.no_progress)
+    result = study.report(stored, args.out, "mechedit " + shlex.join(sys.argv[1:]))
     c = result.correlations
-    c = c[(c["damage_measure"] == "damage") & (c["popularity"] == "degree")]
+    c = c[(c["damage_measure"] == "damage") & (c["popularity"] == "degree")] if not c.empty else c
     summary = {f"{r.method}/{r.set}": {"spearman_r": round(r.spearman_r, 3),
                                       "ci": [round(r.spearman_lo, 3), round(r.spearman_hi, 3)], "n": int(r.n)}
                for r in c.itertuples()}

@@ -4,7 +4,8 @@
 * :mod:`.counterfact` — ES/PS/NS/EM/PM/NM and S, as ROME's summarize step;
 * :mod:`.hase` — rewrite, paraphrase, erasure, neighbourhood and essence scores;
 * :mod:`.text`, :mod:`.generation` — fluency (n-gram entropy) and consistency (TF-IDF);
-* :mod:`.run` — :func:`evaluate`, one stored row per record, resumable;
+* :mod:`.run` — :func:`evaluate_record`, and :func:`evaluate` (the study below around a loaded model);
+* :mod:`.study` — :class:`EvalStudy`, the ``eval`` study: typed :class:`EvalRow` per record, resumable;
 * :mod:`.summary` — :class:`Summary`, the ``summary.json`` of a run.
 """
 
@@ -38,11 +39,12 @@ from mechedit.evaluation.run import (
     score_prefix,
 )
 from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci
+from mechedit.evaluation.study import EvalRow, EvalStudy, EvalStudyConfig
 from mechedit.evaluation.summary import Summary, summarize
 from mechedit.evaluation.text import ngram_entropy, ngram_entropy_of_text, tfidf_cosine
 
 __all__ = [
-    "METRICS", "EvalConfig", "EvalResult", "Generation", "HaseBaseline", "Stat", "Summary", "TargetLogProbs", "case_scores",
+    "METRICS", "EvalConfig", "EvalResult", "EvalRow", "EvalStudy", "EvalStudyConfig", "Generation", "HaseBaseline", "Stat", "Summary", "TargetLogProbs", "case_scores",
     "default_references", "erasure_score", "essence_drift", "evaluate", "evaluate_record",
     "gather_target_logprobs", "generate", "harmonic_mean", "hase_baseline", "mean_ci", "score_prefix", "neighborhood_score", "ngram_entropy",
     "ngram_entropy_of_text", "perplexity", "record_key", "rewrite_score", "sequence_logprobs",

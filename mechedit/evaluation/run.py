@@ -15,12 +15,14 @@ during the forward passes that measure it. No weight is copied or written: after
 run, also one that raised, the model is bit-identical to before (tested). An editor
 may return ``None`` for "no edit".
 
-Each finished record is appended to a :class:`~mechedit.store.ResultStore` at once
-(flushed and fsynced); records whose key is already in the store are skipped, so a
-killed run restarted with the same store continues where it stopped, and a record is
-never counted twice. The key of a record is ``str(case_id)``.
+:func:`evaluate` is the ``eval`` study (:mod:`.study`) run by the one study runner
+(:func:`mechedit.studies.run_study`) around a loaded model. Each finished record is
+appended to a :class:`~mechedit.store.ResultStore` at once (flushed and fsynced); records
+whose key is already in the store are skipped, so a killed run restarted with the same
+store continues where it stopped, and a record is never counted twice. The key of a
+record is content-derived, ``case_id@hash`` (:class:`~mechedit.evaluation.study.EvalStudy`).
 
-What a row holds, per :class:`EvalConfig` ``metrics``:
+What a row holds (:class:`~mechedit.evaluation.study.EvalRow`), per :class:`EvalConfig` ``metrics``:
 
 * ``counterfact``: ES, PS, NS, EM, PM, NM of the case (:mod:`.counterfact`) and the
   per-prompt probabilities behind them (ROME convention, after the edit);
@@ -42,7 +44,6 @@ attribute prompts. Pass ``references=`` to use other texts (e.g. real snippets).
 from __future__ import annotations
 
 import logging
-import time
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from typing import Any, Literal, get_args
 
 from mechedit.config import Config
 from mechedit.data import CounterFactRecord
-from mechedit.errors import ConfigError, DataError
+from mechedit.errors import ConfigError
 from mechedit.evaluation.counterfact import case_scores
 from mechedit.evaluation.generation import generate
 from mechedit.evaluation.hase import (
@@ -300,13 +301,18 @@ def _essence(model: Any, baseline: HaseBaseline, interventions: Sequence[Interve
 
 @dataclass(frozen=True)
 class EvalResult:
-    """The rows of one :func:`evaluate` call (resumed rows included), in record order."""
+    """The rows of one :func:`evaluate` call (resumed rows included), in record order.
+
+    ``rows``: dicts as stored (``key`` and the measured fields); ``table``: the same rows
+    typed (:class:`~mechedit.evaluation.study.EvalRow`).
+    """
 
     rows: tuple[dict[str, Any], ...]
     config: EvalConfig
     n_new: int = 0
     n_skipped: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
+    table: tuple[Any, ...] = ()
 
     def summary(self) -> Summary:
         return summarize(self.rows, self.config.metrics, config={**self.provenance, **self.config.to_dict()})
@@ -315,10 +321,6 @@ class EvalResult:
         import pandas as pd
 
         return pd.DataFrame(list(self.rows))
-
-
-def _editor_name(editor: Any) -> str:
-    return str(getattr(editor, "name", None) or getattr(editor, "__name__", None) or type(editor).__name__)
 
 
 def evaluate(
@@ -330,10 +332,13 @@ def evaluate(
     *,
     editor_config: Any = None,
     references: References = default_references,
-    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+    progress: Any = None,
     batch: int = 1,
 ) -> EvalResult:
     """Edit and evaluate the records; one stored row per record (module doc).
+
+    The ``eval`` study (:class:`~mechedit.evaluation.study.EvalStudy`) on the local
+    executor, around the loaded ``model``.
 
     Args:
         model: a loaded model (:func:`mechedit.load_model`).
@@ -342,11 +347,12 @@ def evaluate(
             intervention, or ``None`` for no edit.
         config: what to measure (:class:`EvalConfig`); default: CounterFact metrics,
             scored behind the prefix each edit was computed with (:func:`score_prefix`).
-        store: where rows go; records already in it are skipped (resume). Default: an
-            in-memory store (nothing resumable).
+        store: where rows go, keyed by content (``case_id@hash`` of the record, the editor's
+            name and config, ``config`` and the batch); units already in it are skipped
+            (resume). Default: an in-memory store (nothing resumable).
         editor_config: passed to the editor unchanged.
         references: texts about ``target_new`` for RS, per record.
-        progress: optional wrapper of the iterable of record batches, e.g. ``tqdm``.
+        progress: anything but None shows the runner's progress bar (e.g. ``True``).
         batch: records edited at once (``1``: each record independently, ROME's
             protocol). With ``batch = N`` the records are cut, in order, into batches of
             N (the last may be smaller); each batch is one ``editor(model, requests)``
@@ -355,47 +361,21 @@ def evaluate(
             A resumed run recomputes a batch only if one of its rows is missing, and
             stores only the missing rows.
     """
+    from mechedit.evaluation.study import EvalStudy, EvalStudyConfig, editor_name
     from mechedit.models import model_info
+    from mechedit.studies import ModelSpec, run_study
 
     config = config or EvalConfig()
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch must be an integer >= 1 (records edited at once), got {batch!r}")
     store = store if store is not None else ResultStore(None)
-    records = list(records)
-    if not records:
-        raise DataError("no records to evaluate: an empty evaluation has no result; check the data and "
-                        "the filters that came before")
-    keys = [record_key(r) for r in records]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("records have duplicate case ids; each record needs its own key")
-    n_new = n_skipped = 0
-    name = _editor_name(editor)
-    batches = [records[i:i + batch] for i in range(0, len(records), batch)]
-    it = progress(batches) if progress is not None else batches
-    for index, chunk in enumerate(it):
-        todo = [r for r in chunk if record_key(r) not in store]
-        n_skipped += len(chunk) - len(todo)
-        if not todo:
-            continue
-        t0 = time.perf_counter()
-        edit = editor(model, [r.to_request() for r in chunk], editor_config)
-        t1 = time.perf_counter()
-        if edit is not None and not isinstance(edit, Intervention):
-            raise ConfigError(f"editor {name!r} returned {type(edit).__name__}, which is not an intervention: "
-                              "an edit must have hooks(model) yielding (hook_name, hook_fn) pairs, or be None")
-        interventions = [] if edit is None else [edit]
-        for rec in todo:
-            t2 = time.perf_counter()
-            row = evaluate_record(model, rec, interventions, config, references,
-                                  made_with=getattr(editor_config, "prefix", None))
-            base = {"case_id": rec.case_id, "subject": rec.subject, "target_new": rec.target_new,
-                    "target_true": rec.target_true, "editor": name}
-            if batch > 1:
-                base.update(batch=index, batch_ids=[r.case_id for r in chunk])
-            store.append(record_key(rec), {**base, **row, "edit_seconds": t1 - t0,
-                                           "eval_seconds": time.perf_counter() - t2})
-            n_new += 1
-    rows = tuple(store.get(k) for k in keys)  # type: ignore[misc]
+    name = editor_name(editor)
+    study = EvalStudy(ModelSpec(loaded=model), EvalStudyConfig(method=name, batch=batch, eval=config),
+                      records=list(records), editor=editor, editor_config=editor_config, references=references)
+    result = run_study(study, None, stores={"records": store}, progress=progress is not None)
+    units = study.units("records", {})
+    rows = tuple({"key": u.key, **r.record()} for u, r in zip(units, result.table("records"), strict=True))
+    n_new = result.provenance["run"]["added"]["records"]
     provenance = {"model": model_info(model).name, "editor": name, "batch": batch}
-    log.info("evaluated %d records (%d new, %d already stored)", len(rows), n_new, n_skipped)
-    return EvalResult(rows, config, n_new, n_skipped, provenance)
+    log.info("evaluated %d records (%d new, %d already stored)", len(rows), n_new, len(rows) - n_new)
+    return EvalResult(rows, config, n_new, len(rows) - n_new, provenance, tuple(result.table("records")))

@@ -19,6 +19,7 @@ from typing import Any
 from mechedit.evaluation.counterfact import summarize_counterfact
 from mechedit.evaluation.hase import summarize_hase
 from mechedit.evaluation.stats import Stat, mean_ci
+from mechedit.studies.study import Row
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class Summary:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _measured(row: Mapping[str, Any] | Row) -> Mapping[str, Any]:
+    if isinstance(row, Row):
+        return {k: v for k, v in row.to_dict().items() if v is not None}
+    return row
+
+
 def _num(x: float) -> float | None:
     return None if x is None or math.isnan(x) else float(x)
 
@@ -68,9 +75,12 @@ def _float(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
-def summarize(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str] = ("counterfact",),
+def summarize(rows: Sequence[Mapping[str, Any] | Row], metrics: Sequence[str] = ("counterfact",),
               config: Mapping[str, Any] | None = None) -> Summary:
-    """Summarise evaluation rows (one per case) for the given metric groups."""
+    """Summarise evaluation rows (one per case) for the given metric groups: dicts as
+    stored, or typed rows (:class:`~mechedit.evaluation.study.EvalRow`, whose fields that
+    were not measured are None)."""
+    rows = [_measured(r) for r in rows]
     stats: dict[str, Stat] = {}
     if "counterfact" in metrics:
         stats.update(summarize_counterfact(rows))

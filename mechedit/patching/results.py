@@ -113,18 +113,41 @@ class PatchResult:
                          direction=self.direction, clean_score=self.clean_score,
                          corrupted_score=self.corrupted_score, model=self.model, prompt=self.prompt)
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything, JSON-ready and exact (e.g. a study's row): the labels, and the per-sample
+        tensors flat with their shape and dtype. ``scores`` is not stored twice: it is
+        ``per_sample.mean(-1)``. :meth:`from_record` rebuilds an equal result."""
+        tensors = {k: {"dtype": str(getattr(self, k).dtype).removeprefix("torch."),
+                       "shape": list(getattr(self, k).shape), "values": getattr(self, k).reshape(-1).tolist()}
+                   for k in _TENSORS if k != "scores"}
+        return {**self.labels(), "tensors": tensors}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> PatchResult:
+        meta = {k: v for k, v in record.items() if k != "tensors"}
+        tensors = {k: torch.tensor(t["values"], dtype=getattr(torch, t["dtype"])).reshape(t["shape"])
+                   for k, t in record["tensors"].items()}
+        return cls._from_labels(meta, {"scores": tensors["per_sample"].mean(-1), **tensors})
+
+    def json_text(self) -> str:
+        """The text :meth:`save` writes to ``.json``."""
+        return json.dumps({"format": "mechedit.patch_result/1", **self.to_dict()}, indent=1)
+
     def save(self, path: str | Path) -> Path:
-        """Write ``path`` (JSON labels) and ``path`` with suffix ``.safetensors``."""
-        from safetensors.torch import save_file
+        """Write ``path`` (JSON labels) and ``path`` with suffix ``.safetensors``, each atomically
+        (the tensors first: a ``.json`` present means both are complete)."""
+        from safetensors.torch import save
+
+        from mechedit.studies.files import atomic_write_bytes, atomic_write_text
 
         path = Path(path).with_suffix(".json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: getattr(self, k).contiguous() for k in _TENSORS}, str(path.with_suffix(".safetensors")))
-        path.write_text(json.dumps({"format": "mechedit.patch_result/1", **self.to_dict()}, indent=1))
+        atomic_write_bytes(path.with_suffix(".safetensors"),
+                           save({k: getattr(self, k).contiguous() for k in _TENSORS}))
+        atomic_write_text(path, self.json_text())
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "PatchResult":
+    def load(cls, path: str | Path) -> PatchResult:
         from safetensors.torch import load_file
 
         path = Path(path).with_suffix(".json")
@@ -133,10 +156,12 @@ class PatchResult:
             raise ConfigError(f"{path} is not a saved mechedit patch result")
         for k in ("scores", "clean_score", "corrupted_score"):
             meta.pop(k)
-        tensors = load_file(str(path.with_suffix(".safetensors")))
-        meta["tokens"] = tuple(meta["tokens"])
-        meta["answer_ids"] = tuple(meta["answer_ids"])
-        meta["subject_range"] = tuple(meta["subject_range"]) if meta["subject_range"] else None
+        return cls._from_labels(meta, load_file(str(path.with_suffix(".safetensors"))))
+
+    @classmethod
+    def _from_labels(cls, meta: dict[str, Any], tensors: dict[str, Tensor]) -> PatchResult:
+        meta = {**meta, "tokens": tuple(meta["tokens"]), "answer_ids": tuple(meta["answer_ids"]),
+                "subject_range": tuple(meta["subject_range"]) if meta["subject_range"] else None}
         return cls(**meta, **tensors)
 
 

@@ -1,8 +1,8 @@
 """What a study directory is made of on disk: atomic files and the driver's lock.
 
-**Atomic files.** :func:`atomic_write_text` writes to a temporary name in the same
-directory, fsyncs it, and renames it over the target: a reader (or a rerun after a kill)
-sees the old file or the new one, never a torn one.
+**Atomic files.** :func:`atomic_write_text` (and ``_bytes``, ``_json``, ``_figure``) writes
+to a temporary name in the same directory, fsyncs it, and renames it over the target: a
+reader (or a rerun after a kill) sees the old file or the new one, never a torn one.
 
 **The lock.** One driver writes a study directory at a time. :class:`DirectoryLock`
 holds an exclusive ``flock`` on ``DIR/.lock`` for the life of the run and writes who holds
@@ -37,14 +37,20 @@ class LockError(MecheditError):
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename (never torn)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and a rename (never torn)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -52,8 +58,29 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def atomic_write_figure(path: str | os.PathLike, fig: Any, **savefig: Any) -> Path:
+    """Render a matplotlib figure (format from the suffix; ``dpi=120`` unless given) and write
+    it atomically; the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", **{"dpi": 120, **savefig})
+    finally:
+        plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 class DirectoryLock:

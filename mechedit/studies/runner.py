@@ -54,10 +54,19 @@ def check_study_dir(out: str | Path, study: Study) -> dict[str, Any] | None:
         raise ConfigError(f"{out} holds a {meta.get('study')!r} study, not {study.name!r}; use another --out")
     old, new = meta.get("settings", {}), json.loads(json.dumps(study.settings(), default=str))
     if old != new:
-        diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        diff = _differing(old, new)
         raise ConfigError(f"{out} holds a {study.name} study with other settings ({', '.join(diff)}); "
                           "use another --out, or delete the directory to start over")
     return meta
+
+
+def _differing(old: Any, new: Any, path: str = "") -> list[str]:
+    """The dotted names of the settings that differ (``config.eval.seed``), at most five."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):
+        return [path or "settings"]
+    out = [name for k in sorted(set(old) | set(new), key=str) if old.get(k) != new.get(k)
+           for name in _differing(old.get(k), new.get(k), f"{path}.{k}" if path else str(k))]
+    return out[:5]
 
 
 def _check_weights(out: Path, meta: Mapping[str, Any] | None, model: Mapping[str, Any]) -> None:
@@ -68,18 +77,23 @@ def _check_weights(out: Path, meta: Mapping[str, Any] | None, model: Mapping[str
 
 def run_study(study: Study, out: str | Path | None = None, *, executor: str | Executor = "local",
               workers: int = 1, address: str | None = None, progress: bool = True,
-              max_units: int | None = None) -> Any:
+              max_units: int | None = None, stores: Mapping[str, ResultStore] | None = None) -> Any:
     """Run (or resume) ``study``; rows go to ``out`` as they finish (``None``: in memory).
 
     Args:
         executor: ``"local"`` (in this process) or ``"ray"`` (``workers`` actors, each loading
             the model once; ``address`` joins a running cluster, default: a local Ray).
         max_units: stop after this many new units (budgets and tests); a rerun continues.
+        stores: without ``out``, the :class:`~mechedit.store.ResultStore` of some tables (the
+            library's in-process form, e.g. ``evaluate(..., store)``): their stored units are
+            skipped and new rows appended; no ``study.json``, no lock, no settings check.
 
     Returns ``study.result(...)``: the typed rows of every unit planned, in unit order.
     """
     from mechedit.cli.common import check_out_dir
 
+    if out is not None and stores:
+        raise ConfigError("run_study takes out (a study directory) or stores, not both")
     out = check_out_dir(out) if out is not None else None
     meta = check_study_dir(out, study) if out is not None else None
     pool_maker = make_executor(executor, workers=workers, address=address)
@@ -98,7 +112,9 @@ def run_study(study: Study, out: str | Path | None = None, *, executor: str | Ex
     try:
         if out is not None:
             meta = check_study_dir(out, study)  # again, under the lock
-        stores = {t: ResultStore(None if out is None else out / f"{t}.jsonl") for t in study.tables}
+        given = dict(stores or {})
+        stores = {t: given[t] if given.get(t) is not None else ResultStore(None if out is None else out / f"{t}.jsonl")
+                  for t in study.tables}
         run = run_provenance(pool_maker.name, workers)
         skipped: dict[str, str] = {}
         with pool_maker.start(study, model) as pool:

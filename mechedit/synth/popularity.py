@@ -15,8 +15,10 @@ probability of the correct object is measured before and after on
 Per set the damage is the mean drop of teacher-forced P(object) (``damage``) and of top-1
 accuracy of the object's first token (``acc_drop``); sets are capped at
 ``max_facts_per_set`` (seeded). Side-effect prompts are the canonical phrasing (template
-0) of each fact. Rows go to a :class:`~mechedit.store.ResultStore` (JSONL), one per
-(entity, fact, method), as each edit finishes, so a run resumes after a crash.
+0) of each fact. One typed :class:`PopularityRow` per (entity, fact, method), its sets as
+:class:`SetDamage`; the experiment runs as the ``popularity`` study
+(:class:`mechedit.synth.popularity_study.PopularityStudy`: store, resume, executors), and
+:func:`run_popularity` is its one-call form.
 
 Statistics (:func:`popularity_stats`): Pearson and Spearman correlation of each damage
 measure with popularity (degree and corpus frequency), 95% CIs
@@ -28,11 +30,10 @@ from __future__ import annotations
 
 import json
 import random
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -45,7 +46,8 @@ from mechedit.errors import ConfigError
 from mechedit.interventions import run
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
-from mechedit.store import ResultStore, check_run_settings
+from mechedit.studies.files import atomic_write_text
+from mechedit.studies.study import Row
 from mechedit.synth.corpus import N_TEMPLATES, Corpus, prompt_template
 from mechedit.synth.kg import RELATIONS, KnowledgeGraph
 from mechedit.tokens import Prefix, encode, target_ids
@@ -219,8 +221,22 @@ class _Before:
         return [self.cache[k] for k in pairs]
 
 
+@dataclass(frozen=True)
+class SetDamage(Config):
+    """One measured set of one erasure: mean P(object) and top-1 accuracy before and after."""
+
+    set: str
+    n: int
+    p_before: float
+    p_after: float
+    damage: float
+    acc_before: float
+    acc_after: float
+    acc_drop: float
+
+
 def set_damage(model: Any, sets: dict[str, list[tuple[str, str]]], edit: Any, before: _Before,
-               config: PopularityConfig) -> list[dict[str, Any]]:
+               config: PopularityConfig) -> list[SetDamage]:
     """Per set: n, mean p / top-1 before and after the edit (as hooks), and the drops."""
     flat = [pair for pairs in sets.values() for pair in pairs]
     if not flat:
@@ -236,8 +252,7 @@ def set_damage(model: Any, sets: dict[str, list[tuple[str, str]]], edit: Any, be
             pb = float(np.mean([x[0] for x in b[k:k + n]]))
             ab = float(np.mean([x[1] for x in b[k:k + n]]))
             pa, aa = float(p_after[k:k + n].mean()), float(hit_after[k:k + n].float().mean())
-            out.append({"set": name, "n": n, "p_before": pb, "p_after": pa, "damage": pb - pa,
-                        "acc_before": ab, "acc_after": aa, "acc_drop": ab - aa})
+            out.append(SetDamage(name, n, pb, pa, pb - pa, ab, aa, ab - aa))
         k += n
     return out
 
@@ -263,65 +278,71 @@ def erase_request(kg: KnowledgeGraph, fact: int) -> EditRequest:
                        case_id=fact)
 
 
-def _row(kg: KnowledgeGraph, entity: str, b: int, fact: int, method: str, edit: Any, seconds: float,
-         sets: list[dict[str, Any]]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PopularityRow(Row):
+    """One erasure (entity, fact, method): the entity's popularity, the edit's own effect,
+    and the damage on each measured set."""
+
+    entity: str
+    entity_name: str
+    entity_type: str
+    degree: int
+    corpus_freq: int | None
+    rank: int
+    bin: int
+    fact: int
+    relation: str
+    object: str
+    method: str
+    seconds: float
+    edit_p_before: float
+    edit_p_after: float
+    sets: tuple[SetDamage, ...]
+
+    TIMING_FIELDS: ClassVar[tuple[str, ...]] = ("seconds",)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PopularityRow:
+        sets = tuple(s if isinstance(s, SetDamage) else SetDamage.from_dict(s) for s in d.get("sets", ()))
+        return super().from_dict({**d, "sets": sets})
+
+
+def erasure_row(kg: KnowledgeGraph, entity: str, b: int, fact: int, method: str, edit: Any, seconds: float,
+                sets: Sequence[SetDamage]) -> PopularityRow:
     e, f = kg.entity(entity), kg.facts[fact]
-    return {"entity": entity, "entity_name": e.name, "entity_type": e.type, "degree": e.degree,
-            "corpus_freq": e.corpus_freq, "rank": e.rank, "bin": b, "fact": fact, "relation": f.relation,
-            "object": f.object, "method": method, "seconds": seconds,
-            "edit_p_before": edit.diagnostics.p_target_before[0], "edit_p_after": edit.diagnostics.p_target_after[0],
-            "sets": sets}
+    return PopularityRow(entity, e.name, e.type, e.degree, e.corpus_freq, e.rank, b, fact, f.relation, f.object,
+                         method, seconds, edit.diagnostics.p_target_before[0], edit.diagnostics.p_target_after[0],
+                         tuple(sets))
 
 
 def run_popularity(model: Any, kg: KnowledgeGraph, corpus: Corpus | None, config: PopularityConfig,
                    out_dir: str | Path | None = None, *, cache: Any = None, known: Sequence[int] | None = None,
-                   progress: bool = True) -> "PopularityResult":
-    """Run (or resume) the experiment; rows go to ``out_dir/rows.jsonl`` as they finish.
+                   progress: bool = True) -> PopularityResult:
+    """Run (or resume) the experiment on a loaded model: the ``popularity`` study
+    (:class:`~mechedit.synth.popularity_study.PopularityStudy`) on the local executor, its
+    rows in ``out_dir/rows.jsonl`` as they finish.
 
     ``known``: the facts the model knows (default: measured, :func:`known_facts`); only
-    these are erased.
-    ``corpus`` is unused beyond provenance (prompts come from the relation templates and
-    popularity from the graph); it is accepted so callers pass what ``load_kg_dir`` gives.
+    these are erased. ``cache``: an :class:`~mechedit.editors.EditorCache` (default: key
+    statistics from 16-token model samples). ``corpus`` is unused (prompts come from the
+    relation templates, popularity from the graph); it is accepted so callers pass what
+    ``load_kg_dir`` gives.
     """
-    from tqdm.auto import tqdm
+    from mechedit.studies import ModelSpec, run_study
+    from mechedit.synth.popularity_study import PopularityStudy
 
-    from mechedit.editors import EditorCache, get_editor
-    from mechedit.editors.stats import Corpus as StatsCorpus
-
-    if out_dir is not None:  # a directory resumes only the run it was started with
-        check_run_settings(out_dir, config.to_dict(), name="config.json")
-    store = ResultStore(None if out_dir is None else Path(out_dir) / "rows.jsonl")
-    cache = cache or EditorCache(corpus=StatsCorpus.model_samples(n_tokens=16), progress=progress)
-    configs = editor_configs(model, config)
-    known = known_facts(model, kg, prefix=config.prefix) if known is None else known
-    chosen = sample_entities(kg, known, config)
-    unrelated = unrelated_sample(kg, config.n_unrelated, config.seed)
-    before = _Before(model, config)
-    todo = [(e, b, f, m) for e, b, f in chosen for m in config.methods]
-    for entity, b, fact, method in tqdm(todo, desc="popularity", disable=not progress):
-        key = f"{entity}|{fact}|{method}"
-        if key in store:
-            continue
-        t0 = time.perf_counter()
-        edit = get_editor(method)(model, [erase_request(kg, fact)], configs[method], cache=cache)
-        sets = measure_sets(kg, fact, unrelated, config.max_facts_per_set, config.seed)
-        damage = set_damage(model, sets, edit, before, config)
-        store.append(key, _row(kg, entity, b, fact, method, edit, time.perf_counter() - t0, damage))
-    rows = rows_frame(store)
-    keep = {f"{e}|{f}|{m}" for e, _, f, m in todo}
-    rows = rows[rows["key"].isin(keep)].reset_index(drop=True)
-    corr, binned = popularity_stats(rows)
-    return PopularityResult(config, model_info(model).name, rows, corr, binned,
-                            {m: c.to_dict() for m, c in configs.items()})
+    study = PopularityStudy(ModelSpec(model_info(model).name, loaded=model), config, kg=kg, cache=cache,
+                            known=known)
+    return study.popularity_result(run_study(study, out_dir, progress=progress))
 
 
-
-def rows_frame(store: ResultStore) -> pd.DataFrame:
-    """Stored rows in long format: one row per (entity, fact, method, set)."""
+def rows_frame(rows: Sequence[PopularityRow], keys: Sequence[str]) -> pd.DataFrame:
+    """Typed rows in long format: one row per (entity, fact, method, set), ``key`` first."""
     flat = []
-    for row in store:
-        base = {k: v for k, v in row.items() if k != "sets"}
-        flat += [{**base, **s} for s in row["sets"]]
+    for key, row in zip(keys, rows, strict=True):
+        base = {"key": key, **row.to_dict()}
+        sets = base.pop("sets")
+        flat += [{**base, **s} for s in sets]
     return pd.DataFrame(flat)
 
 
@@ -370,22 +391,31 @@ class PopularityResult:
     editor_configs: dict[str, dict[str, Any]]
     version: str = field(default_factory=lambda: __import__("mechedit").__version__)
 
+    @classmethod
+    def from_rows(cls, config: PopularityConfig, model: str, rows: Sequence[PopularityRow], keys: Sequence[str],
+                  editor_configs: Mapping[str, Mapping[str, Any]]) -> PopularityResult:
+        """The result of typed rows (in unit order) and their unit keys: the statistics computed."""
+        frame = rows_frame(rows, keys)
+        corr, binned = popularity_stats(frame)
+        return cls(config, model, frame, corr, binned, {m: dict(c) for m, c in editor_configs.items()})
+
     def to_dataframe(self) -> pd.DataFrame:
         return self.rows
 
     def save(self, out_dir: str | Path) -> Path:
+        """``rows.csv`` (long), ``correlations.csv``, ``binned.csv``, ``result.json``; each written
+        atomically (a temporary file renamed), so a reader never sees a torn table."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        self.rows.to_csv(out / "rows.csv", index=False)
-        self.correlations.to_csv(out / "correlations.csv", index=False)
-        self.binned.to_csv(out / "binned.csv", index=False)
+        for name, frame in (("rows", self.rows), ("correlations", self.correlations), ("binned", self.binned)):
+            atomic_write_text(out / f"{name}.csv", frame.to_csv(index=False))
         meta = {"model": self.model, "config": self.config.to_dict(), "editor_configs": self.editor_configs,
                 "version": self.version}
-        (out / "result.json").write_text(json.dumps(meta, indent=2))
+        atomic_write_text(out / "result.json", json.dumps(meta, indent=2))
         return out
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "PopularityResult":
+    def load(cls, out_dir: str | Path) -> PopularityResult:
         out = Path(out_dir)
         meta = json.loads((out / "result.json").read_text())
         return cls(PopularityConfig.from_dict(meta["config"]), meta["model"], pd.read_csv(out / "rows.csv"),
