@@ -4,7 +4,8 @@ Erase one fact about each of N entities sampled across the popularity range with
 MEMIT and FT (per-model hparams in mechedit/editors/hparams/*/kg-small.json), measure
 side effects, relate them to popularity (the ``popularity`` study: rows.jsonl, study.json;
 tables and figures by its report); then trace a sample of facts and compare the
-MLP trace peak with the layer where ROME erasure works best. Resumable.
+MLP trace peak with the layer where ROME erasure works best (a sweep study in
+``trace_vs_edit/``, :mod:`mechedit.synth.localization`). Resumable.
 
     PYTHONPATH=. python analyses/curse_of_popularity.py
 """
@@ -23,7 +24,7 @@ import torch
 import mechedit
 from mechedit.studies import ModelSpec, run_study
 from mechedit.synth import SHIPPED_MODEL, shipped_model_dir
-from mechedit.synth.localization import TraceEditResult, trace_vs_edit
+from mechedit.synth.localization import trace_vs_edit_study, trace_vs_edit_summary
 from mechedit.synth.pipeline import load_kg_dir
 from mechedit.synth.popularity import PopularityConfig, known_facts
 from mechedit.synth.popularity_study import PopularityStudy
@@ -62,12 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     study = PopularityStudy(ModelSpec(SHIPPED_MODEL, loaded=model), config, kg=kg)
     # rows/correlations/binned CSVs, result.json and the three figures
     result = study.report(run_study(study, args.out), args.out, cmd)
-    if (args.out / "trace_vs_edit.csv").is_file():  # resumed: the trace study is done
-        tve = TraceEditResult.load(args.out)
-    else:
-        facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
-        tve = trace_vs_edit(model, kg, facts, window=1, progress=True)
-        tve.save(args.out)
+    facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
+    tve = run_study(trace_vs_edit_study(ModelSpec(loaded=model), kg, facts), args.out / "trace_vs_edit")  # resumes
+    summary = trace_vs_edit_summary(tve)
+    summary.to_csv(args.out / "trace_vs_edit_summary.csv", index=False)
     with open(args.out / "runs.log", "a") as fh:  # every invocation: date, command, wall time
         fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {cmd.strip()}  "
                  f"wall {time.time() - t0:.0f} s\n")
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{(args.out / 'runs.log').read_text()}```\n\n"
         f"mechedit {mechedit.__version__}; config: `{config.to_dict()}`\n\n"
         f"Damage = mean drop in teacher-forced P(correct object) over the set; correlation with entity degree:\n\n"
-        f"{findings(result, tve.summary())}\n")
+        f"{findings(result, summary)}\n")
     return 0
 
 

@@ -34,9 +34,10 @@ import numpy as np
 import torch
 
 import mechedit
-from mechedit.analysis.sweep import SweepConfig, run_sweep
+from mechedit.analysis.sweep import SweepConfig
+from mechedit.analysis.sweep_study import SweepStudy
 from mechedit.data import load_counterfact
-from mechedit.editors import EditorCache, get_editor
+from mechedit.editors import get_editor
 from mechedit.patching import patch
 from mechedit.synth import shipped_model_dir
 
@@ -50,7 +51,9 @@ def sweep_rows(model: Any, records: list, layers: tuple[int, ...], small: bool) 
     bases = {m: get_editor(m).config_for(model) for m in ("rome", "memit", "ft")}
     if small:
         bases = {m: c.replace(mom2_n_samples=64, mom2_max_length=16) if m != "ft" else c for m, c in bases.items()}
-    res = run_sweep(model, records, config, editor_configs=bases, cache=EditorCache(progress=False), progress=False)
+    from mechedit.studies import ModelSpec, run_study
+
+    res = run_study(SweepStudy(ModelSpec(loaded=model), records, config, editors=bases), progress=False)
     return res.rows.sort_values(["case_id", "layer", "method", "variant"]).reset_index(drop=True), res.traces
 
 

@@ -1,9 +1,11 @@
-"""The localization-vs-editing sweep on the shipped synthetic model (4 layers, every fact known).
+"""The localization-vs-editing sweep (the ``sweep`` study) on the shipped synthetic model
+(4 layers, every fact known).
 
-References are independent of the sweep's code path: tracing effects by a loop over the
-PatchResult's cells, edit scores from teacher-forced probabilities
-(:func:`mechedit.editors.target_probability`) of an edit recomputed by hand, resume
-against an uninterrupted run.
+References are independent of the study's code path: the rows the old ``run_sweep`` loop
+computed before the sweep became a study (``tests/data/sweep_golden_bfcd9d4.json``),
+tracing effects by a loop over the PatchResult's cells, edit scores from teacher-forced
+probabilities (:func:`mechedit.editors.target_probability`) of an edit recomputed by hand,
+resume against an uninterrupted run, and the committed SmolLM2 tables.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -18,15 +21,15 @@ import pytest
 import torch
 
 import mechedit
-from mechedit.analysis import sweep as sweep_mod
+from mechedit.analysis import sweep_study as study_mod
 from mechedit.analysis.sweep import (
     SweepConfig,
     is_content_token,
     reversal_candidate,
-    run_sweep,
-    trace_fact,
     variant_scores,
 )
+from mechedit.analysis.sweep_rows import SweepResult, SweepRow, SweepTraceRow
+from mechedit.analysis.sweep_study import SweepStudy, trace_fact
 from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, RomeConfig, get_editor
 from mechedit.errors import ConfigError, MecheditError
@@ -34,12 +37,24 @@ from mechedit.evaluation.hase import erasure_score, neighborhood_score, rewrite_
 from mechedit.interventions import AddVector, EmbeddingNoise
 from mechedit.patching.corruption import embedding_std
 from mechedit.sites import Site
+from mechedit.studies import ModelSpec, load_study_rows, rows_equal, run_study
 from mechedit.synth import shipped_model_dir
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
 BASES = {"rome": RomeConfig(layer=0, lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
 CONFIG = SweepConfig(layers=(0,), methods=("rome",), variants=("injection",), noise_samples=3,
                      essence_texts=1, essence_tokens=4, known_only=False)
+GOLDEN = Path(__file__).parent / "data" / "sweep_golden_bfcd9d4.json"
+RESULTS = Path(__file__).parents[1] / "analyses" / "results"
+
+
+def _study(model, records, config, cache, **kw):
+    return SweepStudy(ModelSpec(loaded=model, threads=kw.pop("threads", None)), records, config,
+                      editors=kw.pop("editors", BASES), corpus=cache.corpus, stats_dir=cache.stats_dir, **kw)
+
+
+def _sweep(model, records, config, cache, out=None, **kw):
+    return run_study(_study(model, records, config, cache, **kw), out, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -49,20 +64,25 @@ def records():
 
 
 def test_tracing_effect_equals_a_loop_over_the_patch_result(synth_model, records):
-    row, result = trace_fact(synth_model, records[0], CONFIG, sigma=0.5)
+    from mechedit.patching import NoiseConfig, trace
+
+    row = trace_fact(synth_model, records[0], CONFIG, sigma=0.5)
+    result = trace(synth_model, records[0].text, records[0].subject, answer=records[0].target_true, kind="mlp",
+                   window=5, noise=NoiseConfig(samples=3), sigma=0.5, prefix="neutral")
     clean, corr = result.clean_score, result.corrupted_score
-    assert clean != corr
+    assert clean != corr and (row.clean_score, row.corrupted_score) == (clean, corr)
     n_pos, n_layers = result.scores.shape
+    derived = row.derived(CONFIG)
     for layer in range(n_layers):
-        fracs = [max(0.0, (float(result.scores[p, layer]) - corr) / abs(clean - corr)) for p in range(n_pos)]
-        assert row["effect"][layer] == pytest.approx(max(fracs), abs=1e-6)
-        assert row["effect_last_subject"][layer] == pytest.approx(fracs[result.subject_range[1] - 1], abs=1e-6)
-    assert row["peak_layer"] == max(range(n_layers), key=lambda k: row["effect"][k])
-    assert result.kind == "mlp_out" and result.window == 5
+        fracs = [(float(result.scores[p, layer]) - corr) / abs(clean - corr) for p in range(n_pos)]
+        assert row.effect_raw[layer] == pytest.approx(max(fracs), abs=1e-6)
+        assert derived["effect"][layer] == pytest.approx(min(1.0, max(0.0, max(fracs))), abs=1e-6)
+        assert row.effect_last_subject_raw[layer] == pytest.approx(fracs[result.subject_range[1] - 1], abs=1e-6)
+    assert derived["peak_layer"] == max(range(n_layers), key=lambda k: (derived["effect"][k], -k))
     # the reversal target is a real alternative: never the true answer's first token
     first_true = mechedit.tokens.target_ids(synth_model, records[0].text, records[0].target_true)[0]
-    assert row["reversal_id"] != first_true
-    assert sweep_mod.is_content_token(row["reversal_target"])  # a word, not " the" or punctuation
+    assert row.reversal_id != first_true
+    assert is_content_token(row.reversal_target)  # a word, not " the" or punctuation
 
 
 def test_reversal_candidate_skips_function_words_and_non_words():
@@ -95,13 +115,33 @@ def _p(model, text, target, edit=None):
     return mechedit.editors.target_probability(model, text, target, "neutral", [edit] if edit else [])
 
 
+def test_the_study_gives_the_rows_of_the_old_sweep_loop(synth_model, cache, tmp_path):
+    """Recorded from ``run_sweep`` before the sweep became a study (same settings, 1 thread)."""
+    gold = json.loads(GOLDEN.read_text())
+    recs, _ = load_counterfact(shipped_model_dir() / "counterfact.json")
+    config = SweepConfig.from_dict(gold["config"])
+    result = _sweep(synth_model, recs[:2], config, cache, tmp_path / "s", threads=1)
+    assert len(result.rows) == len(gold["rows"]) == 32 and (result.n_new, result.n_skipped) == (32, 0)
+    for want, got in zip(gold["rows"], result.rows.to_dict("records"), strict=True):
+        for k in ("case_id", "layer", "method", "variant", "target"):
+            assert got[k] == want[k], k
+        assert list(got["edit_layers"]) == want["edit_layers"]
+        for k in ("rewrite", "paraphrase", "neighborhood", "essence_drift", "tracing_effect",
+                  "tracing_effect_last_subject"):
+            assert got[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True), (k, want)
+    for want, got in zip(gold["traces"], result.traces.to_dict("records"), strict=True):
+        assert (got["reversal_target"], got["peak_layer"], got["valid"]) == (
+            want["reversal_target"], want["peak_layer"], want["valid"])
+        np.testing.assert_allclose(got["effect_raw"], want["effect_raw"], atol=1e-9)
+
+
 @pytest.mark.parametrize("method,variant,layer", [("rome", "injection", 0), ("ft5", "erasure", 1)])
 def test_row_scores_equal_scores_of_the_edit_computed_directly(synth_model, records, cache, method, variant, layer):
     cfg = SweepConfig(layers=(layer,), methods=(method,), variants=(variant,), noise_samples=3, essence_texts=1,
                       essence_tokens=4, known_only=False)
-    row = run_sweep(synth_model, records[:1], cfg, editor_configs=BASES, cache=cache, progress=False).rows.iloc[0]
+    row = _sweep(synth_model, records[:1], cfg, cache).rows.iloc[0]
     rec = records[0]
-    assert row["edit_layers"] == ([0] if method == "rome" else [0, 1, 2, 3])  # window 5 at 1, clipped
+    assert list(row["edit_layers"]) == ([0] if method == "rome" else [0, 1, 2, 3])  # window 5 at 1, clipped
     econf = (BASES["rome"].replace(layer=0) if method == "rome" else BASES["ft"].replace(layers=(0, 1, 2, 3)))
     econf = econf.replace(objective="inject" if variant == "injection" else "erase")
     edit = get_editor(method[:2] if method == "ft5" else method).fn(synth_model, [rec.to_request()], econf,
@@ -119,16 +159,16 @@ def test_row_scores_equal_scores_of_the_edit_computed_directly(synth_model, reco
     assert abs(math.log(post / pre)) > math.log(2)  # the edit did something: the equality is not vacuous
 
 
-def test_resume_after_a_crash_gives_the_rows_of_an_uninterrupted_run(synth_model, records, cache, tmp_path,
-                                                                     monkeypatch):
-    full = run_sweep(synth_model, records[:2], CONFIG, tmp_path / "a", editor_configs=BASES, cache=cache,
-                     progress=False).rows
+def test_resume_after_a_crash_skips_done_units_and_traces_each_fact_once(synth_model, records, cache, tmp_path,
+                                                                           monkeypatch):
+    cfg = CONFIG.replace(layers=(0, 1))
+    full = _sweep(synth_model, records[:2], cfg, cache, tmp_path / "a")
     calls = {"score": 0, "trace": 0}
-    real_score, real_trace = sweep_mod.score_row, sweep_mod.trace_fact
+    real_score, real_trace = study_mod.score_row, study_mod.trace_fact
 
     def crashing(*a, **k):
         calls["score"] += 1
-        if calls["score"] == 2:
+        if calls["score"] == 3:
             raise KeyboardInterrupt("simulated crash")
         return real_score(*a, **k)
 
@@ -136,27 +176,95 @@ def test_resume_after_a_crash_gives_the_rows_of_an_uninterrupted_run(synth_model
         calls["trace"] += 1
         return real_trace(*a, **k)
 
-    monkeypatch.setattr(sweep_mod, "score_row", crashing)
-    monkeypatch.setattr(sweep_mod, "trace_fact", counting)
+    monkeypatch.setattr(study_mod, "score_row", crashing)
+    monkeypatch.setattr(study_mod, "trace_fact", counting)
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(synth_model, records[:2], CONFIG, tmp_path / "b", editor_configs=BASES, cache=cache, progress=False)
-    assert len((tmp_path / "b" / "rows.jsonl").read_text().splitlines()) == 1
-    monkeypatch.setattr(sweep_mod, "score_row", real_score)
-    resumed = run_sweep(synth_model, records[:2], CONFIG, tmp_path / "b", editor_configs=BASES, cache=cache,
-                        progress=False)
-    assert (resumed.n_skipped, resumed.n_new) == (1, 1)
+        _sweep(synth_model, records[:2], cfg, cache, tmp_path / "b")
+    assert len((tmp_path / "b" / "rows.jsonl").read_text().splitlines()) == 2
+    assert calls["trace"] == 2  # both facts traced once, before any row
+    calls["score"] = 100  # no more crashes: count the rows computed on resume
+    resumed = _sweep(synth_model, records[:2], cfg, cache, tmp_path / "b")
+    assert (resumed.n_skipped, resumed.n_new, calls["score"] - 100) == (2, 2, 2)
     assert calls["trace"] == 2  # one trace per fact, none redone on resume
     keys = [json.loads(line)["key"] for line in (tmp_path / "b" / "rows.jsonl").read_text().splitlines()]
-    assert sorted(keys) == sorted(set(keys)) and len(keys) == 2
-    assert resumed.rows["key"].tolist() == full["key"].tolist()
-    cols = ["layer", "tracing_effect", "rewrite", "paraphrase", "neighborhood"]
-    np.testing.assert_allclose(resumed.rows[cols].to_numpy(float), full[cols].to_numpy(float), atol=1e-5)
+    assert len(keys) == len(set(keys)) == 4
+    assert rows_equal(resumed.sweep_rows, full.sweep_rows) and rows_equal(resumed.trace_rows, full.trace_rows)
+    again = _sweep(synth_model, records[:2], cfg, cache, tmp_path / "b")
+    assert (again.n_new, calls["score"] - 100, calls["trace"]) == (0, 2, 2)  # nothing left to run
+
+
+def test_a_changed_unit_setting_is_a_new_key_and_other_settings_are_refused(synth_model, records, cache, tmp_path):
+    from mechedit.errors import ConfigError as CE
+
+    study = _study(synth_model, records[:1], CONFIG, cache)
+    result = run_study(study, tmp_path / "k", progress=False)
+    plan = result.provenance["plan"]
+    other = _study(synth_model, records[:1], CONFIG, cache, editors={**BASES, "rome": BASES["rome"].replace(lr=1.0)})
+    other.use_plan({**plan, "editors": {**plan["editors"], "rome": BASES["rome"].replace(lr=1.0).to_dict()}})
+    study.use_plan(plan)
+    done = {"traces": {u.key: r for u, r in zip(study.units("traces", {}), result.trace_rows, strict=True)}}
+    assert [u.key for u in study.units("traces", {})] == [u.key for u in other.units("traces", {})]
+    assert {u.key for u in study.units("rows", done)}.isdisjoint(u.key for u in other.units("rows", done))
+    with pytest.raises(CE, match="other settings"):
+        run_study(other, tmp_path / "k", progress=False)
+
+
+def test_every_row_type_round_trips_through_save_and_load(synth_model, records, cache, tmp_path):
+    cfg = CONFIG.replace(variants=("injection", "forcing"))
+    result = _sweep(synth_model, records[:1], cfg, cache, tmp_path / "run")
+    for row in (*result.trace_rows, *result.sweep_rows):
+        assert type(row).from_dict(json.loads(json.dumps(row.to_dict()))) == row
+    assert isinstance(result.trace_rows[0], SweepTraceRow) and isinstance(result.sweep_rows[1], SweepRow)
+    loaded = SweepResult.load(result.save(tmp_path / "saved"))
+    assert loaded.trace_rows == result.trace_rows and loaded.sweep_rows == result.sweep_rows
+    assert (loaded.config, loaded.model, loaded.n_layers) == (result.config, result.model, 4)
+    pd.testing.assert_frame_equal(loaded.rows, result.rows)
+    read = load_study_rows(tmp_path / "run", SweepStudy.from_settings(result.provenance["settings"]))
+    assert read.sweep_rows == result.sweep_rows and read.trace_rows == result.trace_rows
+    assert pd.read_csv(tmp_path / "saved" / "rows.csv")["rewrite"].tolist() == pytest.approx(
+        result.rows["rewrite"].tolist())
+
+
+def test_the_committed_directories_reproduce_their_tables_without_a_model(monkeypatch):
+    """analyses/results/localization_vs_editing*/ converted to the study layout
+    (analyses/convert_sweep_results.py): the stored rows give the committed r2.csv and
+    correlations.csv exactly."""
+    monkeypatch.setattr(mechedit, "load_model", lambda *a, **k: pytest.fail("no model for a report"))
+    out = RESULTS / "localization_vs_editing_methods"
+    meta = json.loads((out / "study.json").read_text())
+    result = load_study_rows(out, SweepStudy.from_settings(meta["settings"])).complete()
+    assert (len(result.rows), len(result.traces), result.n_incomplete) == (288, 12, 0)
+    stats = result.stats()
+    for name, frame in (("r2.csv", stats.r2), ("correlations.csv", stats.correlations)):
+        want = pd.read_csv(out / name)
+        got = pd.read_csv(__import__("io").StringIO(frame.to_csv(index=False)))
+        pd.testing.assert_frame_equal(got, want, check_exact=True)
+
+
+@pytest.mark.parametrize("name,methods,variants", [
+    ("localization_vs_editing_methods", "rome,memit,ft,ft5", "injection"),
+    ("localization_vs_editing", "rome", "injection,reversal,erasure,amplification,forcing")])
+def test_the_committed_commands_build_the_committed_settings(name, methods, variants):
+    """Rerunning a committed command (docs/analysis.md) resumes its directory: same settings."""
+    import importlib.util
+
+    script = RESULTS.parent / "localization_vs_editing.py"
+    spec = importlib.util.spec_from_file_location("lve_script", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    if not mod.DATA.is_file():
+        pytest.skip(f"{mod.DATA} is not here")
+    args = mod.parser().parse_args(["--n", "12", "--order", "file", "--layers", "0,3,6,10,16,23", "--mom2-length",
+                                    "64", "--samples", "3", "--methods", methods, "--variants", variants])
+    study = mod.make_study(args, load_counterfact(mod.DATA)[0])
+    stored = json.loads((RESULTS / name / "study.json").read_text())["settings"]
+    assert json.loads(json.dumps(study.settings())) == stored
 
 
 def test_forcing_row_equals_an_edit_and_noised_probabilities_computed_by_hand(synth_model, records, cache):
     cfg = SweepConfig(layers=(0,), methods=("rome",), variants=("forcing",), noise_samples=3, essence_texts=1,
                       essence_tokens=4, known_only=False, seed=2)
-    result = run_sweep(synth_model, records[:1], cfg, editor_configs=BASES, cache=cache, progress=False)
+    result = _sweep(synth_model, records[:1], cfg, cache)
     row, rec = result.rows.iloc[0], records[0]
     sigma = cfg.noise_multiple * embedding_std(synth_model)  # the trace's σ, recomputed
     assert result.traces.iloc[0]["sigma"] == pytest.approx(sigma) and row["subject_noise"] == pytest.approx(sigma)
@@ -208,7 +316,7 @@ def test_cli_writes_every_file_and_resumes(synth_model, tmp_path, monkeypatch):
     assert args.func(args) == 0
     out = tmp_path / "out"
     for name in ("rows.jsonl", "traces.jsonl", "rows.csv", "traces.csv", "r2.csv", "correlations.csv",
-                 "verdicts.json", "report.md", "run.json", "fig_r2_bars.png", "fig_effect_vs_rewrite.png",
+                 "verdicts.json", "report.md", "study.json", "fig_r2_bars.png", "fig_effect_vs_rewrite.png",
                  "fig_peak_layer.png", "fig_score_by_layer.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     n_rows = len((out / "rows.jsonl").read_text().splitlines())
@@ -220,21 +328,67 @@ def test_cli_writes_every_file_and_resumes(synth_model, tmp_path, monkeypatch):
     # --report-only: no model, only facts with every row (drop one row of the last fact)
     lines = (out / "rows.jsonl").read_text().splitlines()
     (out / "rows.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+
     def no_model(*a, **k):
         raise AssertionError("--report-only must not load a model")
 
-    monkeypatch.setattr(analyze, "load_model_arg", no_model)
+    monkeypatch.setattr(mechedit, "load_model", no_model)
     args = parser.parse_args(["analyze", "localization-vs-editing", "--report-only", "--out", str(out)])
     assert args.func(args) == 0
     reported = pd.read_csv(out / "rows.csv")
     assert len(reported) == 6 and reported["case_id"].nunique() == 3
-    loaded = sweep_mod.load_sweep(out, analyze.sweep_config(parser.parse_args(argv)), "kg-small")
+    settings = json.loads((out / "study.json").read_text())["settings"]
+    loaded = load_study_rows(out, SweepStudy.from_settings(settings)).complete()
     assert (len(loaded.rows), loaded.n_incomplete) == (6, 1)
+    assert settings["config"] == analyze.sweep_config(parser.parse_args(argv)).to_dict()
     (out / "rows.jsonl").write_text(lines[0] + "\n")  # no fact complete: a clear error, not an empty report
     with pytest.raises(MecheditError, match="no fact has all its rows"):
         args.func(args)
-    for argv_bad, match in ((["--report-only", "--out", str(tmp_path / "empty")], "run.json"),
+    for argv_bad, match in ((["--report-only", "--out", str(tmp_path / "empty")], "study.json"),
                             (["--out", str(tmp_path / "x")], "--data is required")):
         args = parser.parse_args(["analyze", "localization-vs-editing", *argv_bad])
         with pytest.raises(MecheditError, match=match):
             args.func(args)
+
+
+@pytest.mark.parametrize("name", ["localization_vs_editing", "localization_vs_editing_methods"])
+def test_the_committed_config_files_build_the_committed_settings(name):
+    """``mechedit study run analyses/studies/NAME.toml`` resumes the committed directory."""
+    import tomllib
+
+    from mechedit.cli.study import RUN_FIELDS
+
+    path = RESULTS.parent / "studies" / f"{name}.toml"
+    spec = tomllib.loads(path.read_text())
+    if not Path(spec["data"]).is_file():
+        pytest.skip(f"{spec['data']} is not here (run from the repository root)")
+    assert (path.parent / spec["out"]).resolve() == (RESULTS / name).resolve()
+    study = SweepStudy.from_spec({k: v for k, v in spec.items() if k not in RUN_FIELDS})
+    assert json.loads(json.dumps(study.settings())) == json.loads((RESULTS / name / "study.json").read_text())[
+        "settings"]
+
+
+def test_study_report_rebuilds_a_committed_directory_without_a_model(tmp_path, monkeypatch):
+    import shutil
+
+    from mechedit.cli.main import main
+
+    monkeypatch.setattr(mechedit, "load_model", lambda *a, **k: pytest.fail("no model for a report"))
+    out = tmp_path / "copy"
+    shutil.copytree(RESULTS / "localization_vs_editing_methods", out)
+    assert main(["study", "report", str(out)]) == 0
+    for name in ("r2.csv", "correlations.csv", "rows.csv", "traces.csv", "verdicts.json"):
+        assert (out / name).read_bytes() == (RESULTS / "localization_vs_editing_methods" / name).read_bytes(), name
+
+
+def test_workers_imply_ray_and_local_refuses_them():
+    from mechedit.cli import analyze
+
+    parser = argparse.ArgumentParser()
+    analyze.register(parser.add_subparsers(dest="command"))
+    base = ["analyze", "localization-vs-editing", "--out", "x"]
+    assert analyze._executor(parser.parse_args(base)) == "local"
+    assert analyze._executor(parser.parse_args([*base, "--workers", "2"])) == "ray"
+    assert analyze._executor(parser.parse_args([*base, "--address", "auto"])) == "ray"
+    assert analyze._executor(parser.parse_args([*base, "--executor", "local", "--workers", "2"])) == "local"
+    assert analyze.sweep_config(parser.parse_args(base)) == SweepConfig()  # defaults: the config's, once

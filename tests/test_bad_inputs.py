@@ -148,7 +148,17 @@ CLI_CASES = [
     ("analyze-n-0", [*ANALYZE, "--n", "0"], "--n: must be", PRE),
     ("analyze-workers-0", [*ANALYZE, "--workers", "0"], "--workers: must be", PRE),
     ("analyze-out-is-file", [*ANALYZE[:5], "@FILE", *ANALYZE[6:]], "is a file", PRE),
-    ("analyze-report-only-empty", [*ANALYZE[:-2], "--report-only"], "has no run.json", PRE),
+    ("analyze-report-only-empty", [*ANALYZE[:-2], "--report-only"], "has no study.json", PRE),
+    ("analyze-local-two-workers", [*ANALYZE, "--executor", "local", "--workers", "2"], "local executor runs one",
+     PRE),
+    ("analyze-unknown-executor", [*ANALYZE, "--executor", "nosuch"], "invalid choice", PRE),
+    ("analyze-hparams-unknown-field", [*ANALYZE, "--hparams", '{"rome": {"nosuch": 1}}'], "unknown RomeConfig field",
+     PRE),
+    ("analyze-hparams-unknown-method", [*ANALYZE, "--hparams", '{"romee": {"lr": 1}}'], "unknown method", PRE),
+    ("analyze-layer-out-of-range", [*ANALYZE, "--layers", "0,99"], "do not exist", POST),
+    ("analyze-no-model", [*ANALYZE[:3], "@nomodel", *ANALYZE[4:]], "holds no config.json", POST),
+    ("analyze-report-only-other-study", ["analyze", "localization-vs-editing", "--report-only", "--out", "@pred"],
+     "holds a 'predictions' study", PRE),
     # --- synth --------------------------------------------------------------------------------------
     ("synth-hparams-malformed", [*POPULARITY, "--hparams", "{rome"], "not valid JSON", PRE),
     ("synth-hparams-missing", [*POPULARITY, "--hparams", "@missing.json"], "no such file", PRE),
@@ -185,6 +195,8 @@ def _files(tmp: Path) -> dict[str, str]:
     (tmp / "FILE").write_text("a file, not a directory\n")
     (tmp / "dir").mkdir()
     (tmp / "nomodel").mkdir()
+    (tmp / "pred").mkdir()
+    (tmp / "pred" / "study.json").write_text('{"study": "predictions", "settings": {}}')
     return {name: str(tmp / name) for name in ("cf.json", "known.json", "bad.json", "empty.json", "list.json",
                                                 "object.json", "nosubject.json", "FILE", "dir", "nomodel")}
 

@@ -18,14 +18,9 @@ import torch
 
 import mechedit
 from mechedit.analysis.stats import localization_stats
-from mechedit.analysis.sweep import (
-    SweepConfig,
-    attach_traces,
-    long_rows,
-    normalise_trace,
-    run_sweep,
-    trace_validity,
-)
+from mechedit.analysis.sweep import SweepConfig, trace_validity
+from mechedit.analysis.sweep_rows import SweepTraceRow, attach_traces, long_rows, trace_frame
+from mechedit.analysis.sweep_study import SweepStudy
 from mechedit.data import CounterFactRecord, load_counterfact, select_records
 from mechedit.editors import FTConfig, get_editor
 from mechedit.errors import ConfigError
@@ -140,8 +135,7 @@ def test_trace_data_traces_the_records_answer_and_reports_unknown_facts(tiny_dir
 # --- the validity rule for tracing effects ---------------------------------------------
 
 def _trace(case_id, clean, corrupted, effect):
-    return {"case_id": case_id, "subject": f"s{case_id}", "effect": list(effect),
-            "effect_last_subject": list(effect), "clean_score": clean, "corrupted_score": corrupted}
+    return SweepTraceRow(case_id, f"s{case_id}", " a", tuple(effect), tuple(effect), clean, corrupted, 0.1, 0, " b")
 
 
 def test_a_fact_whose_noising_fails_is_left_out_with_its_reason():
@@ -150,10 +144,10 @@ def test_a_fact_whose_noising_fails_is_left_out_with_its_reason():
     assert reason is not None and "0.0050 < 0.02" in reason
     assert trace_validity(0.2, 0.4, 0.02) is not None  # noising raised the answer
     config = SweepConfig(layers=(0, 1), known_only=False)
-    # stored before the rule: effect clamped at 0 only, so 8.95 could reach the correlations
+    # a raw effect of 8.95 (noise over almost nothing) would dominate the correlations
     traces = [_trace(1, 0.30, 0.295, [8.95, 0.4]), _trace(2, 0.6, 0.1, [0.9, 0.2]), _trace(3, 0.5, 0.0, [0.3, 1.2]),
               _trace(4, 0.7, 0.2, [0.5, 0.6]), _trace(5, 0.4, 0.1, [0.1, 0.8])]
-    norm = pd.DataFrame([normalise_trace(t, config) for t in traces])
+    norm = trace_frame(traces, config)
     assert norm["valid"].tolist() == [False, True, True, True, True]
     assert norm.loc[2, "effect"] == [0.3, 1.0] and norm.loc[2, "effect_raw"] == [0.3, 1.2]
     scores = {1: (0.1, 0.9), 2: (0.9, 0.3), 3: (0.4, 0.5), 4: (0.6, 0.7), 5: (0.2, 0.8)}
@@ -165,7 +159,7 @@ def test_a_fact_whose_noising_fails_is_left_out_with_its_reason():
     assert joined.loc[5, "tracing_effect"] == 1.0  # fact 3, layer 1: raw 1.2 clipped
     stats = localization_stats(long_rows(joined))
     rewrite = stats.correlations.query("metric == 'rewrite'").iloc[0]
-    x = [min(1.0, e) for c, t in zip(scores, traces, strict=True) if c != 1 for e in t["effect"]]
+    x = [min(1.0, e) for c, t in zip(scores, traces, strict=True) if c != 1 for e in t.effect_raw]
     y = [v for c, s in scores.items() if c != 1 for v in s]
     assert rewrite["n"] == 8 and rewrite["pearson_r"] == pytest.approx(pd.Series(x).corr(pd.Series(y)))
     raw = attach_traces(rows, norm, config.replace(clip_effects=False))
@@ -176,8 +170,11 @@ def test_a_sweep_marks_a_fact_whose_noise_does_nothing(synth_model, cache):
     recs, _ = load_counterfact(shipped_model_dir() / "counterfact.json")
     config = SweepConfig(layers=(0,), methods=("ft",), variants=("erasure",), noise_samples=2, noise_multiple=1e-6,
                          essence_texts=1, essence_tokens=2, known_only=False)
-    result = run_sweep(synth_model, recs[:1], config, editor_configs={"ft": FTConfig(steps=1)}, cache=cache,
-                       progress=False)
+    from mechedit.studies import ModelSpec, run_study
+
+    study = SweepStudy(ModelSpec(loaded=synth_model), recs[:1], config, editors={"ft": FTConfig(steps=1)},
+                       corpus=cache.corpus, stats_dir=cache.stats_dir)
+    result = run_study(study, progress=False)
     trace = result.traces.iloc[0]
     assert abs(trace["clean_score"] - trace["corrupted_score"]) < 1e-3 and not trace["valid"]
     assert not result.rows["trace_valid"].any() and result.excluded()["case_id"].tolist() == [recs[0].case_id]

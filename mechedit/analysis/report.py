@@ -3,7 +3,8 @@
 Science (:mod:`.sweep`, :mod:`.stats`) and pictures (:mod:`.plots`) stay separate; this
 module only ties them into files in one directory:
 
-* ``rows.csv``, ``traces.csv``, ``sweep.json`` — :meth:`SweepResult.save`;
+* ``rows.csv``, ``traces.csv`` — :meth:`SweepResult.save_tables` (the typed rows are the
+  study's ``rows.jsonl``/``traces.jsonl``, or :meth:`SweepResult.save`'s);
 * ``r2.csv``, ``correlations.csv``, ``verdicts.json`` — :meth:`LocalizationStats.save`;
 * ``fig_r2_bars.png``, ``fig_effect_vs_rewrite.png``, ``fig_peak_layer.png``,
   ``fig_score_by_layer.png``;
@@ -21,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from mechedit.analysis.stats import LocalizationStats
-from mechedit.analysis.sweep import SweepResult
+from mechedit.analysis.sweep_rows import SweepResult
 
 FIGURES = ("fig_r2_bars.png", "fig_effect_vs_rewrite.png", "fig_peak_layer.png", "fig_score_by_layer.png")
 
@@ -120,7 +121,7 @@ def effects_paragraph(result: SweepResult) -> list[str]:
 def write_report(result: SweepResult, out_dir: str | Path, command: str) -> LocalizationStats:
     """Write every table, figure and ``report.md`` of ``result`` into ``out_dir``."""
     out = Path(out_dir)
-    result.save(out)
+    result.save_tables(out)
     stats = result.stats()
     stats.save(out)
     figures = write_figures(result, stats, out)

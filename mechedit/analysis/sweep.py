@@ -2,9 +2,10 @@
 
 For each fact: trace it once (MLP restoration, a window of 5 layers, Gaussian noise on
 the subject), then for every (edit layer, method, variant) compute the edit and score
-it. One row per (fact, layer, method, variant) goes to a :class:`~mechedit.store.ResultStore`
-as soon as it is finished; a rerun with the same store skips the rows already there.
-The per-fact trace is stored too (``traces.jsonl``), so a resumed sweep does not retrace.
+it. This module holds the science: the config, the tracing effect, the reversal target,
+the editor config of a row and the scores. The study that runs it (one resumable runner,
+``traces`` then ``rows``, local or on Ray) is :class:`~mechedit.analysis.sweep_study.SweepStudy`;
+the rows it stores and the result built from them are in :mod:`mechedit.analysis.sweep_rows`.
 
 **Tracing effect.** With ``restored[pos, l]`` the probability of the fact's answer
 (``target_true``, in context) when the MLP outputs of the window centred at ``l`` are
@@ -26,9 +27,10 @@ effect is noise divided by almost nothing (effects of 8.95 were seen). A fact wh
 ``invalid_reason``) and left out of every correlation and regression; its rows stay in
 the store and the report lists it with the reason.
 
-Rows hold what the edit measured; the trace columns (``tracing_effect``, ``peak_layer``,
-``trace_valid``, …) are joined from the facts' traces when a result is built
-(:func:`attach_traces`), so a retrace updates them without re-editing.
+Rows hold what the edit measured (the Hase probabilities and perplexities; every score is
+derived from them); the trace columns (``tracing_effect``, ``peak_layer``, ``trace_valid``,
+…) are joined from the facts' traces when a result is built
+(:func:`~mechedit.analysis.sweep_rows.attach_traces`).
 
 **Methods.** ``rome`` edits the central layer; ``memit`` and ``ft5`` a window of 5 layers
 centred on it (clipped at the ends, the tracing window's rule); ``ft`` the central layer.
@@ -66,13 +68,10 @@ the essence texts are not noised. A paraphrase without the subject gets no score
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -80,9 +79,8 @@ from torch import Tensor
 from mechedit.config import Config
 from mechedit.data import CounterFactRecord, Order
 from mechedit.errors import ConfigError
-from mechedit.evaluation.hase import erasure_score, rewrite_score
+from mechedit.evaluation.hase import erasure_score, essence_drift, neighborhood_score, rewrite_score
 from mechedit.patching.results import PatchResult
-from mechedit.store import ResultStore
 from mechedit.tokens import Prefix
 
 METHODS = ("rome", "memit", "ft", "ft5")
@@ -183,6 +181,16 @@ def trace_validity(clean: float, corrupted: float, min_gap: float) -> str | None
     return None
 
 
+def clip01(values: Sequence[float]) -> tuple[float, ...]:
+    """Effects clipped to [0, 1] (what the statistics use unless ``clip_effects=False``)."""
+    return tuple(min(1.0, max(0.0, float(x))) for x in values)
+
+
+def peak_layer(effects: Sequence[float]) -> int:
+    """The first layer of the largest effect."""
+    return max(range(len(effects)), key=lambda k: (effects[k], -k))
+
+
 #: Words the reversal target skips: with the subject noised, SmolLM2's top-1 is usually " the".
 STOP_WORDS = frozenset({"the", "a", "an", "of", "in", "on", "at", "to", "and", "or", "is", "was", "for", "with",
                         "by", "from", "as", "that", "this", "it", "its", "their", "his", "her"})
@@ -228,84 +236,6 @@ def noised_top1(model: Any, record: CounterFactRecord, result: PatchResult, conf
                               target_ids(model, record.text, record.target_true)[0])
 
 
-def trace_fact(model: Any, record: CounterFactRecord, config: SweepConfig, sigma: float) -> tuple[dict[str, Any],
-                                                                                                 PatchResult]:
-    """Trace one fact; returns the JSON-ready trace row and the :class:`PatchResult`."""
-    from mechedit.models import model_info
-    from mechedit.patching import trace
-    from mechedit.patching.corruption import NoiseConfig
-
-    t0 = time.perf_counter()
-    noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
-    result = trace(model, record.text, record.subject, answer=record.target_true, kind="mlp",
-                   window=config.window, noise=noise, sigma=sigma, prefix=config.prefix)
-    best, last = tracing_effects(result)
-    raw, raw_last = tracing_effects(result, clip=False)
-    rev = noised_top1(model, record, result, config)
-    reason = trace_validity(result.clean_score, result.corrupted_score, config.min_gap)
-    row = {"case_id": record.case_id, "subject": record.subject, "answer": result.answer,
-           "effect": best.tolist(), "effect_last_subject": last.tolist(), "effect_raw": raw.tolist(),
-           "effect_last_subject_raw": raw_last.tolist(), "peak_layer": int(best.argmax()),
-           "valid": reason is None, "invalid_reason": reason,
-           "clean_score": result.clean_score, "corrupted_score": result.corrupted_score, "sigma": sigma,
-           "reversal_id": rev, "reversal_target": str(model_info(model).tokenizer.decode([rev])),
-           "trace_seconds": time.perf_counter() - t0}
-    return row, result
-
-
-TRACE_COLUMNS = ("tracing_effect", "tracing_effect_raw", "tracing_effect_last_subject", "peak_layer",
-                 "trace_valid", "trace_invalid_reason")
-
-
-def _clip01(values: Sequence[float]) -> list[float]:
-    return [min(1.0, max(0.0, float(x))) for x in values]
-
-
-def normalise_trace(row: Mapping[str, Any], config: SweepConfig) -> dict[str, Any]:
-    """A stored trace row in the current layout, its validity judged by ``config.min_gap``.
-
-    Traces stored before the validity rule hold ``effect`` clamped at 0 only; their
-    ``effect`` becomes ``effect_raw`` and is clipped to [0, 1] (exact except for cells
-    below 0, which were stored as 0).
-    """
-    out = dict(row)
-    if "effect_raw" not in out:
-        out["effect_raw"], out["effect_last_subject_raw"] = list(out["effect"]), list(out["effect_last_subject"])
-        out["effect"], out["effect_last_subject"] = _clip01(out["effect"]), _clip01(out["effect_last_subject"])
-        out["peak_layer"] = int(max(range(len(out["effect"])), key=out["effect"].__getitem__))
-    reason = trace_validity(float(out["clean_score"]), float(out["corrupted_score"]), config.min_gap)
-    out["valid"], out["invalid_reason"] = reason is None, reason
-    return out
-
-
-def trace_columns(trace: Mapping[str, Any], layer: int, config: SweepConfig) -> dict[str, Any]:
-    """The trace columns of a row at ``layer`` (:data:`TRACE_COLUMNS`) from a normalised trace."""
-    suffix = "" if config.clip_effects else "_raw"
-    return {"tracing_effect": trace[f"effect{suffix}"][layer], "tracing_effect_raw": trace["effect_raw"][layer],
-            "tracing_effect_last_subject": trace[f"effect_last_subject{suffix}"][layer],
-            "peak_layer": trace["peak_layer"], "trace_valid": trace["valid"],
-            "trace_invalid_reason": trace["invalid_reason"]}
-
-
-def attach_traces(rows: pd.DataFrame, traces: pd.DataFrame, config: SweepConfig) -> pd.DataFrame:
-    """``rows`` with :data:`TRACE_COLUMNS` joined from ``traces`` (normalised, one per fact);
-    trace columns stored in older rows are replaced."""
-    rows = rows.drop(columns=[c for c in TRACE_COLUMNS if c in rows])
-    if rows.empty:
-        return rows.reindex(columns=[*rows.columns, *TRACE_COLUMNS])
-    by_case = {str(t["case_id"]): t for t in traces.to_dict("records")}
-    extra = [trace_columns(by_case[str(c)], int(layer), config) for c, layer in zip(rows["case_id"], rows["layer"],
-                                                                                     strict=True)]
-    return pd.concat([rows, pd.DataFrame(extra, index=rows.index)], axis=1)
-
-
-def result_frames(rows: list[Mapping[str, Any]], traces: list[Mapping[str, Any]],
-                   config: SweepConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Rows and traces as a result holds them: traces normalised, rows with their trace columns."""
-    tr = pd.DataFrame([normalise_trace(t, config) for t in traces])
-    return attach_traces(pd.DataFrame(list(rows)), tr, config), tr
-
-
 # --- editing and scoring ---------------------------------------------------------------
 
 def edit_layers(method: str, layer: int, n_layers: int, edit_window: int = 5) -> tuple[int, ...]:
@@ -331,10 +261,13 @@ def editor_config(method: str, layer: int, variant: str, n_layers: int, base: An
     return moved
 
 
-def variant_record(record: CounterFactRecord, variant: str, trace_row: Mapping[str, Any]) -> CounterFactRecord:
-    """The record the variant edits and scores (reversal: ``target_new`` := the noised answer)."""
+def variant_record(record: CounterFactRecord, variant: str, reversal_target: str | None) -> CounterFactRecord:
+    """The record the variant edits and scores (reversal: ``target_new`` := the noised answer
+    of the fact's trace)."""
     if variant == "reversal":
-        return dataclasses.replace(record, target_new=trace_row["reversal_target"], target_new_id=None)
+        if reversal_target is None:
+            raise ConfigError("the reversal variant needs the fact's reversal target (from its trace)")
+        return dataclasses.replace(record, target_new=reversal_target, target_new_id=None)
     return record
 
 
@@ -349,59 +282,15 @@ def variant_scores(variant: str, p_pre: Mapping[str, Sequence[float]],
     return out
 
 
-def row_key(case_id: Any, layer: int, method: str, variant: str) -> str:
-    return f"{case_id}|{layer}|{method}|{variant}"
-
-
-@dataclass
-class _Context:
-    """What the rows of one sweep share: model, configs, editor cache, stores."""
-
-    model: Any
-    config: SweepConfig
-    bases: dict[str, Any]
-    cache: Any
-    rows: ResultStore
-    traces: ResultStore
-    n_layers: int
-    baselines: dict[Any, Any] = dataclasses.field(default_factory=dict)  # HaseBaseline per (case, targets)
-
-    def baseline(self, record: CounterFactRecord, eval_config: Any) -> Any:
-        """The unedited model's Hase quantities of ``record``: computed once per fact and target."""
-        from mechedit.evaluation.run import hase_baseline
-
-        key = (str(record.case_id), record.target_new, record.target_true)
-        if key not in self.baselines:
-            self.baselines[key] = hase_baseline(self.model, record, eval_config)
-        return self.baselines[key]
-
-
-def score_row(ctx: _Context, record: CounterFactRecord, trace_row: Mapping[str, Any], layer: int, method: str,
-              variant: str) -> dict[str, Any]:
-    """Edit one (fact, layer, method, variant) and score it: the stored row."""
-    from mechedit.editors import get_editor
-    from mechedit.evaluation.run import EvalConfig, evaluate_record
-
-    cfg = ctx.config
-    rec = variant_record(record, variant, trace_row)
-    econf = editor_config(method, layer, variant, ctx.n_layers, ctx.bases[method], cfg.edit_window,
-                          sigma=trace_row["sigma"], seed=cfg.seed)
-    t0 = time.perf_counter()
-    edit = get_editor("ft" if method == "ft5" else method).fn(ctx.model, [rec.to_request()], econf, cache=ctx.cache)
-    t1 = time.perf_counter()
-    eval_config = EvalConfig(metrics=("hase",), prefix=cfg.prefix, batch_size=cfg.batch_size, seed=cfg.seed,
-                             essence_n_texts=cfg.essence_texts, essence_max_new_tokens=cfg.essence_tokens)
-    hase = evaluate_record(ctx.model, rec, [edit], eval_config, baseline=ctx.baseline(rec, eval_config))
-    if variant in NOISED_VARIANTS:
-        hase = {**hase, **noised_hase(ctx.model, rec, edit, trace_row["sigma"], cfg, hase)}
-    scores = variant_scores(variant, hase["hase_p_pre"], hase["hase_p_post"])
-    return {"case_id": record.case_id, "subject": record.subject, "layer": layer, "method": method,
-            "variant": variant, "edit_layers": list(econf.layers if method != "rome" else (econf.layer,)),
-            "target": rec.target_true if OBJECTIVES[variant] != "inject" else rec.target_new,
-            "subject_noise": econf.subject_noise, **scores,
-            "neighborhood": hase["hase_neighborhood"], "essence_drift": hase["hase_essence_drift"],
-            **{k: v for k, v in hase.items() if k.startswith("hase_")},
-            "edit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1}
+def edit_scores(variant: str, p_pre: Mapping[str, Sequence[float]], p_post: Mapping[str, Sequence[float]],
+                ppl_pre: float, ppl_post: float) -> dict[str, float]:
+    """Every score of a row (:data:`SCORE_METRICS`) from what it measured: ``rewrite`` and
+    ``paraphrase`` by the variant (:func:`variant_scores`), the Hase neighbourhood score of
+    ``target_true`` on the first neighbourhood prompt, and the essence drift."""
+    neighbours = (neighborhood_score(p_pre["neighborhood"][1], p_post["neighborhood"][1])
+                  if "neighborhood" in p_pre else float("nan"))
+    return {**variant_scores(variant, p_pre, p_post), "neighborhood": neighbours,
+            "essence_drift": essence_drift(ppl_pre, ppl_post)}
 
 
 def noised_probability(model: Any, text: str, subject: str, target: str, sigma: float, config: SweepConfig,
@@ -425,129 +314,6 @@ def noised_probability(model: Any, text: str, subject: str, target: str, sigma: 
     return float(per_row.exp().mean())
 
 
-def noised_hase(model: Any, record: CounterFactRecord, edit: Any, sigma: float, config: SweepConfig,
-                hase: Mapping[str, Any]) -> dict[str, Any]:
-    """The Hase quantities of the rewrite and first paraphrase prompt with the subject noised
-    (fact forcing): ``hase_p_pre``/``hase_p_post`` (new, true) and the scores built on them."""
-    from mechedit.errors import TokenizationError
-
-    p_pre, p_post = dict(hase["hase_p_pre"]), dict(hase["hase_p_post"])
-    prompts = {"rewrite": record.text, "paraphrase": next(iter(record.paraphrase_prompts), None)}
-    for kind, text in prompts.items():
-        p_pre.pop(kind, None)
-        p_post.pop(kind, None)
-        if text is None:
-            continue
-        try:
-            for probs, ivs in ((p_pre, []), (p_post, [edit])):
-                probs[kind] = tuple(noised_probability(model, text, record.subject, t, sigma, config, ivs)
-                                    for t in (record.target_new, record.target_true))
-        except TokenizationError:  # a paraphrase that does not contain the subject: no score
-            p_pre.pop(kind, None)
-            p_post.pop(kind, None)
-    nan = float("nan")
-    para = "paraphrase" in p_pre
-    return {"hase_p_pre": p_pre, "hase_p_post": p_post, "hase_subject_noise": sigma,
-            "hase_rewrite": rewrite_score(p_pre["rewrite"][0], p_post["rewrite"][0]),
-            "hase_erasure": erasure_score(p_pre["rewrite"][1], p_post["rewrite"][1]),
-            "hase_paraphrase": rewrite_score(p_pre["paraphrase"][0], p_post["paraphrase"][0]) if para else nan}
-
-
-# --- the sweep -------------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class SweepResult:
-    """Rows (one per fact × layer × method × variant) and traces (one per fact) of a sweep."""
-
-    rows: pd.DataFrame
-    traces: pd.DataFrame
-    config: SweepConfig
-    model: str
-    n_layers: int
-    n_new: int = 0  # rows computed by this call
-    n_skipped: int = 0  # rows found in the store (resumed)
-    n_incomplete: int = 0  # rows left out because their fact is not complete (load_sweep)
-
-    def to_dataframe(self) -> pd.DataFrame:
-        return self.rows
-
-    def long(self) -> pd.DataFrame:
-        """Tidy: one row per (row, metric) with ``score`` (what :func:`localization_stats` reads)."""
-        return long_rows(self.rows)
-
-    def stats(self):
-        """Correlations and regressions over the facts whose trace is valid (module doc)."""
-        from mechedit.analysis.stats import localization_stats
-
-        return localization_stats(self.long())
-
-    def excluded(self) -> pd.DataFrame:
-        """The facts left out of the statistics by the validity rule, with the reason."""
-        if self.traces.empty or "valid" not in self.traces:
-            return pd.DataFrame(columns=["case_id", "subject", "invalid_reason"])
-        bad = self.traces[~self.traces["valid"].astype(bool)]
-        return bad[["case_id", "subject", "clean_score", "corrupted_score", "invalid_reason"]].reset_index(drop=True)
-
-    def save(self, out_dir: str | Path) -> Path:
-        """Write ``rows.csv``, ``traces.csv`` and ``sweep.json`` (config and provenance)."""
-        import json
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        flat = self.rows.drop(columns=[c for c in ("hase_p_pre", "hase_p_post") if c in self.rows], errors="ignore")
-        flat.to_csv(out / "rows.csv", index=False)
-        self.traces.to_csv(out / "traces.csv", index=False)
-        meta = {"model": self.model, "n_layers": self.n_layers, "config": self.config.to_dict(),
-                "n_rows": len(self.rows), "n_facts": len(self.traces),
-                "case_ids": [] if self.traces.empty else self.traces["case_id"].tolist()}
-        (out / "sweep.json").write_text(json.dumps(meta, indent=2) + "\n")
-        return out
-
-
-def load_sweep(out_dir: str | Path, config: SweepConfig, model: str, *, complete_only: bool = True) -> SweepResult:
-    """The sweep stored in ``out_dir`` (no model needed), e.g. while a run goes on or after it stopped.
-
-    With ``complete_only`` only facts that have every (layer, method, variant) row of
-    ``config`` are kept, so a report never mixes finished facts with half-finished ones;
-    ``n_incomplete`` of the result counts the rows left out.
-    """
-    rows_store, traces_store = stores(out_dir)
-    if len(traces_store) == 0:
-        raise ConfigError(f"{out_dir} holds no traced facts yet (no traces.jsonl rows); run the sweep first")
-    traces = traces_store.to_dataframe()
-    n_layers = len(traces["effect"].iloc[0])
-    layers = config.layers_for(n_layers)
-    rows = rows_store.to_dataframe() if len(rows_store) else pd.DataFrame(columns=["case_id", "layer", "method",
-                                                                                    "variant"])
-    rows = rows[rows["layer"].isin(layers) & rows["method"].isin(config.methods)
-                & rows["variant"].isin(config.variants)]
-    n_all = len(rows)
-    if complete_only:
-        counts = rows.groupby("case_id").size()
-        done = set(counts[counts == len(layers) * len(config.methods) * len(config.variants)].index)
-        if not done:
-            raise ConfigError(f"{out_dir}: no fact has all its rows yet ({n_all} rows of {rows['case_id'].nunique()} "
-                              "facts so far); rerun later, or pass complete_only=False")
-        rows, traces = rows[rows["case_id"].isin(done)], traces[traces["case_id"].isin(done)]
-    rows, traces = result_frames(rows.to_dict("records"), traces.to_dict("records"), config)
-    return SweepResult(rows, traces, config, model, n_layers, n_skipped=len(rows), n_incomplete=n_all - len(rows))
-
-
-def long_rows(rows: pd.DataFrame, metrics: Sequence[str] = SCORE_METRICS) -> pd.DataFrame:
-    """Melt the score columns of sweep rows into ``metric``/``score``."""
-    ids = [c for c in ("case_id", "layer", "method", "variant", "tracing_effect", "tracing_effect_last_subject",
-                       "peak_layer", "trace_valid") if c in rows]
-    return rows.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="score")
-
-
-def stores(out_dir: str | Path | None) -> tuple[ResultStore, ResultStore]:
-    """The rows and traces stores of a sweep directory (in memory when ``None``)."""
-    if out_dir is None:
-        return ResultStore(None), ResultStore(None)
-    out = Path(out_dir)
-    return ResultStore(out / "rows.jsonl"), ResultStore(out / "traces.jsonl")
-
-
 def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig, *,
                  progress: bool = False) -> list[CounterFactRecord]:
     """The known facts (top-1 filter, if ``known_only``), ``n_facts`` of them by ``order``."""
@@ -558,99 +324,3 @@ def select_facts(model: Any, records: Sequence[CounterFactRecord], config: Sweep
         records, _ = filter_known(model, records, KnownFilter("top1", prefix=config.prefix), progress=progress)
     return select_records(records, config.n_facts, order=config.order, seed=config.seed)
 
-
-def _base_configs(model: Any, methods: Sequence[str], given: Mapping[str, Any] | None) -> dict[str, Any]:
-    from mechedit.editors import get_editor
-
-    given = dict(given or {})
-    bases = {}
-    for m in methods:
-        key = m if m in given else ("ft" if m == "ft5" and "ft" in given else None)
-        bases[m] = given[key] if key else get_editor("ft" if m == "ft5" else m).config_for(model)
-    return bases
-
-
-def _check_prefixes(bases: Mapping[str, Any], config: SweepConfig) -> None:
-    """Trace, edits and scores behind one prefix: an editor config behind another is refused."""
-    other = {m: str(b.prefix) for m, b in bases.items() if Prefix(b.prefix) is not config.prefix}
-    if other:
-        raise ConfigError(f"the sweep traces and scores behind prefix {str(config.prefix)!r} but these editor "
-                          f"configs edit behind another: {other}; set the same prefix in both")
-
-
-def prefetch_stats(ctx: _Context, layers: Sequence[int]) -> None:
-    """Key statistics of every layer ROME/MEMIT will write, in one pass over the corpus."""
-    for method in ("rome", "memit"):
-        if method in ctx.config.methods:
-            base = ctx.bases[method]
-            needed = sorted({x for c in layers for x in edit_layers(method, c, ctx.n_layers, ctx.config.edit_window)})
-            ctx.cache.key_stats(ctx.model, needed, n_samples=base.mom2_n_samples, max_length=base.mom2_max_length,
-                                prefix=base.prefix)
-
-
-def _fact_trace(ctx: _Context, record: CounterFactRecord, sigma: float) -> dict[str, Any]:
-    key = str(record.case_id)
-    if key not in ctx.traces:
-        row, _ = trace_fact(ctx.model, record, ctx.config, sigma)
-        ctx.traces.append(key, row)
-    return ctx.traces.get(key)  # type: ignore[return-value]
-
-
-def run_sweep(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig | None = None,
-              out_dir: str | Path | None = None, *, editor_configs: Mapping[str, Any] | None = None,
-              cache: Any = None, progress: bool = True, max_rows: int | None = None) -> SweepResult:
-    """Run (or resume) the sweep over ``records`` (already filtered; see :func:`select_facts`).
-
-    Args:
-        out_dir: where ``rows.jsonl`` and ``traces.jsonl`` live; rows already there are
-            skipped, traces already there are reused; a fact whose trace was removed is
-            retraced, and its stored rows take the new trace's columns (no re-editing).
-            ``None``: in memory only.
-        editor_configs: base hyperparameters per method (``"ft"`` also serves ``"ft5"``);
-            default: the model's stored hparams. The sweep sets layer(s) and objective.
-        cache: an :class:`~mechedit.editors.EditorCache` (statistics once per layer).
-        max_rows: stop after computing this many new rows (for tests and budgets).
-    """
-    from tqdm.auto import tqdm
-
-    from mechedit.editors import EditorCache
-    from mechedit.models import model_info
-    from mechedit.patching.corruption import NoiseConfig, noise_sigma
-
-    config = config or SweepConfig()
-    info = model_info(model)
-    layers = config.layers_for(info.n_layers)
-    rows_store, traces_store = stores(out_dir)
-    ctx = _Context(model, config, _base_configs(model, config.methods, editor_configs),
-                   cache if cache is not None else EditorCache(progress=False), rows_store, traces_store, info.n_layers)
-    _check_prefixes(ctx.bases, config)
-    sigma = noise_sigma(model, NoiseConfig(value=config.noise_multiple, samples=config.noise_samples))
-    units = [(r, layer, m, v) for r in records for layer in layers for m in config.methods for v in config.variants]
-    keys = [row_key(r.case_id, layer, m, v) for r, layer, m, v in units]
-    if len(set(keys)) != len(keys):
-        raise ConfigError("records have duplicate case ids; each fact needs its own id")
-    done = sum(k in rows_store for k in keys)
-    if done < len(keys):  # a rerun that only retraces needs no key statistics
-        prefetch_stats(ctx, layers)
-    n_new = 0
-    bar = tqdm(total=len(units), initial=done, desc="localization sweep", unit="row", disable=not progress)
-    try:
-        for (rec, layer, method, variant), key in zip(units, keys, strict=True):
-            if key in rows_store:
-                continue
-            if max_rows is not None and n_new >= max_rows:
-                break
-            trace_row = _fact_trace(ctx, rec, sigma)
-            rows_store.append(key, score_row(ctx, rec, trace_row, layer, method, variant))
-            n_new += 1
-            bar.update(1)
-    finally:
-        bar.close()
-    unfinished = {str(r.case_id) for (r, *_), k in zip(units, keys, strict=True) if k not in rows_store}
-    for rec in records:  # facts with every row stored but no trace (it was deleted to retrace)
-        if str(rec.case_id) not in unfinished:
-            _fact_trace(ctx, rec, sigma)
-    rows, traces = result_frames([rows_store.get(k) for k in keys if k in rows_store],
-                                  [traces_store.get(str(r.case_id)) for r in records if str(r.case_id) in traces_store],
-                                  config)
-    return SweepResult(rows, traces, config, info.name, info.n_layers, n_new, done)

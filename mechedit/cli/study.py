@@ -91,7 +91,7 @@ def run_cmd(args: argparse.Namespace) -> int:
     study.report(result, out, _command())
     run = result.provenance.get("run", {})
     print(f"{study.name}: {sum(run.get('added', {}).values())} new units, "
-          f"{sum(len(r) for r in result.rows.values())} stored -> {out}", file=sys.stderr)
+          f"{sum(len(r) for r in result.typed().rows.values())} stored -> {out}", file=sys.stderr)
     skipped = result.provenance.get("skipped") or {}
     if skipped:
         raise MecheditError(f"{len(skipped)} units could not be run (reasons in {Path(out) / 'skipped.json'}); "
@@ -109,7 +109,7 @@ def report_cmd(args: argparse.Namespace) -> int:
     study = get_study(meta.get("study", "?")).from_spec(meta["settings"])
     result = load_study_rows(args.dir, study)
     study.report(result, args.dir, _command())
-    print(f"{study.name}: report of {sum(len(r) for r in result.rows.values())} stored units -> {args.dir}",
+    print(f"{study.name}: report of {sum(len(r) for r in result.typed().rows.values())} stored units -> {args.dir}",
           file=sys.stderr)
     return 0
 

@@ -20,12 +20,18 @@ class StudyResult:
 
     ``save(dir)`` writes ``result.json`` (study name, provenance, counts) and per table
     ``{table}.rows.jsonl`` (the typed rows, exactly) and ``{table}.csv`` (flat, for
-    spreadsheets); ``load(dir)`` rebuilds the same rows as their dataclasses.
+    spreadsheets; ``csv=False``: none, for a study that writes its own tables); ``load(dir)``
+    rebuilds the same rows as their dataclasses.
     """
 
     study: str
     rows: dict[str, list[Row]]
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def typed(self) -> StudyResult:
+        """This result (a study whose :meth:`~Study.result` is its own type, e.g. the sweep's
+        ``SweepResult``, gives its rows as a :class:`StudyResult` through ``typed()`` too)."""
+        return self
 
     def table(self, name: str | None = None) -> list[Row]:
         return self.rows[name or next(iter(self.rows))]
@@ -41,13 +47,14 @@ class StudyResult:
         nested = [c for c in frame if frame[c].map(lambda v: isinstance(v, dict | list)).any()]
         return frame.drop(columns=nested)
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, *, csv: bool = True) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for name, rows in self.rows.items():
             atomic_write_text(out / f"{name}.rows.jsonl",
                               "".join(json.dumps(r.to_dict(), allow_nan=True) + "\n" for r in rows))
-            atomic_write_text(out / f"{name}.csv", self.flat(name).to_csv(index=False))
+            if csv:
+                atomic_write_text(out / f"{name}.csv", self.flat(name).to_csv(index=False))
         atomic_write_json(out / "result.json", {"study": self.study, "provenance": self.provenance,
                                                 "counts": {t: len(r) for t, r in self.rows.items()}})
         return out
