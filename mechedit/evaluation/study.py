@@ -126,6 +126,8 @@ class EvalStudyConfig(Config):
     eval: EvalConfig | Mapping[str, Any] = field(default_factory=EvalConfig)  # a mapping becomes an EvalConfig
 
     def __post_init__(self) -> None:
+        if self.data:  # one spelling per file: a config file's relative path equals the CLI's absolute one
+            object.__setattr__(self, "data", str(Path(self.data).expanduser().resolve()))
         if isinstance(self.eval, Mapping):
             object.__setattr__(self, "eval", EvalConfig.from_dict(self.eval))
         if not isinstance(self.eval, EvalConfig):
