@@ -26,10 +26,10 @@ carries no hook that mechedit added. Writing a new intervention is one small cla
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
