@@ -26,6 +26,7 @@ carries no hook that mechedit added. Writing a new intervention is one small cla
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -298,6 +299,43 @@ def hook_pairs(model: Any, interventions: Iterable[Intervention]) -> list[tuple[
             tlens.check_hook_exists(model, name)
             pairs.append((name, fn))
     return pairs
+
+
+def describe(intervention: Any) -> str:
+    """A short description of an intervention, for provenance (a saved result says what was done).
+
+    ``intervention.describe()`` if it has one; a dataclass as ``Name(field=value, ...)``, with
+    tensors as their shape (``Tensor[2, 64]``), sites as ``str(site)`` and nested interventions
+    described in turn; anything else as its class name.
+    """
+    own = getattr(intervention, "describe", None)
+    if callable(own):
+        return str(own())
+    if dataclasses.is_dataclass(intervention) and not isinstance(intervention, type):
+        parts = [f"{f.name}={_describe_value(getattr(intervention, f.name))}"
+                 for f in dataclasses.fields(intervention) if f.repr]
+        return f"{type(intervention).__name__}({', '.join(parts)})"
+    return type(intervention).__name__
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"Tensor{list(value.shape)}"
+    if isinstance(value, Site):
+        return str(value)
+    if isinstance(value, tuple | list) and len(value) > 8 and all(isinstance(v, int) for v in value):
+        return f"{type(value).__name__}[{len(value)} ints: {value[0]}..{value[-1]}]"
+    if isinstance(value, tuple | list):
+        inner = ", ".join(_describe_value(v) for v in value)
+        return f"({inner}{',' if len(value) == 1 else ''})" if isinstance(value, tuple) else f"[{inner}]"
+    if isinstance(value, dict):
+        return f"dict[{len(value)} entries]"
+    if isinstance(value, range):
+        return repr(value)
+    if dataclasses.is_dataclass(value) or isinstance(value, Intervention):
+        return describe(value)
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @contextmanager

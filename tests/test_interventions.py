@@ -14,6 +14,7 @@ from mechedit.interventions import (
     RowNoise,
     ZeroAblate,
     capture,
+    describe,
     hook_pairs,
     intervened,
     mean_activation,
@@ -204,3 +205,19 @@ def test_star_import_exports_exactly_all():
     exec("from mechedit import *", namespace)  # fails if __all__ names something missing
     assert set(mechedit.__all__) <= set(namespace)
     assert callable(namespace["run_from"]) and callable(namespace["capture_until"])
+
+
+def test_describe_names_class_fields_sites_and_tensor_shapes():
+    @dataclass(frozen=True, eq=False)
+    class Own:
+        def describe(self):
+            return "mine"
+
+        def hooks(self, model):
+            return iter(())
+
+    iv = Patch(mechedit.Site("mlp_out", 3), torch.zeros(2, 8), positions=[4, 5])
+    assert describe(iv) == "Patch(site=mlp_out@3, values=Tensor[2, 8], positions=(4, 5))"
+    assert describe(EmbeddingNoise(range(1, 20), 0.5)) == ("EmbeddingNoise(positions=tuple[19 ints: 1..19], "
+                                                           "scale=0.5, seed=0, distribution='gaussian', df=3.0)")
+    assert describe(Own()) == "mine" and describe(object()) == "object"

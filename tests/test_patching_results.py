@@ -77,3 +77,20 @@ def test_plots_return_figures():
     assert len(plots.heatmaps([r, r]).axes) >= 2
     assert plots.average_effect_plot(aggregate([r, _result(1)])).axes
     assert "t3" in str(plots.token_view(r, layer=1))
+
+
+def test_results_saved_before_the_intervention_fields_still_load(tmp_path):
+    """A file written before ``corruption``/``interventions`` existed (issue 21) loads with none."""
+    import json
+
+    path = _result().save(tmp_path / "old.json")
+    meta = json.loads(path.read_text())
+    for key in ("corruption", "interventions"):
+        del meta[key]
+    path.write_text(json.dumps(meta))
+    back = PatchResult.load(path)
+    assert back.corruption is None and back.interventions == ()
+    assert back.labels() == _result().labels()
+    r = PatchResult(**{**_result().__dict__, "corruption": "Patch(site=embed)", "interventions": ("Scale(0.5)",)})
+    again = PatchResult.load(r.save(tmp_path / "new.json"))
+    assert again.corruption == "Patch(site=embed)" and again.interventions == ("Scale(0.5)",)

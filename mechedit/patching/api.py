@@ -5,19 +5,26 @@ whole grid and return a :class:`~mechedit.patching.results.PatchResult`.
 
 ``trace`` kinds follow ROME: ``"resid"`` restores a block's output (``resid_post``),
 ``"mlp"``/``"attn"`` restore a window of MLP/attention outputs (default 10 layers).
+
+Both take a user's intervention as the corruption (``corruption=``, instead of the built-in
+subject noise or on top of the corrupted prompt) and extra interventions applied in every
+forward (``interventions=``); the result records their descriptions
+(:func:`~mechedit.interventions.describe`) in ``corruption`` and ``interventions``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 
 from mechedit.errors import ConfigError
-from mechedit.interventions import run
+from mechedit.interventions import describe, run
 from mechedit.models import model_info
+from mechedit.patching.attached import check_interventions
 from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, noise_sigma, pair_runs
 from mechedit.patching.engine import PatchConfig, PatchKind, Sever, grid_cells, patch_cells, reference
 from mechedit.patching.metrics import MetricConfig, normalize
@@ -29,10 +36,11 @@ TRACE_KINDS: dict[str, PatchKind] = {"resid": PatchKind.RESID_POST, "mlp": Patch
                                      "attn": PatchKind.ATTN_OUT}
 
 
-def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRAL) -> tuple[int, ...]:
-    """The model's greedy next token after ``prompt`` (the default answer)."""
+def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRAL,
+                interventions: Sequence[Any] = ()) -> tuple[int, ...]:
+    """The model's greedy next token after ``prompt`` (the default answer), under ``interventions``."""
     ids = encode(model, prompt, prefix=prefix).tensor(next(model.parameters()).device)
-    return (int(run(model, ids)[0, -1].argmax()),)
+    return (int(run(model, ids, interventions)[0, -1].argmax()),)
 
 
 def run_grid(model: Any, runs: Runs, config: PatchConfig, *,
@@ -55,30 +63,45 @@ def trace(
     sigma: float | None = None, subjects: Sequence[str] | None = None,
     metric: MetricConfig | str = "prob", direction: Direction | str = Direction.DENOISE,
     sever: Sever | None = None, prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, corruption: Any = None, samples: int | None = None,
+    interventions: Sequence[Any] = (),
 ) -> PatchResult:
     """Causal trace of ``prompt``: noise the subject, restore each (position, layer).
 
     Args:
-        answer: text (tokenised in context) or token ids; default the model's top-1.
+        answer: text (tokenised in context) or token ids; default the model's top-1
+            (under ``interventions``).
         kind: ``resid``/``mlp``/``attn`` (ROME) or any :class:`PatchKind`.
         window: layers restored per cell for ``mlp``/``attn`` (ignored for ``resid``).
         noise: scale rule, distribution, samples, seed (default ROME's 3σ, 10 samples).
         sigma: use this σ instead of measuring it; ``subjects``: strings to measure σ_emb.
+        corruption: any intervention, used instead of the built-in noise (then ``noise``,
+            ``sigma`` and ``subjects`` do not apply); ``samples``: its corrupted run's rows
+            (default 1).
+        interventions: extras applied in every forward (clean, corrupted, patched); see
+            :mod:`~mechedit.patching.attached` for the rules.
     """
     from mechedit.tokens import target_ids
 
-    noise = noise or NoiseConfig()
+    extras = tuple(interventions)
+    check_interventions(corruption, extras)
     pkind = TRACE_KINDS.get(str(kind)) or _patch_kind(kind)
     config = PatchConfig(kind=pkind, window=1 if pkind.is_resid else window, direction=direction,
                          sever=sever, metric=_metric(metric), memory_mb=memory_mb)
     span = subject_span(model, prompt, subject, prefix=prefix)
     ids = target_ids(model, prompt, answer) if isinstance(answer, str) else (
-        tuple(int(i) for i in answer) if answer is not None else top1_answer(model, prompt, prefix=prefix))
-    if sigma is not None and not (math.isfinite(float(sigma)) and float(sigma) > 0):
-        raise ConfigError(f"sigma must be a finite noise std > 0, got {sigma!r} (zero noise changes nothing)")
-    sigma = float(sigma) if sigma is not None else noise_sigma(model, noise, subjects)
-    runs = noise_runs(model, prompt, ids, range(*span), sigma, noise, prefix=prefix)
+        tuple(int(i) for i in answer) if answer is not None else
+        top1_answer(model, prompt, prefix=prefix, interventions=extras))
+    if corruption is None:
+        runs, noise_labels = _noise_trace_runs(model, prompt, ids, span, noise, sigma, subjects, samples, prefix)
+    else:
+        if noise is not None or sigma is not None or subjects is not None:
+            raise ConfigError("corruption= replaces the built-in noise: drop noise=, sigma= and subjects= "
+                              "(samples= sets the corrupted run's rows)")
+        runs = replace(pair_runs(model, prompt, prompt, ids, prefix=prefix), noise=corruption,
+                       samples=1 if samples is None else samples)
+        noise_labels = {"samples": runs.samples, "extra": {"prefix": str(Prefix(prefix))}}
+    runs = replace(runs, interventions=extras)
     grid, clean, corrupt = run_grid(model, runs, config, progress=progress)
     tokens = encode(model, prompt, prefix=prefix).ids
     return PatchResult(
@@ -86,9 +109,29 @@ def trace(
         tokens=tuple(str_tokens(model, tokens)), answer=_decode(model, ids), answer_ids=ids,
         kind=pkind.value, metric=config.metric.label, direction=config.direction.value,
         model=model_info(model).name, prompt=prompt, subject_range=span, window=config.window,
-        sever=sever, noise_std=sigma, noise_distribution=noise.distribution, samples=noise.samples,
-        seed=noise.seed, extra={"noise": noise.to_dict(), "prefix": str(Prefix(prefix))},
+        sever=sever, **noise_labels, **_described(corruption, extras),
     )
+
+
+def _noise_trace_runs(model: Any, prompt: str, ids: tuple[int, ...], span: tuple[int, int],
+                      noise: NoiseConfig | None, sigma: float | None, subjects: Sequence[str] | None,
+                      samples: int | None, prefix: Prefix | str) -> tuple[Runs, dict[str, Any]]:
+    """The built-in subject noise's runs, and the labels that record it."""
+    if samples is not None:
+        raise ConfigError("samples= goes with corruption=; the built-in noise takes NoiseConfig(samples=...)")
+    noise = noise or NoiseConfig()
+    if sigma is not None and not (math.isfinite(float(sigma)) and float(sigma) > 0):
+        raise ConfigError(f"sigma must be a finite noise std > 0, got {sigma!r} (zero noise changes nothing)")
+    sigma = float(sigma) if sigma is not None else noise_sigma(model, noise, subjects)
+    runs = noise_runs(model, prompt, ids, range(*span), sigma, noise, prefix=prefix)
+    labels = {"noise_std": sigma, "noise_distribution": noise.distribution, "samples": noise.samples,
+              "seed": noise.seed, "extra": {"noise": noise.to_dict(), "prefix": str(Prefix(prefix))}}
+    return runs, labels
+
+
+def _described(corruption: Any, extras: tuple[Any, ...]) -> dict[str, Any]:
+    return {"corruption": None if corruption is None else describe(corruption),
+            "interventions": tuple(describe(iv) for iv in extras)}
 
 
 def patch(
@@ -97,8 +140,19 @@ def patch(
     window: int = 1, metric: MetricConfig | str = "logit_diff",
     direction: Direction | str = Direction.DENOISE, prefix: Prefix | str = Prefix.NEUTRAL,
     memory_mb: float = 1024.0, progress: Callable[[int], None] | None = None,
+    corruption: Any = None, samples: int | None = None, interventions: Sequence[Any] = (),
 ) -> PatchResult:
-    """Patch every (position, layer) — or (head, layer) for ``head_z`` — between two prompts."""
+    """Patch every (position, layer) — or (head, layer) for ``head_z`` — between two prompts.
+
+    ``corruption``: an intervention applied to the corrupted run on top of the ``corrupted``
+    prompt (pass ``corrupted=clean`` for a corruption by intervention only), with ``samples``
+    rows (default 1). ``interventions``: extras applied in every forward (see
+    :mod:`~mechedit.patching.attached`).
+    """
+    extras = tuple(interventions)
+    check_interventions(corruption, extras)
+    if corruption is None and samples is not None:
+        raise ConfigError("samples= goes with corruption=: a clean/corrupted pair has exactly one sample")
     config = PatchConfig(kind=_patch_kind(kind), window=window, direction=direction, metric=_metric(metric),
                          memory_mb=memory_mb)
     ans = answer if isinstance(answer, str) else tuple(int(i) for i in answer)
@@ -107,6 +161,9 @@ def patch(
     if runs.wrong is not None and tuple(runs.wrong) == tuple(runs.answer):
         raise ConfigError(f"wrong {wrong!r} tokenises like answer {answer!r}: a logit difference between them "
                           "is zero everywhere; give a distractor that differs from the answer")
+    if corruption is not None:
+        runs = replace(runs, noise=corruption, samples=1 if samples is None else samples)
+    runs = replace(runs, interventions=extras)
     grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress)
     tokens = str_tokens(model, encode(model, clean, prefix=prefix).ids)
     return PatchResult(
@@ -115,8 +172,8 @@ def patch(
         kind=config.kind.value, metric=config.metric.label, direction=config.direction.value,
         model=model_info(model).name, prompt=clean, corrupted_prompt=corrupted,
         row_axis="head" if config.kind is PatchKind.HEAD_Z else "pos",
-        wrong=_decode(model, runs.wrong) if runs.wrong else None, window=window,
-        extra={"prefix": str(Prefix(prefix))},
+        wrong=_decode(model, runs.wrong) if runs.wrong else None, window=window, samples=runs.samples,
+        extra={"prefix": str(Prefix(prefix))}, **_described(corruption, extras),
     )
 
 

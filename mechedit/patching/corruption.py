@@ -36,7 +36,8 @@ from torch import Tensor
 
 from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError, TokenizationError
-from mechedit.interventions import EmbeddingNoise, NoiseDistribution, capture_until
+from mechedit.interventions import EmbeddingNoise, Intervention, NoiseDistribution, capture_until
+from mechedit.patching.attached import check_interventions
 from mechedit.sites import Site
 from mechedit.tokens import Prefix, encode, target_ids
 
@@ -138,17 +139,27 @@ class Runs:
     token (teacher forcing); ``n_prompt`` counts the prompt's tokens (prefix included),
     the positions one may patch. With noise, ``corrupt_ids == clean_ids`` and ``noise``
     corrupts them; ``samples`` rows are drawn.
+
+    ``noise`` is the corruption applied to the corrupted run: the built-in subject noise or
+    any intervention (a user's corruption, on top of ``corrupt_ids``). ``interventions`` are
+    extras applied in every forward: clean, corrupted and patched runs
+    (:mod:`~mechedit.patching.attached` says how the engine keeps them exact).
     """
 
     clean_ids: Int[Tensor, "1 seq"]
     corrupt_ids: Int[Tensor, "1 seq"]
     n_prompt: int
     answer: tuple[int, ...]
-    noise: EmbeddingNoise | None = None
+    noise: Intervention | None = None
     samples: int = 1
     wrong: tuple[int, ...] | None = None
+    interventions: tuple[Intervention, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "interventions", tuple(self.interventions))
+        check_interventions(self.noise, self.interventions)
+        if not (isinstance(self.samples, int) and self.samples >= 1):
+            raise ConfigError(f"samples must be an integer >= 1, got {self.samples!r}")
         if self.clean_ids.shape != self.corrupt_ids.shape:
             raise ConfigError(f"clean and corrupted ids differ in shape: {tuple(self.clean_ids.shape)} "
                               f"vs {tuple(self.corrupt_ids.shape)}")

@@ -34,6 +34,12 @@ residual cell also holds that component's output at every position of every *lat
 block (``l..L-1`` after ``resid_pre@l``; ``l+1..L-1`` after ``resid_post@l``) at its
 base-run value, so the restored state cannot act through it (before the patched position
 those outputs are the base run's anyway, so the cached prefix is exact here too).
+
+A user's corruption and extra interventions (``Runs.noise``, ``Runs.interventions``) run in
+the reference runs and, as the base run has them, in every patched forward; which of the
+steps above stay exact with them, and why, is :mod:`~mechedit.patching.attached`'s
+docstring (in short: steps 1, 2, 4 and 5 always; the cached prefix of step 3 only for
+forwards that start above every block an attached intervention hooks).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, HookFn, intervened
 from mechedit.models import model_info
+from mechedit.patching import attached
 from mechedit.patching.corruption import Direction, Runs
 from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site, SiteKind
@@ -170,14 +177,19 @@ def needed_sites(config: PatchConfig, n_layers: int) -> list[Site]:
 
 
 def reference(model: Any, runs: Runs, config: PatchConfig) -> Reference:
-    """Run clean (1 row) and corrupted (``samples`` rows) once, caching what patches need."""
+    """Run clean (1 row) and corrupted (``samples`` rows) once, caching what patches need.
+
+    Both runs carry ``runs.interventions``; the corrupted one ``runs.noise`` first.
+    """
     n_layers = model_info(model).n_layers
     sites = tuple(needed_sites(config, n_layers))
     k = len(runs.answer)
     clean_cap, corrupt_cap = Capture(sites), Capture(sites)
+    attached.plan(model, runs, config.direction)  # every hook checked before anything runs
     noise = [runs.noise] if runs.noise is not None else []
-    clean_logits = _answer_logits(model, k, [clean_cap], input_ids=runs.clean_ids)
-    corrupt_logits = _answer_logits(model, k, [*noise, corrupt_cap],
+    extras = list(runs.interventions)
+    clean_logits = _answer_logits(model, k, [*extras, clean_cap], input_ids=runs.clean_ids)
+    corrupt_logits = _answer_logits(model, k, [*noise, *extras, corrupt_cap],
                                     input_ids=runs.corrupt_ids.repeat(runs.samples, 1))
     targets = Targets(runs.answer, runs.wrong, torch.log_softmax(clean_logits.double(), -1))
     return Reference(
@@ -287,10 +299,13 @@ MIN_ROWS_ACCELERATOR = 1024
 
 
 def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig,
-            runs: Runs) -> list[tuple[int, int, list[int]]]:
+            runs: Runs, plan: attached.Plan | None = None) -> list[tuple[int, int, list[int]]]:
     """``(start layer, first position, indices)``: cells ``todo`` grouped, chunked to the budget.
 
-    Groups share a first patched position and a start layer. Small groups (few samples,
+    Groups share a first patched position and a start layer; the first position is 0 where
+    ``plan`` rules out a cached prefix (an attached hook at or above the start layer). A
+    merged chunk starting at or below such a hook includes a group of position 0, so it
+    runs every position too. Small groups (few samples,
     e.g. clean/corrupted pairs) are merged with the next ones, layers first (a cell
     starting later recomputes, unpatched, the blocks in between; cheaper than recomputing
     positions): the chunk starts at its cells' lowest layer and first position.
@@ -298,7 +313,9 @@ def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: Patc
     n_layers = model_info(model).n_layers
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i in todo:
-        groups[(first_position(cells[i]), start_layer(cells[i], config, n_layers))].append(i)
+        start = start_layer(cells[i], config, n_layers)
+        pos = first_position(cells[i]) if plan is None or plan.allows_prefix(start) else 0
+        groups[(pos, start)].append(i)
     per = max(1, _rows_per_forward(model, runs.seq_len, len(runs.answer), config.memory_mb) // runs.samples)
     min_rows = MIN_ROWS if runs.clean_ids.device.type == "cpu" else MIN_ROWS_ACCELERATOR
     merged: list[tuple[int, int, list[int]]] = []
@@ -336,20 +353,23 @@ def patch_cells(
     if progress is not None and len(todo) < len(cells):
         progress(len(cells) - len(todo))
     base, source = ref.base(config.direction), ref.source(config.direction)
+    plan = attached.plan(model, runs, config.direction)
+    ivs = list(plan.interventions)
     base_kv = None
-    for start, pos, idx in _chunks(model, cells, todo, config, runs):
+    for start, pos, idx in _chunks(model, cells, todo, config, runs, plan):
         chunk = tuple(cells[i] for i in idx)
         resid = base[Site(SiteKind.RESID_PRE, start)][:, pos:].expand(n, -1, -1).repeat(len(chunk), 1, 1)
         batch = CellBatch(chunk, config, source, base, n, offset=pos)
         if pos == 0:
-            logits = _answer_logits(model, len(runs.answer), [batch], resid=resid, start=start)
+            logits = _answer_logits(model, len(runs.answer), [*ivs, batch], resid=resid, start=start)
         else:
             if base_kv is None:  # the base run's keys and values, every block and position
-                base_kv = tlens.block_kv(model, base[Site(SiteKind.RESID_PRE, 0)], 0)
+                with intervened(model, ivs):
+                    base_kv = tlens.block_kv(model, base[Site(SiteKind.RESID_PRE, 0)], 0)
             rows = torch.arange(n * len(chunk), device=resid.device) % base_kv.valid.shape[0]
             prefix = base_kv.window(start, pos).rows(rows)
             positions = torch.arange(pos, runs.seq_len, device=resid.device).expand(len(rows), -1)
-            logits = _answer_logits(model, len(runs.answer), [batch], resid=resid, prefix=prefix,
+            logits = _answer_logits(model, len(runs.answer), [*ivs, batch], resid=resid, prefix=prefix,
                                     positions=positions)
         out[idx] = evaluate(config.metric, logits, ref.targets).view(len(chunk), n).cpu()
         if progress is not None:

@@ -3,7 +3,9 @@
 :class:`PatchResult` holds the grid ``scores[row, layer]`` (rows are prompt positions,
 or heads for ``head_z``), the per-sample values behind it, the clean and corrupted
 reference scores, and every label needed to read it again: tokens, subject span,
-answer, kind, window, direction, metric, noise σ, seed, model and mechedit version.
+answer, kind, window, direction, metric, noise σ, seed, model and mechedit version, and
+descriptions of a user's corruption and extra interventions (files saved before these two
+fields existed load with the defaults: none).
 ``save``/``load`` write JSON (labels) plus safetensors (tensors); never pickle.
 
 :func:`aggregate` averages many results by token class, as ROME's Figure 2 does: first /
@@ -61,6 +63,8 @@ class PatchResult:
     seed: int | None = None
     version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
+    corruption: str | None = None  # a user's corruption, described; None: the noise fields or the pair
+    interventions: tuple[str, ...] = ()  # extra interventions applied in every forward, described
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.per_sample.shape[:2] != self.scores.shape:
@@ -92,6 +96,7 @@ class PatchResult:
         out["tokens"] = list(self.tokens)
         out["answer_ids"] = list(self.answer_ids)
         out["subject_range"] = list(self.subject_range) if self.subject_range else None
+        out["interventions"] = list(self.interventions)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -161,7 +166,8 @@ class PatchResult:
     @classmethod
     def _from_labels(cls, meta: dict[str, Any], tensors: dict[str, Tensor]) -> PatchResult:
         meta = {**meta, "tokens": tuple(meta["tokens"]), "answer_ids": tuple(meta["answer_ids"]),
-                "subject_range": tuple(meta["subject_range"]) if meta["subject_range"] else None}
+                "subject_range": tuple(meta["subject_range"]) if meta["subject_range"] else None,
+                "interventions": tuple(meta.get("interventions", ()))}  # absent before issue 21
         return cls(**meta, **tensors)
 
 
