@@ -24,11 +24,12 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from mechedit.studies import ModelSpec, RayExecutor, rows_equal
+from mechedit.studies import ModelSpec, RayExecutor, rows_equal, run_study
 from mechedit.studies.executors import LocalExecutor
 from mechedit.studies.toy import PredictionsConfig, PredictionsStudy
 
@@ -61,9 +62,60 @@ def overhead(n: int = 204) -> dict[str, Any]:
                                                                                                            rows_ray)}
 
 
+def sweep_synthetic(n_facts: int = 4) -> dict[str, Any]:
+    """The trace-vs-edit sweep (ROME erasure at every layer) on kg-small, local vs Ray."""
+    import random
+
+    import mechedit
+    from mechedit.synth import shipped_model_dir
+    from mechedit.synth.localization import trace_vs_edit_study
+    from mechedit.synth.pipeline import load_kg_dir
+    from mechedit.synth.popularity import known_facts
+
+    model, kg = mechedit.load_model("kg-small"), load_kg_dir(shipped_model_dir())[0]
+    facts = sorted(random.Random(0).sample(known_facts(model, kg), n_facts))
+    out: dict[str, Any] = {"facts": n_facts}
+    rows = {}
+    with tempfile.TemporaryDirectory() as stats:
+        def study():
+            return trace_vs_edit_study(ModelSpec("kg-small", threads=1), kg, facts, stats_dir=stats)
+
+        run_study(study(), None, progress=False, max_units=2)  # untimed: key statistics into the disk cache
+        for executor, n in (("local", 1), ("ray", WORKERS)):
+            t0 = time.perf_counter()
+            res = run_study(study(), None if executor == "local" else tempfile.mkdtemp(), executor=executor,
+                            workers=n, progress=False)
+            wall = time.perf_counter() - t0
+            rows[executor] = res.rows
+            out[f"{executor}_{n}"] = {"rows": len(res.rows), "wall_s": round(wall, 2),
+                                      "rows_per_minute": round(60 * len(res.rows) / wall, 1)}
+    out["speed_up"] = round(out[f"ray_{WORKERS}"]["rows_per_minute"] / out["local_1"]["rows_per_minute"], 2)
+    out["rows_equal"] = bool(rows["local"].drop(columns=["edit_seconds", "eval_seconds"], errors="ignore").equals(
+        rows["ray"].drop(columns=["edit_seconds", "eval_seconds"], errors="ignore")))
+    return out
+
+
+def sweep_smollm2() -> dict[str, Any]:
+    """``bench_sweep.py``'s SmolLM2 measurement (local vs Ray), as JSON."""
+    import contextlib
+    import io
+    import runpy
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        runpy.run_path(str(Path(__file__).with_name("bench_sweep.py")), run_name="__main__")
+    return json.loads(buf.getvalue())
+
+
 def main() -> None:
     torch.set_num_threads(1)
-    out: dict[str, Any] = {"workers": WORKERS, "load": os.getloadavg(), "overhead": overhead()}
+    out: dict[str, Any] = {"workers": WORKERS, "load_before": os.getloadavg(), "overhead": overhead(),
+                           "sweep_synthetic": sweep_synthetic()}
+    if os.environ.get("BENCH_SMOLLM2", "1") != "0":
+        smol = out["sweep_smollm2"] = sweep_smollm2()
+        per_row = 60.0 / smol["local_1"]["rows_per_minute"]
+        out["ray_overhead_share_of_smollm2_row"] = out["overhead"]["ray_overhead_s_per_unit"] / per_row
+    out["load_after"] = os.getloadavg()
     json.dump(out, sys.stdout, indent=2)
     sys.stdout.write("\n")
 

@@ -109,3 +109,14 @@ def pytest_collection_modifyitems(config, items):
         param = getattr(getattr(item, "callspec", None), "params", {}).get("any_model")
         if "smollm2" in names or param == "smollm2":
             item.add_marker(pytest.mark.smollm2)
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """A local Ray (2 CPUs) for the tests of the ``ray`` executor, started once per test
+    process and stopped at its end (Ray is in the dev extra, so CI has it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()

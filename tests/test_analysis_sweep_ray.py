@@ -27,13 +27,6 @@ CONFIG = SweepConfig(layers=(0, 1), methods=("rome",), variants=("injection", "r
                      essence_texts=1, essence_tokens=4, known_only=False)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
 def _study(tmp_path):
     recs, _ = load_counterfact(shipped_model_dir() / "counterfact.json")
     return SweepStudy(ModelSpec(str(shipped_model_dir()), threads=1), recs[:3], CONFIG, editors=BASES,

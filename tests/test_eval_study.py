@@ -231,14 +231,6 @@ def test_a_changed_data_file_is_refused_on_resume(tiny_dirs, tmp_path, capsys):
     assert (tmp_path / "out" / "study.json").read_text() == before  # refused before writing
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_eval_on_ray_equals_local_at_equal_threads(tiny_dirs, tmp_path, local_ray):
     """The model by name, the editor by registry name; batches of two stay on one actor."""
     def study():

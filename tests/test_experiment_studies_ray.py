@@ -5,21 +5,11 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from mechedit.patching import NoiseConfig
 from mechedit.patching.study import TraceConfig, TraceStudy
 from mechedit.studies import ModelSpec, rows_equal, run_study
 from mechedit.synth.popularity import PopularityConfig
 from mechedit.synth.popularity_study import PopularityStudy
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")  # part of the dev extra: present in CI
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
 
 
 def _both(make, tmp_path, table):

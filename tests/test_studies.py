@@ -185,14 +185,6 @@ def test_two_drivers_at_once(tiny_dirs, tmp_path):
     assert len(keys) == len(set(keys)) == n
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray = pytest.importorskip("ray")  # part of the dev extra: present in CI
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
 def test_ray_equals_local_and_survives_a_killed_worker(tiny_dirs, tmp_path, local_ray):
     n = 12
     reference = run_study(flaky(tiny_dirs["gpt2"], n), None, progress=False)
