@@ -213,3 +213,37 @@ def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
     assert main(["study", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "unknown study 'nope'" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("directory", ["eval_rome_smollm2", "eval_memit_batch10_smollm2", "localization_vs_editing",
+                                       "curse_of_popularity", "curse_of_popularity/trace_vs_edit"])
+def test_every_committed_row_type_round_trips(directory, tmp_path):
+    """Each stored row of the committed study directories, read as its study's row type,
+    gives back the stored JSON exactly, and survives StudyResult.save/load (no model)."""
+    from mechedit.studies import get_study
+
+    root = Path(__file__).parent.parent / "analyses" / "results" / directory
+    meta = json.loads((root / "study.json").read_text())
+    tables = get_study(meta["study"]).tables
+    rows = {}
+    for table, row_type in tables.items():
+        stored = [{k: v for k, v in r.items() if k != "key"} for r in lines(root / f"{table}.jsonl")]
+        typed = [row_type.from_dict(r) for r in stored]
+        assert [json.loads(json.dumps(t.to_dict())) for t in typed] == stored  # nothing lost, nothing added
+        rows[table] = typed
+    saved = StudyResult(meta["study"], rows).save(tmp_path / "saved")
+    loaded = StudyResult.load(saved)
+    assert all(rows_equal(loaded.table(t), rows[t]) for t in rows) and len(rows[next(iter(rows))]) > 0
+
+
+def test_trace_rows_round_trip(tiny_dirs, tmp_path):
+    from mechedit.patching.study import TraceConfig, TraceStudy
+
+    data = tmp_path / "known.json"
+    data.write_text(json.dumps([{"known_id": 0, "prompt": "the cat sat on the", "subject": "cat",
+                                 "attribute": " mat"}]))
+    study = TraceStudy(ModelSpec(str(tiny_dirs["gpt2"]), threads=1),
+                       TraceConfig(data=str(data), kinds=("mlp",), window=1))
+    result = run_study(study, None, progress=False)
+    loaded = StudyResult.load(StudyResult(study.name, result.rows).save(tmp_path / "saved"))
+    assert rows_equal(loaded.table("traces"), result.table("traces"))

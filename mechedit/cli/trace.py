@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     noise = NoiseConfig.parse(args.noise, distribution=args.distribution, samples=args.samples, seed=args.seed)
     kinds = KINDS if args.kind == "all" else [args.kind]
     if records is not None:
-        return _run_file(args, noise, kinds)
+        return _trace_data(args, noise, kinds)
     model = load_model_arg(args.model, args)
     results = []
     for kind in kinds:  # each kind is written and reported as soon as it is finished
@@ -152,7 +152,7 @@ def _write(result: Any, stem: Path) -> None:
     plt.close(fig)
 
 
-def _run_file(args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
+def _trace_data(args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
     """``--data``: the ``trace`` study (module doc); exit 2 when records were skipped."""
     import shlex
     import sys
