@@ -21,7 +21,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from mechedit.errors import ConfigError, MecheditError
+from mechedit.errors import MecheditError
 
 log = logging.getLogger(__name__)
 
@@ -142,21 +142,3 @@ def _json_default(obj: Any) -> Any:
         return obj.to_dict()
     raise TypeError(f"cannot store {type(obj).__name__} in a JSON row")
 
-
-def check_run_settings(out: str | os.PathLike, settings: Mapping[str, Any], *, what: str = "run",
-                       name: str = "run.json") -> None:
-    """Write ``out/{name}`` the first time (creating ``out``); afterwards refuse other settings.
-
-    A resumed run must use the settings it started with, or its rows would mix two
-    experiments. The error names the keys that differ and says what to do.
-    """
-    path = Path(out) / name
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != settings:
-            diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise ConfigError(f"{out} holds a {what} with other settings ({', '.join(diff)}); "
-                              "use another --out, or delete the directory to start over")
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(dict(settings), indent=2) + "\n")
