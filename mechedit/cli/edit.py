@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subject", required=True)
     p.add_argument("--target-new", required=True, help="the new continuation, e.g. ' Rome'")
     p.add_argument("--target-true", default=None, help="the current continuation (shown if given)")
-    p.add_argument("--method", choices=["rome", "memit", "ft"], default="rome")
+    from mechedit.editors import editor_names
+
+    p.add_argument("--method", choices=editor_names(), default="rome", help="a registered editor (default rome)")
     p.add_argument("--objective", choices=["inject", "erase", "amplify"], default=None,
                    help="inject target_new (default), or erase / amplify target_true (needs --target-true)")
     p.add_argument("--subject-noise", type=float, default=None, metavar="SIGMA",
@@ -50,12 +52,9 @@ def _changes(spec: Any, args: argparse.Namespace, hparams: dict[str, Any]) -> di
     changes: dict[str, Any] = dict(hparams)
     layers = args.layers if args.layers is not None else ((args.layer,) if args.layer is not None else None)
     if layers is not None:
-        if spec.name == "rome":
-            if len(layers) != 1:
-                raise ConfigError("rome edits one layer; use --layer L")
-            changes["layer"] = layers[0]
-        else:
-            changes["layers"] = list(layers)
+        if spec.single_layer and len(layers) != 1:
+            raise ConfigError(f"{spec.name} edits one layer; use --layer L")
+        changes["layer" if spec.single_layer else "layers"] = layers[0] if spec.single_layer else list(layers)
     if args.objective is not None:
         changes["objective"] = args.objective
     if args.subject_noise is not None:
