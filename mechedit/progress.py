@@ -26,8 +26,11 @@ def status(message: str, enabled: bool = True) -> None:
     tqdm.write(message, file=sys.stderr)
 
 
-def bar(total: int | None, desc: str, enabled: bool = True, *, unit: str = "it", leave: bool = False) -> Any:
-    """A tqdm bar on stderr (a no-op bar when not ``enabled``); use it as a context manager."""
+def bar(total: int | None, desc: str, enabled: bool = True, *, unit: str = "it", leave: bool = False,
+        initial: int = 0) -> Any:
+    """A tqdm bar on stderr (a no-op bar when not ``enabled``); use it as a context manager.
+    ``initial``: work already done (a resumed run), shown but left out of the rate and ETA."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=leave, file=sys.stderr,
+                initial=initial)

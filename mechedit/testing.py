@@ -155,3 +155,23 @@ class FlakyPredictions(PredictionsStudy):
             crash_once(self.config.marker)
         time.sleep(self.config.delay)
         return super().run(model, state, table, unit)
+
+
+@dataclass(frozen=True, eq=False)
+class SetHead:
+    """An intervention for tests, written plainly: one attention head's output set to
+    ``values`` (``[batch or 1, pos, d_head]``) at every position, or at ``pos`` only."""
+
+    site: Any
+    head: int
+    values: torch.Tensor
+    pos: int | None = None
+
+    def hooks(self, model: Any) -> Any:
+        def fn(act: torch.Tensor, *, hook: Any) -> torch.Tensor:
+            out = act.clone()
+            where = (slice(None), slice(None), self.head) if self.pos is None else (slice(None), self.pos, self.head)
+            out[where] = self.values.to(act.dtype)
+            return out
+
+        yield self.site.resolve(model), fn

@@ -29,30 +29,11 @@ from mechedit.patching.corruption import pair_runs
 from mechedit.patching.engine import Cell, PatchConfig, grid_cells, patch_cells, reference
 from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site
+from mechedit.testing import SetHead
 
 PROMPT = "The Eiffel Tower is located in the city of"
 SUBJECT = "The Eiffel Tower"
 SHORT = "The Eiffel Tower is in"  # full grids on a short prompt
-
-
-@dataclass(frozen=True, eq=False)
-class SetHead:
-    """Set one head's output (every position) to ``values`` [batch or 1, pos, d_head]."""
-
-    site: Site
-    head: int
-    values: torch.Tensor
-    pos: int | None = None
-
-    def hooks(self, model):
-        def fn(act, *, hook):
-            out = act.clone()
-            if self.pos is None:
-                out[:, :, self.head] = self.values.to(act.dtype)
-            else:
-                out[:, self.pos, self.head] = self.values.to(act.dtype)
-            return out
-        yield self.site.resolve(model), fn
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,7 +1,6 @@
 """The batched engine against a naive loop: one plain forward per cell with Patch interventions."""
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
@@ -14,29 +13,10 @@ from mechedit.patching.corruption import NoiseConfig, noise_runs, pair_runs
 from mechedit.patching.engine import Cell, PatchConfig, grid_cells, patch_cells, reference
 from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site
+from mechedit.testing import SetHead
 
 PROMPT = "The Eiffel Tower is located in the city of"
 SUBJECT = "The Eiffel Tower"
-
-
-@dataclass(frozen=True, eq=False)
-class PatchHead:
-    """Set one head's output (all positions, or one) to given values: written plainly for the test."""
-
-    site: Site
-    head: int
-    values: torch.Tensor
-    pos: int | None = None
-
-    def hooks(self, model):
-        def fn(act, *, hook):
-            out = act.clone()
-            if self.pos is None:
-                out[:, :, self.head] = self.values
-            else:
-                out[:, self.pos, self.head] = self.values
-            return out
-        yield self.site.resolve(model), fn
 
 
 def naive_cell(model, runs, config, cell, clean_lp):
@@ -61,7 +41,7 @@ def naive_cell(model, runs, config, cell, clean_lp):
     for s in sites:
         if kind == "head_z":
             vals = src[s][:, :, cell.head] if cell.pos is None else src[s][:, cell.pos, cell.head]
-            ivs.append(PatchHead(s, cell.head, vals, cell.pos))
+            ivs.append(SetHead(s, cell.head, vals, cell.pos))
         else:
             ivs.append(Patch(s, src[s][:, [cell.pos]], positions=[cell.pos]))
     if config.sever is not None:

@@ -158,8 +158,8 @@ def _run_table(pool: Any, table: str, units: list[Unit], store: ResultStore, ski
     if budget[0] is not None:
         todo = todo[: max(0, budget[0])]
         budget[0] -= len(todo)
-    with bar(len(units), f"{table}", enabled=progress, unit="unit", leave=True) as b:
-        b.update(len(units) - len([u for u in units if u.key not in store]))
+    stored = sum(u.key in store for u in units)  # a start value, not progress: the ETA counts only new units
+    with bar(len(units), f"{table}", enabled=progress, unit="unit", leave=True, initial=stored) as b:
         for unit, row, error in pool.map(table, todo):
             if error is not None:
                 skipped[unit.key] = error
