@@ -162,6 +162,13 @@ def mlp_out_weight(model: "TransformerBridge", layer: int) -> torch.Tensor:
     return w
 
 
+def token_embeddings(model: "TransformerBridge", ids: Int[Tensor, " tok"]) -> Float[Tensor, "tok d_model"]:
+    """What ``hook_embed`` holds for these tokens (the bridge's embedding module alone, no block
+    runs, no gradient): ROME's token embeddings, positional embeddings not added."""
+    with torch.no_grad():
+        return model.embed(ids)
+
+
 def hf_model(model: "TransformerBridge") -> Any:
     """The wrapped HF module (for saving, generation config, etc.)."""
     return model.original_model

@@ -88,6 +88,29 @@ def test_sigma_is_a_multiple_of_the_embedding_std(tiny_gpt2):
     assert noise_sigma(tiny_gpt2, NoiseConfig(rule="fixed", value=0.2)) == 0.2
 
 
+#: embedding_std as the old path (one forward per subject, hook_embed read) computed it at
+#: 04be0fa, before it read the embedding module once: (default subjects, the four below)
+OLD_SIGMA = {"tiny_gpt2": (0.19359472640104236, 0.19857212190264512),
+             "tiny_llama": (0.19714478383202386, 0.19452252509924856)}
+
+
+def test_embedding_std_equals_the_old_path_and_the_embedding_rows(tiny_model, request):
+    """Bit-equal to the recorded per-subject forwards; equal to the rows of the HF input
+    embedding matrix (token embeddings only); and no block runs."""
+    subjects = ["The Eiffel Tower", "Michael Jordan", "Paris", "Lionel Messi plays"]
+    old = OLD_SIGMA[request.node.callspec.params["tiny_model"]]
+    runs = []
+    handle = tiny_model.blocks[0].register_forward_hook(lambda *a: runs.append(1))
+    try:
+        assert (embedding_std(tiny_model), embedding_std(tiny_model, subjects)) == old
+    finally:
+        handle.remove()
+    assert runs == []
+    weight = mechedit.tlens.hf_model(tiny_model).get_input_embeddings().weight
+    rows = torch.cat([weight[list(mechedit.encode(tiny_model, s).ids)] for s in subjects])
+    assert embedding_std(tiny_model, subjects) == pytest.approx(rows.double().std().item(), rel=1e-12)
+
+
 def test_length_mismatch_shows_both_tokenizations(tiny_gpt2):
     with pytest.raises(TokenizationError) as err:
         pair_runs(tiny_gpt2, "The capital of France is", "The capital of Italy is", " Paris")

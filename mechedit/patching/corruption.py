@@ -34,11 +34,11 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechedit import tlens
 from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError, TokenizationError
-from mechedit.interventions import EmbeddingNoise, Intervention, NoiseDistribution, capture_until
+from mechedit.interventions import EmbeddingNoise, Intervention, NoiseDistribution
 from mechedit.patching.attached import check_interventions
-from mechedit.sites import Site
 from mechedit.tokens import Prefix, encode, target_ids
 
 
@@ -110,12 +110,17 @@ class NoiseConfig(Config):
 
 
 def embedding_std(model: Any, subjects: Sequence[str] = DEFAULT_SUBJECTS) -> float:
-    """Std of the token embeddings (``hook_embed``) of ``subjects`` (ROME's σ_emb)."""
+    """Std of the token embeddings (``hook_embed``) of ``subjects`` (ROME's σ_emb).
+
+    Every subject is tokenised on its own (no prefix, as ROME does) and all their tokens are
+    embedded in one call of the embedding module (no block runs): the values ``hook_embed``
+    would hold, positional embeddings not added (ROME's noise goes on the token embeddings).
+    """
     if not subjects:
         raise ConfigError("embedding_std needs at least one subject string")
-    site, stop = Site("embed"), Site("resid_pre", 0)  # the forward stops after block 0: σ over a file is cheap
-    acts = [capture_until(model, encode(model, s).tensor(_device(model)), [site, stop])[site][0] for s in subjects]
-    return float(torch.cat(acts).double().std())
+    ids = [i for s in subjects for i in encode(model, s).ids]
+    acts = tlens.token_embeddings(model, torch.tensor(ids, dtype=torch.long, device=_device(model)))
+    return float(acts.double().std())
 
 
 def noise_sigma(model: Any, config: NoiseConfig, subjects: Sequence[str] | None = None) -> float:
