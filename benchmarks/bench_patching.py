@@ -197,8 +197,8 @@ def main() -> None:
     ap.add_argument("--naive-cells", type=int, default=12,
                     help="naive cells timed per kind in (a); 0 times every cell (no extrapolation)")
     ap.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
-    ap.add_argument("--min-rows", type=int, help="override the engine's merge threshold on an accelerator "
-                    "(mechedit.patching.engine.MIN_ROWS_ACCELERATOR)")
+    ap.add_argument("--overhead-flops", type=float, help="override the engine's fixed cost of a block call on "
+                    "an accelerator (mechedit.patching.engine.FORWARD_OVERHEAD_FLOPS_ACCELERATOR)")
     ap.add_argument("--part", choices=["a", "b", "both"], default="both")
     ap.add_argument("--save", type=Path, help="directory to save the (a) trace results into")
     args = ap.parse_args()
@@ -206,10 +206,10 @@ def main() -> None:
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     DEVICE[0] = args.device
-    if args.min_rows is not None:
+    if args.overhead_flops is not None:
         from mechedit.patching import engine
 
-        engine.MIN_ROWS_ACCELERATOR = args.min_rows
+        engine.FORWARD_OVERHEAD_FLOPS_ACCELERATOR = args.overhead_flops
     model = mechedit.load_model("smollm2-135m", device=args.device)
     where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
     print(f"SmolLM2-135M on {where}; peak memory is {'CUDA allocated' if args.device.startswith('cuda') else 'RSS'}")

@@ -332,6 +332,13 @@ class PrefixKV:
         return PrefixKV(start, tuple(k[:, :, :length] for k in self.keys[i:]),
                         tuple(v[:, :, :length] for v in self.values[i:]), self.valid[:, :length])
 
+    @staticmethod
+    def cat(parts: Sequence["PrefixKV"]) -> "PrefixKV":
+        """The rows of ``parts`` (same blocks and length) one after the other."""
+        return PrefixKV(parts[0].start, tuple(torch.cat(ks) for ks in zip(*(p.keys for p in parts), strict=True)),
+                        tuple(torch.cat(vs) for vs in zip(*(p.values for p in parts), strict=True)),
+                        torch.cat([p.valid for p in parts]))
+
     def rows(self, index: Int[Tensor, " row"]) -> "PrefixKV":
         """Rows ``index`` (repeats allowed), e.g. the base run's rows once per patched cell."""
         return PrefixKV(self.start, tuple(k[index] for k in self.keys), tuple(v[index] for v in self.values),
@@ -438,6 +445,23 @@ def logits_for_last(model: "TransformerBridge", k: int) -> Iterator[None]:
         return (args[0][:, -k:], *args[1:])
 
     handle = head.register_forward_pre_hook(keep_last)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def logits_at(model: "TransformerBridge", cols: Int[Tensor, "batch k"]) -> Iterator[None]:
+    """Like :func:`logits_for_last`, at columns ``cols[b]`` of row ``b`` (rows of several lengths,
+    padded on the right): a forward returns ``[batch, k, d_vocab]``."""
+    head = hf_model(model).get_output_embeddings()
+
+    def keep(module: Any, args: tuple) -> tuple:
+        rows = torch.arange(cols.shape[0], device=cols.device)[:, None]
+        return (args[0][rows, cols.to(args[0].device)], *args[1:])
+
+    handle = head.register_forward_pre_hook(keep)
     try:
         yield
     finally:

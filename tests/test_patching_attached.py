@@ -182,7 +182,7 @@ def test_engine_with_corruption_and_extras_equals_naive(tiny_model, kind, direct
     from mechedit.patching import engine
 
     if min_rows is not None:
-        monkeypatch.setattr(engine, "MIN_ROWS", min_rows)
+        monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)
     runs = _trace_runs(tiny_model, _block_corruption(tiny_model, 3), 3, _extras(tiny_model))
     for w in ([1] if kind.startswith("resid") else [3]):
         cfg = PatchConfig(kind=kind, window=w, direction=direction, metric=MetricConfig("logprob"))
@@ -194,7 +194,7 @@ def test_engine_with_corruption_and_extras_equals_naive(tiny_model, kind, direct
 def test_pairs_with_embedding_corruption_extras_and_sever_equal_naive(tiny_model, direction, monkeypatch):
     from mechedit.patching import engine
 
-    monkeypatch.setattr(engine, "MIN_ROWS", 1)
+    monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)
     clean, corrupted = "Michael Jordan plays the sport of", "Lionel Messi plays the sport of"
     runs = pair_runs(tiny_model, clean, corrupted, mechedit.target_ids(tiny_model, clean, " basketball")[:1],
                      wrong=mechedit.target_ids(tiny_model, clean, " football")[:1])
@@ -268,7 +268,7 @@ def test_noop_extra_leaves_results_bit_identical(tiny_model, direction, monkeypa
     # forwards that start above a block no-op keep their cached prefix: bit for bit
     from mechedit.patching import engine
 
-    monkeypatch.setattr(engine, "MIN_ROWS", 1)
+    monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)
     runs = _trace_runs(tiny_model, _replacement_corruption(tiny_model), 1, ())
     cells = [Cell(layer, t) for t in (3, runs.n_prompt - 1) for layer in (2, 3)]
     cfg = PatchConfig(kind="resid_pre", direction=direction, metric=MetricConfig("logprob"))
@@ -294,7 +294,7 @@ def test_speedups_skip_the_blocks_and_positions_they_should(tiny_model, monkeypa
     from mechedit import tlens
     from mechedit.patching import engine
 
-    monkeypatch.setattr(engine, "MIN_ROWS", 1)
+    monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)
     prefixes = []
     real = tlens.forward_with_prefix
     monkeypatch.setattr(tlens, "forward_with_prefix",

@@ -207,7 +207,7 @@ def test_cached_prefix_path_equals_naive_loop(tiny_model, kind, monkeypatch):
     base run's cached keys/values, and only the rest run. Both directions; severed paths too."""
     from mechedit.patching import engine
 
-    monkeypatch.setattr(engine, "MIN_ROWS", 1)  # no merging down to position 0
+    monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)  # no merging down to position 0
     prefixes = []
     real = tlens.forward_with_prefix
     monkeypatch.setattr(tlens, "forward_with_prefix",

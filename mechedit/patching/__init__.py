@@ -2,14 +2,15 @@
 
 * :func:`trace` — ROME's causal tracing: noise the subject, restore each (position, layer).
 * :func:`patch` — clean/corrupted prompt pairs, layer × position or layer × head grids.
-* :func:`patch_cells` — the batched engine underneath, for any set of cells.
+* :func:`trace_many` — :func:`trace` of many records, their cells sharing forwards.
+* :func:`patch_cells` / :func:`patch_many_cells` — the batched engine underneath, for any cells.
 * :mod:`~mechedit.patching.attached` — a user's corruption and extra interventions in both.
 * :class:`PatchResult`, :func:`aggregate` — typed results and averages by token class.
 * :mod:`~mechedit.patching.metrics` — the metric registry (and when to use which).
 * :mod:`~mechedit.patching.plots` — matplotlib figures and a circuitsvis view.
 """
 
-from mechedit.patching.api import TRACE_KINDS, patch, top1_answer, trace
+from mechedit.patching.api import TRACE_KINDS, patch, top1_answer, trace, trace_many
 from mechedit.patching.attached import InterventionError
 from mechedit.patching.corruption import (
     DEFAULT_SUBJECTS,
@@ -27,6 +28,7 @@ from mechedit.patching.engine import (
     PatchKind,
     grid_cells,
     patch_cells,
+    patch_many_cells,
     reference,
     window_layers,
 )
@@ -37,6 +39,6 @@ __all__ = [
     "DEFAULT_SUBJECTS", "METRICS", "TOKEN_CLASSES", "TRACE_KINDS", "Aggregate", "Cell", "Direction",
     "InterventionError", "MetricConfig", "MetricSpec", "NoiseConfig", "PatchConfig", "PatchKind", "PatchResult", "Runs",
     "Targets", "aggregate", "embedding_std", "get_metric", "grid_cells", "noise_runs", "noise_sigma",
-    "pair_runs", "patch", "patch_cells", "reference", "token_classes", "top1_answer", "trace",
-    "window_layers",
+    "pair_runs", "patch", "patch_cells", "patch_many_cells", "reference", "token_classes", "top1_answer", "trace",
+    "trace_many", "window_layers",
 ]

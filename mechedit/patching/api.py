@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -26,7 +26,7 @@ from mechedit.interventions import describe, run
 from mechedit.models import model_info
 from mechedit.patching.attached import check_interventions
 from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, noise_sigma, pair_runs
-from mechedit.patching.engine import PatchConfig, PatchKind, Sever, grid_cells, patch_cells, reference
+from mechedit.patching.engine import PatchConfig, PatchKind, Sever, grid_cells, patch_many_cells, reference
 from mechedit.patching.metrics import MetricConfig, normalize
 from mechedit.patching.results import PatchResult
 from mechedit.tokens import Prefix, encode, str_tokens, subject_span
@@ -46,15 +46,24 @@ def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRA
 def run_grid(model: Any, runs: Runs, config: PatchConfig, *,
              progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample grid ``[row, layer, sample]`` and the clean / corrupted per-sample scores."""
-    ref = reference(model, runs, config)
-    cells = grid_cells(model, runs, config)
-    values = patch_cells(model, runs, config, cells, ref=ref, progress=progress)
-    grid = values.view(-1, model_info(model).n_layers, runs.samples)
-    clean, corrupt = ref.clean_scores.cpu(), ref.corrupt_scores.cpu()
-    if config.metric.name == "normalized":
-        c, k = float(clean.mean()), float(corrupt.mean())
-        grid, clean, corrupt = normalize(grid, c, k), normalize(clean, c, k), normalize(corrupt, c, k)
-    return grid, clean, corrupt
+    return run_grids(model, [runs], config, progress=progress)[0]
+
+
+def run_grids(model: Any, runs: Sequence[Runs], config: PatchConfig, *,
+              progress: Callable[[int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`run_grid` of several prompts, their cells sharing forwards (:func:`patch_many_cells`)."""
+    refs = [reference(model, r, config) for r in runs]
+    items = [(r, grid_cells(model, r, config)) for r in runs]
+    values = patch_many_cells(model, items, config, refs=refs, progress=progress)
+    out = []
+    for r, ref, v in zip(runs, refs, values, strict=True):
+        grid = v.view(-1, model_info(model).n_layers, r.samples)
+        clean, corrupt = ref.clean_scores.cpu(), ref.corrupt_scores.cpu()
+        if config.metric.name == "normalized":
+            c, k = float(clean.mean()), float(corrupt.mean())
+            grid, clean, corrupt = normalize(grid, c, k), normalize(clean, c, k), normalize(corrupt, c, k)
+        out.append((grid, clean, corrupt))
+    return out
 
 
 def trace(
@@ -81,36 +90,91 @@ def trace(
         interventions: extras applied in every forward (clean, corrupted, patched); see
             :mod:`~mechedit.patching.attached` for the rules.
     """
-    from mechedit.tokens import target_ids
-
     extras = tuple(interventions)
     check_interventions(corruption, extras)
+    config = _trace_config(kind, window, direction, sever, metric, memory_mb)
+    job = _TraceJob.build(model, prompt, subject, answer, config, noise, sigma, subjects, prefix, corruption,
+                          samples, extras)
+    grid, clean, corrupt = run_grid(model, job.runs, config, progress=progress)
+    return job.result(model, config, grid, clean, corrupt)
+
+
+def trace_many(
+    model: Any, records: Sequence[tuple[str, str, str | Sequence[int] | None]], *,
+    kind: TraceKind | PatchKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
+    sigma: float | None = None, subjects: Sequence[str] | None = None, metric: MetricConfig | str = "prob",
+    direction: Direction | str = Direction.DENOISE, sever: Sever | None = None,
+    prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
+    progress: Callable[[int], None] | None = None,
+) -> list[PatchResult]:
+    """:func:`trace` of several ``(prompt, subject, answer)`` records, their cells sharing forwards.
+
+    Each result equals its own :func:`trace` with the same arguments (the same noise draws:
+    every prompt's corrupted run is its own, seeded by ``noise.seed``; values to float
+    rounding, since rows are batched differently). σ is measured once (over ``subjects``)
+    unless given. The built-in noise only: a user's corruption or extras trace one prompt
+    per call.
+    """
+    config = _trace_config(kind, window, direction, sever, metric, memory_mb)
+    noise = noise or NoiseConfig()
+    if sigma is None and noise.rule != "fixed":
+        sigma = noise_sigma(model, noise, subjects)
+    jobs = [_TraceJob.build(model, prompt, subject, answer, config, noise, sigma, subjects, prefix, None, None, ())
+            for prompt, subject, answer in records]
+    grids = run_grids(model, [job.runs for job in jobs], config, progress=progress)
+    return [job.result(model, config, *g) for job, g in zip(jobs, grids, strict=True)]
+
+
+def _trace_config(kind: Any, window: int, direction: Any, sever: Sever | None, metric: Any,
+                  memory_mb: float) -> PatchConfig:
     pkind = TRACE_KINDS.get(str(kind)) or _patch_kind(kind)
-    config = PatchConfig(kind=pkind, window=1 if pkind.is_resid else window, direction=direction,
-                         sever=sever, metric=_metric(metric), memory_mb=memory_mb)
-    span = subject_span(model, prompt, subject, prefix=prefix)
-    ids = target_ids(model, prompt, answer) if isinstance(answer, str) else (
-        tuple(int(i) for i in answer) if answer is not None else
-        top1_answer(model, prompt, prefix=prefix, interventions=extras))
-    if corruption is None:
-        runs, noise_labels = _noise_trace_runs(model, prompt, ids, span, noise, sigma, subjects, samples, prefix)
-    else:
-        if noise is not None or sigma is not None or subjects is not None:
-            raise ConfigError("corruption= replaces the built-in noise: drop noise=, sigma= and subjects= "
-                              "(samples= sets the corrupted run's rows)")
-        runs = replace(pair_runs(model, prompt, prompt, ids, prefix=prefix), noise=corruption,
-                       samples=1 if samples is None else samples)
-        noise_labels = {"samples": runs.samples, "extra": {"prefix": str(Prefix(prefix))}}
-    runs = replace(runs, interventions=extras)
-    grid, clean, corrupt = run_grid(model, runs, config, progress=progress)
-    tokens = encode(model, prompt, prefix=prefix).ids
-    return PatchResult(
-        scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean, corrupted_per_sample=corrupt,
-        tokens=tuple(str_tokens(model, tokens)), answer=_decode(model, ids), answer_ids=ids,
-        kind=pkind.value, metric=config.metric.label, direction=config.direction.value,
-        model=model_info(model).name, prompt=prompt, subject_range=span, window=config.window,
-        sever=sever, **noise_labels, **_described(corruption, extras),
-    )
+    return PatchConfig(kind=pkind, window=1 if pkind.is_resid else window, direction=direction,
+                       sever=sever, metric=_metric(metric), memory_mb=memory_mb)
+
+
+@dataclass(frozen=True)
+class _TraceJob:
+    """One prompt of a trace: its runs and what its result records."""
+
+    runs: Runs
+    prompt: str
+    span: tuple[int, int]
+    ids: tuple[int, ...]
+    prefix: Prefix | str
+    labels: dict[str, Any]
+
+    @classmethod
+    def build(cls, model: Any, prompt: str, subject: str, answer: Any, config: PatchConfig,
+              noise: NoiseConfig | None, sigma: float | None, subjects: Sequence[str] | None,
+              prefix: Prefix | str, corruption: Any, samples: int | None, extras: tuple[Any, ...]) -> _TraceJob:
+        from mechedit.tokens import target_ids
+
+        span = subject_span(model, prompt, subject, prefix=prefix)
+        ids = target_ids(model, prompt, answer) if isinstance(answer, str) else (
+            tuple(int(i) for i in answer) if answer is not None else
+            top1_answer(model, prompt, prefix=prefix, interventions=extras))
+        if corruption is None:
+            runs, noise_labels = _noise_trace_runs(model, prompt, ids, span, noise, sigma, subjects, samples, prefix)
+        else:
+            if noise is not None or sigma is not None or subjects is not None:
+                raise ConfigError("corruption= replaces the built-in noise: drop noise=, sigma= and subjects= "
+                                  "(samples= sets the corrupted run's rows)")
+            runs = replace(pair_runs(model, prompt, prompt, ids, prefix=prefix), noise=corruption,
+                           samples=1 if samples is None else samples)
+            noise_labels = {"samples": runs.samples, "extra": {"prefix": str(Prefix(prefix))}}
+        runs = replace(runs, interventions=extras)
+        return cls(runs, prompt, span, ids, prefix, {**noise_labels, **_described(corruption, extras)})
+
+    def result(self, model: Any, config: PatchConfig, grid: torch.Tensor, clean: torch.Tensor,
+               corrupt: torch.Tensor) -> PatchResult:
+        tokens = encode(model, self.prompt, prefix=self.prefix).ids
+        return PatchResult(
+            scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean, corrupted_per_sample=corrupt,
+            tokens=tuple(str_tokens(model, tokens)), answer=_decode(model, self.ids), answer_ids=self.ids,
+            kind=config.kind.value, metric=config.metric.label, direction=config.direction.value,
+            model=model_info(model).name, prompt=self.prompt, subject_range=self.span, window=config.window,
+            sever=config.sever, **self.labels,
+        )
 
 
 def _noise_trace_runs(model: Any, prompt: str, ids: tuple[int, ...], span: tuple[int, int],

@@ -23,8 +23,10 @@ far less work, and is tested equal to that naive loop:
    patching every position (``pos=None``, e.g. whole heads) runs every position.
 4. **Batch cells.** Cells with the same (first patched position, start layer) share one
    forward whose batch is ``cells × samples`` rows, chunked so a forward stays within a
-   memory budget (and, when a group has few rows, merged with the next ones, starting at
-   the lowest layer and position of the merged cells: see ``MIN_ROWS``).
+   memory budget; groups of few rows are merged, the forward starting at the lowest layer
+   and position of its cells, as the cheapest tiling of the grid under a cost model says
+   (:mod:`~mechedit.patching.tiling`, ``FORWARD_OVERHEAD_FLOPS``). Cells of several
+   prompts may share forwards (:func:`patch_many_cells`), rows padded on the right.
 5. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
 
 Windows (ROME): for ``mlp_out``/``attn_out``/``head_z`` a cell centred at layer ``l``
@@ -59,7 +61,7 @@ from mechedit.config import Choice, Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, HookFn, intervened
 from mechedit.models import model_info
-from mechedit.patching import attached
+from mechedit.patching import attached, tiling
 from mechedit.patching.corruption import Direction, Runs
 from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site, SiteKind
@@ -200,12 +202,14 @@ def reference(model: Any, runs: Runs, config: PatchConfig) -> Reference:
 
 
 def _answer_logits(model: Any, k: int, interventions: list, *, prefix: tlens.PrefixKV | None = None,
-                   positions: Tensor | None = None, **forward: Any) -> Tensor:
-    """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded).
+                   positions: Tensor | None = None, cols: Tensor | None = None, **forward: Any) -> Tensor:
+    """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded),
+    or at columns ``cols[b]`` of row ``b`` (rows padded on the right).
 
     With ``prefix``, ``forward`` holds ``resid`` for the positions after it.
     """
-    with intervened(model, interventions), torch.no_grad(), tlens.logits_for_last(model, k):
+    only = tlens.logits_for_last(model, k) if cols is None else tlens.logits_at(model, cols)
+    with intervened(model, interventions), torch.no_grad(), only:
         if prefix is None:
             logits = tlens.forward_blocks(model, **forward)
         else:
@@ -235,14 +239,17 @@ def first_position(cell: Cell) -> int:
 class CellBatch:
     """An intervention patching a chunk of cells, ``samples`` batch rows per cell.
 
-    ``offset``: the forward runs positions ``offset..`` only (after a cached prefix), so
-    position ``p`` of the sequence is position ``p - offset`` of the activations.
+    ``source[c]``/``base[c]``: cell ``c``'s source and base activations (its prompt's
+    reference runs; a forward may hold cells of several prompts). ``offset``: the forward
+    runs positions ``offset..`` only (after a cached prefix), so position ``p`` of the
+    sequence is position ``p - offset`` of the activations; a row longer than its prompt
+    (right padding, prompts of several lengths) holds nothing past the prompt.
     """
 
     cells: tuple[Cell, ...]
     config: PatchConfig
-    source: dict[Site, Tensor]
-    base: dict[Site, Tensor]
+    source: tuple[dict[Site, Tensor], ...]
+    base: tuple[dict[Site, Tensor], ...]
     samples: int
     offset: int = 0
 
@@ -264,10 +271,11 @@ class CellBatch:
         def fn(act: Tensor, *, hook: Any) -> Tensor:
             out = act.clone()
             for c in holds:
-                out[c * n:(c + 1) * n] = self.base[site][:, off:].to(act.dtype)
+                held = self.base[c][site][:, off:]
+                out[c * n:(c + 1) * n, :held.shape[1]] = held.to(act.dtype)
             for c, where in patches:
                 sel = _select(where, off)
-                out[(slice(c * n, (c + 1) * n), *sel[1:])] = self.source[site][_select(where)].to(act.dtype)
+                out[(slice(c * n, (c + 1) * n), *sel[1:])] = self.source[c][site][_select(where)].to(act.dtype)
             return out
 
         return fn
@@ -289,26 +297,36 @@ def _rows_per_forward(model: Any, seq: int, k: int, memory_mb: float) -> int:
     return max(1, int(memory_mb * 2**20 // per_row))
 
 
-#: Forwards of fewer rows are dominated by per-call overhead: consecutive start layers are
-#: merged (starting at the lowest, still exact) until a chunk has at least this many rows.
-MIN_ROWS = 48
-#: The same on an accelerator, where a forward's fixed cost (kernel launches, hooks) stays
-#: larger than its compute up to far bigger batches: merge up to this many rows (or the
-#: memory budget, if smaller).
-MIN_ROWS_ACCELERATOR = 1024
+#: The fixed cost of running one block once (hook calls, kernel launches), in FLOPs of
+#: arithmetic it is worth: about 2-3 ms per block call of the bridge on one CPU core. The
+#: tiling (:mod:`~mechedit.patching.tiling`) merges cell groups into one forward while that
+#: saves more of it than the merged forward recomputes; 0 gives every group its own forward.
+FORWARD_OVERHEAD_FLOPS = 3e8
+#: The same on an accelerator, where a forward's fixed cost stays larger than its compute up
+#: to far bigger batches (about 1,000 rows of SmolLM2 prompts), or the memory budget.
+FORWARD_OVERHEAD_FLOPS_ACCELERATOR = 1e11
 
 
-def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig,
-            runs: Runs, plan: attached.Plan | None = None) -> list[tuple[int, int, list[int]]]:
-    """``(start layer, first position, indices)``: cells ``todo`` grouped, chunked to the budget.
+def _cost_model(model: Any, seq: int, k: int, samples: int, memory_mb: float, device: torch.device
+                ) -> tiling.CostModel:
+    """The tiling's costs in row-token-blocks: a block's FLOPs per token are twice its weights."""
+    info = model_info(model)
+    block_flops = 2.0 * sum(p.numel() for p in model.blocks[0].parameters())
+    fixed = FORWARD_OVERHEAD_FLOPS if device.type == "cpu" else FORWARD_OVERHEAD_FLOPS_ACCELERATOR
+    per = max(1, _rows_per_forward(model, seq, k, memory_mb) // samples)
+    return tiling.CostModel(info.n_layers, seq, k, samples, per, fixed / block_flops,
+                            2.0 * info.d_model * info.d_vocab / block_flops)
+
+
+def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: PatchConfig, seq: int, k: int,
+            samples: int, device: torch.device, plan: attached.Plan | None = None) -> list[tuple[int, int, list[int]]]:
+    """``(start layer, first position, indices)``: cells ``todo`` grouped and tiled into forwards.
 
     Groups share a first patched position and a start layer; the first position is 0 where
     ``plan`` rules out a cached prefix (an attached hook at or above the start layer). A
-    merged chunk starting at or below such a hook includes a group of position 0, so it
-    runs every position too. Small groups (few samples,
-    e.g. clean/corrupted pairs) are merged with the next ones, layers first (a cell
-    starting later recomputes, unpatched, the blocks in between; cheaper than recomputing
-    positions): the chunk starts at its cells' lowest layer and first position.
+    forward holding several groups starts at their lowest layer and first position (a chunk
+    starting at or below such a hook includes a group of position 0, so it runs every
+    position too); which groups share one is :func:`~mechedit.patching.tiling.tile`'s choice.
     """
     n_layers = model_info(model).n_layers
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
@@ -316,16 +334,7 @@ def _chunks(model: Any, cells: Sequence[Cell], todo: Sequence[int], config: Patc
         start = start_layer(cells[i], config, n_layers)
         pos = first_position(cells[i]) if plan is None or plan.allows_prefix(start) else 0
         groups[(pos, start)].append(i)
-    per = max(1, _rows_per_forward(model, runs.seq_len, len(runs.answer), config.memory_mb) // runs.samples)
-    min_rows = MIN_ROWS if runs.clean_ids.device.type == "cpu" else MIN_ROWS_ACCELERATOR
-    merged: list[tuple[int, int, list[int]]] = []
-    for (pos, start), idx in sorted(groups.items()):
-        last = merged[-1] if merged else None
-        if last is not None and len(last[2]) * runs.samples < min_rows and len(last[2]) + len(idx) <= per:
-            merged[-1] = (min(last[0], start), min(last[1], pos), last[2] + idx)
-        else:
-            merged.append((start, pos, list(idx)))
-    return [(s, p, idx[i:i + per]) for s, p, idx in merged for i in range(0, len(idx), per)]
+    return tiling.tile(groups, _cost_model(model, seq, k, samples, config.memory_mb, device))
 
 
 def patch_cells(
@@ -337,44 +346,119 @@ def patch_cells(
     ``ref`` reuses reference runs computed by :func:`reference` (same runs and config);
     ``progress`` is called with the number of cells finished after each forward.
     """
+    return patch_many_cells(model, [(runs, cells)], config, refs=None if ref is None else [ref],
+                            progress=progress)[0]
+
+
+def patch_many_cells(
+    model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], config: PatchConfig, *,
+    refs: Sequence[Reference] | None = None, progress: Callable[[int], None] | None = None,
+) -> list[Float[Tensor, "cell sample"]]:
+    """:func:`patch_cells` of several prompts at once, their cells sharing forwards.
+
+    Each item's values equal its own :func:`patch_cells` (up to float rounding: rows are
+    batched differently); its reference runs are its own (the same noise draws). Prompts of
+    one answer length share forwards, padded on the right to the longest; every prompt
+    needs the same ``samples``, and sharing needs no attached hook in the blocks (the
+    built-in noise or prompt pairs: a user's corruption or extras trace one prompt a call).
+    """
+    for runs, cells in items:
+        for cell in cells:
+            _check_cell(cell, runs, model)
+    refs = list(refs) if refs is not None else [reference(model, runs, config) for runs, _ in items]
+    plans = [attached.plan(model, runs, config.direction) for runs, _ in items]
+    _check_shareable(model, items, plans)
+    outs = [torch.empty(len(cells), runs.samples, dtype=torch.float64) for runs, cells in items]
+    by_k: dict[int, list[int]] = defaultdict(list)
+    for q, (runs, _) in enumerate(items):
+        by_k[len(runs.answer)].append(q)
+    for prompts in by_k.values():
+        _patch_prompts(model, [items[q] for q in prompts], config, [refs[q] for q in prompts],
+                       [plans[q] for q in prompts], [outs[q] for q in prompts], progress)
+    return outs
+
+
+def _check_shareable(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], plans: list[attached.Plan]) -> None:
+    if len(items) < 2:
+        return
+    if len({runs.samples for runs, _ in items}) > 1:
+        raise ConfigError(f"prompts traced together need one number of samples, got "
+                          f"{sorted({runs.samples for runs, _ in items})}")
+    if any(list(iv.hooks(model)) for plan in plans for iv in plan.interventions):
+        raise ConfigError("prompts share forwards only with the built-in noise or prompt pairs: with a user's "
+                          "corruption or extra interventions, trace/patch one prompt per call")
+
+
+def _patch_prompts(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], config: PatchConfig,
+                   refs: Sequence[Reference], plans: Sequence[attached.Plan], outs: Sequence[Tensor],
+                   progress: Callable[[int], None] | None) -> None:
+    """Prompts of one answer length: no-op cells filled in, the others in shared forwards."""
     n_layers = model_info(model).n_layers
-    for cell in cells:
-        _check_cell(cell, runs, model)
-    ref = ref if ref is not None else reference(model, runs, config)
-    n = runs.samples
-    out = torch.empty(len(cells), n, dtype=torch.float64)
-    base_scores = ref.base_scores(config.direction).expand(n)
+    jobs = [(q, cell) for q, (_, cells) in enumerate(items) for cell in cells]
+    where = [(q, i) for q, (_, cells) in enumerate(items) for i in range(len(cells))]
     todo = []
-    for i, cell in enumerate(cells):
-        if is_noop(cell, config, ref, n_layers):
-            out[i] = base_scores
+    for j, (q, cell) in enumerate(jobs):
+        if is_noop(cell, config, refs[q], n_layers):
+            outs[q][where[j][1]] = refs[q].base_scores(config.direction).expand(items[q][0].samples)
         else:
-            todo.append(i)
-    if progress is not None and len(todo) < len(cells):
-        progress(len(cells) - len(todo))
-    base, source = ref.base(config.direction), ref.source(config.direction)
-    plan = attached.plan(model, runs, config.direction)
-    ivs = list(plan.interventions)
-    base_kv = None
-    for start, pos, idx in _chunks(model, cells, todo, config, runs, plan):
-        chunk = tuple(cells[i] for i in idx)
-        resid = base[Site(SiteKind.RESID_PRE, start)][:, pos:].expand(n, -1, -1).repeat(len(chunk), 1, 1)
-        batch = CellBatch(chunk, config, source, base, n, offset=pos)
-        if pos == 0:
-            logits = _answer_logits(model, len(runs.answer), [*ivs, batch], resid=resid, start=start)
-        else:
-            if base_kv is None:  # the base run's keys and values, every block and position
-                with intervened(model, ivs):
-                    base_kv = tlens.block_kv(model, base[Site(SiteKind.RESID_PRE, 0)], 0)
-            rows = torch.arange(n * len(chunk), device=resid.device) % base_kv.valid.shape[0]
-            prefix = base_kv.window(start, pos).rows(rows)
-            positions = torch.arange(pos, runs.seq_len, device=resid.device).expand(len(rows), -1)
-            logits = _answer_logits(model, len(runs.answer), [*ivs, batch], resid=resid, prefix=prefix,
-                                    positions=positions)
-        out[idx] = evaluate(config.metric, logits, ref.targets).view(len(chunk), n).cpu()
+            todo.append(j)
+    if progress is not None and len(todo) < len(jobs):
+        progress(len(jobs) - len(todo))
+    first = items[0][0]
+    seq, k, n = max(runs.seq_len for runs, _ in items), len(first.answer), first.samples
+    kv: dict[int, tlens.PrefixKV] = {}
+    cells = [cell for _, cell in jobs]
+    for start, pos, idx in _chunks(model, cells, todo, config, seq, k, n, first.clean_ids.device,
+                                   plans[0] if len(items) == 1 else None):
+        chunk = [jobs[j] for j in idx]
+        logits = _chunk_logits(model, items, config, refs, plans, chunk, start, pos, kv)
+        rows = torch.tensor([q for q, _ in chunk]).repeat_interleave(n)
+        for q in sorted({q for q, _ in chunk}):
+            sel = rows == q
+            scores = evaluate(config.metric, logits[sel.to(logits.device)], refs[q].targets).view(-1, n).cpu()
+            outs[q][[where[j][1] for j in idx if jobs[j][0] == q]] = scores
         if progress is not None:
             progress(len(chunk))
-    return out
+
+
+def _chunk_logits(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], config: PatchConfig,
+                  refs: Sequence[Reference], plans: Sequence[attached.Plan], chunk: list[tuple[int, Cell]],
+                  start: int, pos: int, kv: dict[int, tlens.PrefixKV]) -> Tensor:
+    """Answer logits ``[rows, k, d_vocab]`` of one forward from block ``start``, positions ``pos..``."""
+    direction, n = config.direction, items[0][0].samples
+    seqs = [items[q][0].seq_len for q, _ in chunk]
+    width, k = max(seqs) - pos, len(items[0][0].answer)
+    base = [refs[q].base(direction) for q, _ in chunk]
+    resid = torch.cat([_right_pad(b[Site(SiteKind.RESID_PRE, start)][:, pos:].expand(n, -1, -1), width)
+                       for b in base])
+    batch = CellBatch(tuple(c for _, c in chunk), config, tuple(refs[q].source(direction) for q, _ in chunk),
+                      tuple(base), n, offset=pos)
+    ivs = list(plans[0].interventions) if len(items) == 1 else []
+    cols = None
+    if len(set(seqs)) > 1:  # the answer positions of each row
+        last = torch.tensor(seqs, device=resid.device).repeat_interleave(n) - pos
+        cols = last[:, None] - k + torch.arange(k, device=resid.device)
+    if pos == 0:
+        return _answer_logits(model, k, [*ivs, batch], cols=cols, resid=resid, start=start)
+    prefix = tlens.PrefixKV.cat([_base_kv(model, items, refs, plans, q, direction, kv).window(start, pos)
+                                 .rows(torch.arange(n, device=resid.device) % kv[q].valid.shape[0])
+                                 for q, _ in chunk])
+    positions = torch.arange(pos, pos + width, device=resid.device).expand(len(resid), -1)
+    return _answer_logits(model, k, [*ivs, batch], cols=cols, resid=resid, prefix=prefix, positions=positions)
+
+
+def _right_pad(x: Tensor, width: int) -> Tensor:
+    return x if x.shape[1] == width else torch.cat([x, x.new_zeros(x.shape[0], width - x.shape[1], *x.shape[2:])], 1)
+
+
+def _base_kv(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], refs: Sequence[Reference],
+             plans: Sequence[attached.Plan], q: int, direction: Direction, kv: dict[int, tlens.PrefixKV]
+             ) -> tlens.PrefixKV:
+    """Prompt ``q``'s base-run keys and values, every block and position (computed once)."""
+    if q not in kv:
+        with intervened(model, list(plans[q].interventions)):
+            kv[q] = tlens.block_kv(model, refs[q].base(direction)[Site(SiteKind.RESID_PRE, 0)], 0)
+    return kv[q]
 
 
 def _check_cell(cell: Cell, runs: Runs, model: Any) -> None:

@@ -42,6 +42,22 @@ def _run_one(study: Study, model: Any, state: Any, table: str, unit: Unit) -> tu
     return row, None
 
 
+def _run_batch(study: Study, model: Any, state: Any, table: str, units: Sequence[Unit]
+               ) -> list[tuple[Row | None, str | None]]:
+    """:meth:`Study.run_batch` of ``units``; one by one when it raises a skippable error (to
+    find the unit that fails and keep the others)."""
+    if len(units) == 1:
+        return [_run_one(study, model, state, table, units[0])]
+    try:
+        rows = study.run_batch(model, state, table, units)
+    except study.skip_errors:  # type: ignore[misc]
+        return [_run_one(study, model, state, table, u) for u in units]
+    if len(rows) != len(units) or not all(isinstance(r, study.tables[table]) for r in rows):
+        raise ConfigError(f"{type(study).__name__}.run_batch must return one {study.tables[table].__name__} "
+                          f"per unit of table {table!r}")
+    return [(row, None) for row in rows]
+
+
 class Executor:
     name: str = ""
     needs_driver_model: bool = False
@@ -85,9 +101,12 @@ class _LocalPool:
     def map(self, table: str, units: Sequence[Unit]) -> Iterator[tuple[Unit, Row | None, str | None]]:
         if units and not self._ready:
             self._state, self._ready = self.study.setup(self.model), True
-        for unit in units:
-            row, error = _run_one(self.study, self.model, self._state, table, unit)
-            yield unit, row, error
+        size = max(1, self.study.batch_units)
+        for i in range(0, len(units), size):
+            batch = units[i:i + size]
+            for unit, (row, error) in zip(batch, _run_batch(self.study, self.model, self._state, table, batch),
+                                          strict=True):
+                yield unit, row, error
 
 
 class RayExecutor(Executor):

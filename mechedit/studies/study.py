@@ -163,6 +163,14 @@ class Study(ABC):
     def run(self, model: Any, state: Any, table: str, unit: Unit) -> Row:
         """Compute one unit's row."""
 
+    #: consecutive units the local executor hands to :meth:`run_batch` at once (Ray: one)
+    batch_units: ClassVar[int] = 1
+
+    def run_batch(self, model: Any, state: Any, table: str, units: Sequence[Unit]) -> list[Row]:
+        """The rows of several units, equal to :meth:`run` of each (a study may share work
+        between them, e.g. forwards); default: :meth:`run` of each."""
+        return [self.run(model, state, table, u) for u in units]
+
     def result(self, rows: Mapping[str, Sequence[Row]], provenance: Mapping[str, Any]) -> Any:
         """The typed result of a finished (or partial) run; default :class:`StudyResult`."""
         from mechedit.studies.result import StudyResult
