@@ -6,10 +6,10 @@ One torch thread; every ratio is measured in this run, on this machine, under it
 
 pairs  SmolLM2 ``resid_pre`` grids of clean/corrupted pairs that first differ at positions
        0 to 9, against TransformerLens' ``get_act_patch_resid_pre`` (one forward per
-       cell): in full on the first pair; on the others TransformerLens runs
-       ``--tl-cells`` cells spread over the grid (its ``generic_activation_patch`` with an
+       cell): TransformerLens runs ``--tl-cells`` cells spread over the grid (its ``generic_activation_patch`` with an
        index table, the same per-cell forward) and its time is scaled to the whole grid
-       (every TransformerLens cell is the same full forward; said so in the output). Grids
+       (every TransformerLens cell is the same full forward; said so in the output;
+       ``--tl-cells 0`` runs it in full). Grids
        compared on the cells both ran. Target: >= 10x on every pair.
 rome   A 6-layer GPT-2 (``--d-model``, random weights, built offline) whose subjects start
        the prompt: ``trace(kind="resid")`` (10 samples) against ROME's
@@ -17,7 +17,8 @@ rome   A 6-layer GPT-2 (``--d-model``, random weights, built offline) whose subj
        the plain HF module with PyTorch forward hooks (one forward of 1 clean + 10 noised
        rows per (token, layer), all logits), over the same prompts. Target: >= 3x.
 many   ``trace_many`` of ``--records`` known_1000 prompts against ``trace`` of each, on
-       SmolLM2 (resid; equal results checked).
+       ``--many-model`` (default the shipped kg-small and its known_1000 file; resid, 10
+       samples; equal results checked).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from typing import Any
 import torch
 
 PAIRS = [  # (clean, corrupted, answer, wrong, prefix)
-    ("Michael Jordan plays the sport of", "Lionel Messi plays the sport of", " basketball", " football", "none"),
-    ("Paris is the capital of", "Tokyo is the capital of", " France", " Japan", "neutral"),
+    ("Paris is the capital city of", "London is the capital city of", " France", " England", "none"),
+    ("Michael Jordan plays the sport of", "Tom Brady plays the sport of", " basketball", " football", "neutral"),
     ("The Eiffel Tower is located in the city of", "The Colosseum is located in the city of", " Paris", " Rome",
      "neutral"),
     ("The Eiffel Tower is located in the city of", "The Eiffel Tower is located in the country of", " Paris",
@@ -85,7 +86,7 @@ def part_pairs(tl_cells: int) -> dict[str, Any]:
         with torch.no_grad():
             _, cache = model.run_with_cache(ci)
         n_pos, n_layers = res.scores.shape
-        if n == 0 or tl_cells <= 0:
+        if tl_cells <= 0:
             with torch.no_grad():
                 grid, t_tl = timed(tl_patching.get_act_patch_resid_pre, model, ki, cache, metric)
             ran = [(layer, pos) for layer in range(n_layers) for pos in range(n_pos)]
@@ -190,27 +191,29 @@ def part_rome(d_model: int, vocab: int) -> dict[str, Any]:
 # --- many prompts ---------------------------------------------------------------------------
 
 
-def part_many(n_records: int) -> dict[str, Any]:
+def part_many(n_records: int, model_name: str) -> dict[str, Any]:
     import mechedit
     from mechedit.patching import NoiseConfig, noise_sigma, trace, trace_many
 
-    model = mechedit.load_model("smollm2-135m")
-    records = [(r["prompt"], r["subject"], r["attribute"]) for r in _known_1000()[:n_records]]
+    model = mechedit.load_model(model_name)
+    records = [(r["prompt"], r["subject"], " " + r["attribute"].strip()) for r in _known_1000(model_name)[:n_records]]
     noise = NoiseConfig(samples=10)
-    sigma = noise_sigma(model, noise)
+    sigma = noise_sigma(model, noise, [s for _, s, _ in records])
     load0 = load()
-    one, t_one = timed(lambda: [trace(model, p, s, answer=" " + a.strip(), noise=noise, sigma=sigma)
-                                for p, s, a in records])
-    many, t_many = timed(lambda: trace_many(model, [(p, s, " " + a.strip()) for p, s, a in records], noise=noise,
-                                            sigma=sigma))
+    many, t_many = timed(trace_many, model, records, noise=noise, sigma=sigma)
+    one, t_one = timed(lambda: [trace(model, p, s, answer=a, noise=noise, sigma=sigma) for p, s, a in records])
     diff = max(float((x.per_sample - y.per_sample).abs().max()) for x, y in zip(one, many, strict=True))
-    print(f"many: {len(records)} known_1000 prompts (resid, 10 samples): trace each {t_one:6.1f} s, trace_many "
-          f"{t_many:6.1f} s, {t_one / t_many:.2f}x; max |diff| {diff:.1e}; load {load0:.1f}->{load():.1f}")
-    return {"records": len(records), "trace_each_s": t_one, "trace_many_s": t_many, "speedup": t_one / t_many,
-            "max_abs_diff": diff, "load_before": load0, "load_after": load()}
+    print(f"many: {len(records)} known_1000 prompts of {model_name} (resid, 10 samples): trace each {t_one:6.1f} s, "
+          f"trace_many {t_many:6.1f} s, {t_one / t_many:.2f}x; max |diff| {diff:.1e}; load {load0:.1f}->{load():.1f}")
+    return {"model": model_name, "records": len(records), "trace_each_s": t_one, "trace_many_s": t_many,
+            "speedup": t_one / t_many, "max_abs_diff": diff, "load_before": load0, "load_after": load()}
 
 
-def _known_1000() -> list[dict[str, Any]]:
+def _known_1000(model_name: str) -> list[dict[str, Any]]:
+    if model_name == "kg-small":
+        from mechedit.synth import shipped_model_dir
+
+        return json.loads((shipped_model_dir() / "known_1000.json").read_text())
     for path in (Path(__file__).resolve().parents[1] / "../shared/data/known_1000.json",
                  Path("/work/shared/data/known_1000.json")):
         if path.is_file():
@@ -221,11 +224,12 @@ def _known_1000() -> list[dict[str, Any]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--part", choices=["pairs", "rome", "many", "all"], default="all")
-    ap.add_argument("--tl-cells", type=int, default=40, help="TransformerLens cells timed per pair after the first "
-                    "(0: every cell of every pair)")
+    ap.add_argument("--tl-cells", type=int, default=40, help="TransformerLens cells timed per pair "
+                    "(0: every cell)")
     ap.add_argument("--d-model", type=int, default=256, help="width of the 6-layer GPT-2 of --part rome")
     ap.add_argument("--vocab", type=int, default=2000, help="its tokenizer's vocabulary")
-    ap.add_argument("--records", type=int, default=8, help="prompts of --part many")
+    ap.add_argument("--records", type=int, default=24, help="prompts of --part many")
+    ap.add_argument("--many-model", default="kg-small", help="model of --part many (kg-small: the shipped one)")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -237,7 +241,7 @@ def main() -> None:
     if args.part in ("rome", "all"):
         out["rome"] = part_rome(args.d_model, args.vocab)
     if args.part in ("many", "all"):
-        out["many"] = part_many(args.records)
+        out["many"] = part_many(args.records, args.many_model)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
