@@ -131,9 +131,23 @@ def _site_kind(kind: PatchKind) -> SiteKind:
 
 
 def patch_entries(cell: Cell, config: PatchConfig, n_layers: int) -> list[tuple[Site, Cell]]:
-    """The (site, where) pairs a cell restores from the source run."""
+    """The (site, where) pairs a cell restores from the source run.
+
+    A block's output is the next block's input: ``resid_post@l`` is restored as
+    ``resid_pre@l+1`` (the same values, cached from the same runs), so the forward starts
+    at block ``l + 1`` instead of recomputing block ``l`` under the patch.
+    """
+    if config.kind is PatchKind.RESID_POST and cell.layer + 1 < n_layers:
+        return [(Site(SiteKind.RESID_PRE, cell.layer + 1), cell)]
     layers = [cell.layer] if config.kind.is_resid else window_layers(cell.layer, config.window, n_layers)
     return [(Site(_site_kind(config.kind), j), cell) for j in layers]
+
+
+def unread(cell: Cell, config: PatchConfig, runs: Runs, n_layers: int) -> bool:
+    """True for the last block's output at a position whose logits are not read (every
+    position but the answer's): no later block mixes positions, so the score is the base's."""
+    return (config.kind is PatchKind.RESID_POST and cell.layer == n_layers - 1 and cell.pos is not None
+            and cell.pos < runs.seq_len - len(runs.answer))
 
 
 def sever_sites(cell: Cell, config: PatchConfig, n_layers: int) -> list[Site]:
@@ -398,7 +412,7 @@ def _patch_prompts(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], con
     where = [(q, i) for q, (_, cells) in enumerate(items) for i in range(len(cells))]
     todo = []
     for j, (q, cell) in enumerate(jobs):
-        if is_noop(cell, config, refs[q], n_layers):
+        if is_noop(cell, config, refs[q], n_layers) or unread(cell, config, items[q][0], n_layers):
             outs[q][where[j][1]] = refs[q].base_scores(config.direction).expand(items[q][0].samples)
         else:
             todo.append(j)
