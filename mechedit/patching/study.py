@@ -185,31 +185,51 @@ class TraceStudy(Study):
                     "sigma": self.planned.sigma, "metric": c.metric, "prefix": "neutral"}), (r, kind), group=r.id)
                 for r in self.planned.records for kind in c.kinds]
 
-    def run(self, model: Any, state: Any, table: str, unit: Unit) -> TraceRow:
-        rec, kind = unit.payload
-        c = self.config
-        t0 = time.perf_counter()
-        res = trace(model, rec.prompt, rec.subject, answer=rec.answer, kind=kind, window=c.window, noise=c.noise,
-                    sigma=self.planned.sigma, metric=c.metric)
-        return TraceRow(rec.id, kind, res.to_record(), time.perf_counter() - t0)
-
-    #: units traced together (:func:`~mechedit.patching.trace_many`: cells of several records share
-    #: forwards; the rows equal per-record traces to float rounding)
+    #: records traced together per kind (:func:`~mechedit.patching.trace_many`: their cells share
+    #: forwards). Blocks are fixed by a record's place in the plan, so a row is the same whether
+    #: its block ran whole, in pieces, resumed or on another worker.
+    block_records: ClassVar[int] = 8
     batch_units: ClassVar[int] = 24
 
+    def setup(self, model: Any) -> dict[str, Any]:
+        return {}  # kind -> (block, its traces, seconds per record): the last block of each kind
+
+    def run(self, model: Any, state: Any, table: str, unit: Unit) -> TraceRow:
+        return self.run_batch(model, state, table, [unit])[0]
+
     def run_batch(self, model: Any, state: Any, table: str, units: Sequence[Unit]) -> list[TraceRow]:
+        index = {r.id: i for i, r in enumerate(self.planned.records)}
+        cache = state if isinstance(state, dict) else {}
+        rows = []
+        for unit in units:
+            rec, kind = unit.payload
+            block = index[rec.id] // self.block_records
+            if cache.get(kind, (None,))[0] != block:
+                t0 = time.perf_counter()
+                results = self._trace_block(model, kind, block)
+                cache[kind] = (block, results, (time.perf_counter() - t0) / len(results))
+            _, results, seconds = cache[kind]
+            res = results[index[rec.id] - block * self.block_records]
+            if isinstance(res, MecheditError):
+                raise res
+            rows.append(TraceRow(rec.id, kind, res.to_record(), seconds))
+        return rows
+
+    def _trace_block(self, model: Any, kind: str, block: int) -> list[PatchResult | MecheditError]:
+        """The block's traces; if one record cannot be traced, each record on its own (its error kept)."""
         c = self.config
-        rows: dict[str, TraceRow] = {}
-        for kind in dict.fromkeys(u.payload[1] for u in units):
-            group = [u for u in units if u.payload[1] == kind]
-            t0 = time.perf_counter()
-            results = trace_many(model, [(u.payload[0].prompt, u.payload[0].subject, u.payload[0].answer)
-                                         for u in group], kind=kind, window=c.window, noise=c.noise,
-                                 sigma=self.planned.sigma, metric=c.metric)
-            seconds = (time.perf_counter() - t0) / len(group)
-            rows.update({u.key: TraceRow(u.payload[0].id, kind, r.to_record(), seconds)
-                         for u, r in zip(group, results, strict=True)})
-        return [rows[u.key] for u in units]
+        records = self.planned.records[block * self.block_records:(block + 1) * self.block_records]
+        kwargs = {"kind": kind, "window": c.window, "noise": c.noise, "sigma": self.planned.sigma, "metric": c.metric}
+        try:
+            return list(trace_many(model, [(r.prompt, r.subject, r.answer) for r in records], **kwargs))
+        except MecheditError:
+            out: list[PatchResult | MecheditError] = []
+            for r in records:
+                try:
+                    out.append(trace(model, r.prompt, r.subject, answer=r.answer, **kwargs))
+                except MecheditError as e:
+                    out.append(e)
+            return out
 
     def report(self, result: Any, out: Any, command: str, *, aggregate: bool = True) -> TraceReport:
         """Per-result files and (``aggregate``) the averages by token class, from the stored rows."""
