@@ -230,9 +230,14 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2000, help="its tokenizer's vocabulary")
     ap.add_argument("--records", type=int, default=24, help="prompts of --part many")
     ap.add_argument("--many-model", default="kg-small", help="model of --part many (kg-small: the shipped one)")
+    ap.add_argument("--overhead-flops", type=float, help="override mechedit.patching.engine.FORWARD_OVERHEAD_FLOPS")
     ap.add_argument("--json", type=Path, help="write the numbers here")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.overhead_flops is not None:
+        from mechedit.patching import engine
+
+        engine.FORWARD_OVERHEAD_FLOPS = args.overhead_flops
     print(f"CPU, 1 torch thread, {os.cpu_count()} cores shared with other jobs; 1-min load {load():.1f}")
     out: dict[str, Any] = {"command": "python benchmarks/bench_engine.py " + " ".join(sys.argv[1:]),
                            "threads": 1, "cores": os.cpu_count()}

@@ -1,18 +1,20 @@
 """Several prompts per engine call, and the tiling that decides which cells share a forward."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
 
 import mechedit
 from mechedit.errors import ConfigError
-from mechedit.interventions import EmbeddingNoise
+from mechedit.interventions import AddVector, EmbeddingNoise
 from mechedit.patching import NoiseConfig, trace, trace_many
 from mechedit.patching.corruption import pair_runs
 from mechedit.patching.engine import PatchConfig, grid_cells, patch_cells, patch_many_cells
 from mechedit.patching.metrics import MetricConfig
 from mechedit.patching.tiling import CostModel, tile
+from mechedit.sites import Site
 
 RECORDS = [  # several lengths, a two-token answer, the subject first and later
     ("The Eiffel Tower is located in the city of", "The Eiffel Tower", " Paris"),
@@ -42,7 +44,7 @@ def test_pairs_of_several_lengths_share_forwards(tiny_gpt2, monkeypatch):
 
     pairs = [("Michael Jordan plays the sport of", "Lionel Messi plays the sport of", " basketball"),
              ("The Eiffel Tower is located in the city of", "The Eiffel Tower is located in the city in", " Paris")]
-    runs = [pair_runs(tiny_gpt2, c, k, mechedit.target_ids(tiny_gpt2, c, a)) for c, k, a in pairs]
+    runs = [pair_runs(tiny_gpt2, c, k, mechedit.target_ids(tiny_gpt2, c, a)[:1]) for c, k, a in pairs]
     config = PatchConfig(kind="resid_pre", metric=MetricConfig("logprob"))
     shared = []
     real = engine._chunk_logits
@@ -58,7 +60,8 @@ def test_pairs_of_several_lengths_share_forwards(tiny_gpt2, monkeypatch):
 def test_prompts_with_a_user_corruption_do_not_share(tiny_gpt2):
     ids = mechedit.target_ids(tiny_gpt2, RECORDS[0][0], " Paris")
     runs = [pair_runs(tiny_gpt2, p, p, ids) for p, _, _ in RECORDS[:2]]
-    runs = [type(r)(r.clean_ids, r.corrupt_ids, r.n_prompt, r.answer, EmbeddingNoise((1,), 0.5), 2) for r in runs]
+    extra = AddVector(Site("mlp_out", 1), torch.ones(mechedit.model_info(tiny_gpt2).d_model))
+    runs = [replace(r, noise=EmbeddingNoise((1,), 0.5), samples=2, interventions=(extra,)) for r in runs]
     config = PatchConfig(kind="resid_pre")
     with pytest.raises(ConfigError, match="one prompt per call"):
         patch_many_cells(tiny_gpt2, [(r, grid_cells(tiny_gpt2, r, config)[:2]) for r in runs], config)
