@@ -98,6 +98,18 @@ class CounterFactRecord:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_counterfact_dict(self) -> dict[str, Any]:
+        """The record in CounterFact's own JSON schema, as :func:`load_counterfact` reads it."""
+        def target(text: str, tid: str | None) -> dict[str, Any]:
+            return {"str": text} if tid is None else {"str": text, "id": tid}
+        return {"case_id": self.case_id,
+                "requested_rewrite": {"prompt": self.prompt, "relation_id": self.relation_id,
+                                      "subject": self.subject,
+                                      "target_new": target(self.target_new, self.target_new_id),
+                                      "target_true": target(self.target_true, self.target_true_id)},
+                **{k: list(getattr(self, k)) for k in ("paraphrase_prompts", "neighborhood_prompts",
+                                                       "attribute_prompts", "generation_prompts")}}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CounterFactRecord":
         tuples = ("paraphrase_prompts", "neighborhood_prompts", "attribute_prompts", "generation_prompts")
