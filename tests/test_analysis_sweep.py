@@ -4,7 +4,7 @@
 References are independent of the study's code path: the rows the old ``run_sweep`` loop
 computed before the sweep became a study (``tests/data/sweep_golden_bfcd9d4.json``),
 tracing effects by a loop over the PatchResult's cells, edit scores from teacher-forced
-probabilities (:func:`mechedit.editors.target_probability`) of an edit recomputed by hand,
+probabilities (:func:`mechedit.evaluation.probs.target_prob`) of an edit recomputed by hand,
 resume against an uninterrupted run, and the committed SmolLM2 tables.
 """
 
@@ -34,6 +34,7 @@ from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, RomeConfig, get_editor
 from mechedit.errors import ConfigError, MecheditError
 from mechedit.evaluation.hase import erasure_score, neighborhood_score, rewrite_score
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import AddVector, EmbeddingNoise
 from mechedit.patching.corruption import embedding_std
 from mechedit.sites import Site
@@ -112,7 +113,7 @@ def test_variant_scores_pick_the_right_target_and_formula():
 
 
 def _p(model, text, target, edit=None):
-    return mechedit.editors.target_probability(model, text, target, "neutral", [edit] if edit else [])
+    return target_prob(model, text, target, prefix="neutral", interventions=[edit] if edit else [])
 
 
 def test_the_study_gives_the_rows_of_the_old_sweep_loop(synth_model, cache, tmp_path):
@@ -273,9 +274,9 @@ def test_forcing_row_equals_an_edit_and_noised_probabilities_computed_by_hand(sy
     def noised(text, edit=None):  # the mean over the trace's 3 draws, each draw added by hand
         a, b = mechedit.subject_span(synth_model, text, rec.subject, prefix="neutral")
         draws = EmbeddingNoise(tuple(range(a, b)), sigma, seed=2).draws(3, d)
-        return float(np.mean([mechedit.editors.target_probability(
-            synth_model, text, rec.target_true, "neutral",
-            [AddVector(Site("embed"), draws[k], tuple(range(a, b)))] + ([edit] if edit else []))
+        return float(np.mean([target_prob(
+            synth_model, text, rec.target_true, prefix="neutral",
+            interventions=[AddVector(Site("embed"), draws[k], tuple(range(a, b)))] + ([edit] if edit else []))
             for k in range(3)]))
 
     pre, post = noised(rec.text), noised(rec.text, edit)

@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
+from mechedit.editors.edit import Edit, EditDiagnostics
 from mechedit.editors.noise import prompt_noise, row_noise
 from mechedit.editors.objective import Objective
 from mechedit.errors import ConfigError
@@ -92,7 +92,10 @@ def request_probability(model: Any, request: EditRequest, objective: Objective, 
                         ) -> float:
     """``P(objective target | prompt)``, the subject noised (row 0's draw) if ``subject_noise`` is set."""
     noise = prompt_noise(model, request.text, request.subject, prefix, subject_noise, noise_seed)
-    return target_probability(model, request.text, objective.target(request), prefix, [*interventions, *noise])
+    from mechedit.evaluation.probs import target_prob
+
+    return target_prob(model, request.text, objective.target(request), prefix=prefix,
+                       interventions=[*interventions, *noise])
 
 
 def probabilities_before(model: Any, requests: Sequence[EditRequest], prefix: Prefix,

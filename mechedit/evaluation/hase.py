@@ -64,6 +64,25 @@ def neighborhood_score(p_pre: float, p_post: float) -> float:
     return 1.0 - abs(p_post - p_pre) / (abs(p_pre - 0.5) + 0.5)
 
 
+def hase_scores(p_pre: Mapping[str, Sequence[float]], p_post: Mapping[str, Sequence[float]], *,
+                true_target: bool = False, erase: bool = False) -> dict[str, float]:
+    """``rewrite``, ``paraphrase`` and ``neighborhood`` scores from the (new, true)
+    full-sequence probabilities of the first prompt of each kind, before and after.
+
+    ``rewrite``/``paraphrase``: the rewrite score of the new target (``true_target``: of
+    the true target; ``erase``: its erasure score instead); ``neighborhood``: the
+    neighbourhood score of the true target. A kind that was not measured scores NaN.
+    """
+    idx = 1 if true_target else 0
+    score = erasure_score if erase else rewrite_score
+
+    def on(kind: str, fn: Any, i: int) -> float:
+        return fn(p_pre[kind][i], p_post[kind][i]) if kind in p_pre and kind in p_post else math.nan
+
+    return {"rewrite": on("rewrite", score, idx), "paraphrase": on("paraphrase", score, idx),
+            "neighborhood": on("neighborhood", neighborhood_score, 1)}
+
+
 def perplexity(token_logprobs: Sequence[float]) -> float:
     """``exp(−mean log p)`` over all given tokens."""
     x = np.asarray(token_logprobs, dtype=np.float64)

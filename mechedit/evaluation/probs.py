@@ -48,6 +48,7 @@ class TargetLogProbs:
     logprobs: Float[Tensor, "batch max_target"]
     mask: Bool[Tensor, "batch max_target"]
     top1: Int[Tensor, " batch"] | None = None  # the most probable token where the target's first one is read
+    first: Int[Tensor, " batch"] | None = None  # the target's first token
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
@@ -68,11 +69,11 @@ class TargetLogProbs:
         """Hase et al.'s full-sequence probability: the product of token probabilities."""
         return torch.exp(self.sum_logprob())
 
-    def first_token_hit(self, first_ids: Sequence[int]) -> Bool[Tensor, " batch"]:
-        """Whether each row's top-1 next token is ``first_ids[b]`` (e.g. the target's first token)."""
-        if self.top1 is None:
+    def first_token_hit(self) -> Bool[Tensor, " batch"]:
+        """Whether each row's top-1 next token after the prompt is the target's first token."""
+        if self.top1 is None or self.first is None:
             raise ConfigError("these log-probabilities carry no top-1 tokens")
-        return self.top1 == torch.tensor(list(first_ids), dtype=torch.long)
+        return self.top1 == self.first
 
     def row(self, b: int) -> list[float]:
         return [float(x) for x in self.logprobs[b, : int(self.lengths[b])]]
@@ -171,7 +172,7 @@ def sequence_logprobs(
         top1[lo:lo + len(ps)] = logits[torch.arange(len(ps), device=device), starts - 1].argmax(-1).cpu()
     lengths_all = torch.tensor([len(c) for c in continuation_ids])
     mask = torch.arange(max_len)[None, :] < lengths_all[:, None]
-    return TargetLogProbs(out, mask, top1)
+    return TargetLogProbs(out, mask, top1, torch.tensor([int(c[0]) for c in continuation_ids], dtype=torch.long))
 
 
 def target_logprobs(
