@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechedit import tlens
+from mechedit import fastpath, tlens
 from mechedit.errors import ConfigError, PositionError, ShapeError
 from mechedit.sites import Site, SiteKind
 
@@ -398,7 +398,7 @@ def run_from(
     engine and ROME's v* optimisation rely on this.
     """
     with intervened(model, interventions), torch.set_grad_enabled(grad):
-        return tlens.forward_blocks(model, resid=resid, start=start)
+        return fastpath.forward_blocks(model, resid=resid, start=start)
 
 
 def capture_until(model: Any, input_ids: Int[Tensor, "batch pos"], sites: Sequence[Site],
@@ -409,7 +409,7 @@ def capture_until(model: Any, input_ids: Int[Tensor, "batch pos"], sites: Sequen
         return capture(model, input_ids, sites, interventions)
     cap = Capture(tuple(sites))
     with intervened(model, [*interventions, cap]), torch.no_grad():
-        tlens.forward_blocks(model, input_ids=input_ids, stop_after=max(layers))
+        fastpath.forward_blocks(model, input_ids=input_ids, stop_after=max(layers))
     return cap.store
 
 

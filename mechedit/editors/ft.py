@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mechedit import tlens
+from mechedit import fastpath
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, validate
 from mechedit.editors.config import EditorConfig, check
@@ -111,8 +111,8 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
         cap = Capture((Site("resid_post", last),), detach=False)
         with torch.enable_grad():
             with intervened(model, [_TrainableDeltas(deltas), cap]):
-                tlens.forward_blocks(model, resid=resid, start=start, stop_after=last)
-            logits = tlens.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
+                fastpath.forward_blocks(model, resid=resid, start=start, stop_after=last)
+            logits = fastpath.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
             lp = torch.log_softmax(logits.float(), -1)[torch.arange(len(tok)), tok]
             loss = config.objective.token_loss(lp).mean()
         losses.append(float(loss.detach()))

@@ -12,6 +12,7 @@
 """
 
 from mechedit.evaluation.counterfact import case_scores, success_and_margin, summarize_counterfact
+from mechedit.evaluation.families import HaseBaseline, hase_baseline
 from mechedit.evaluation.generation import Generation, generate
 from mechedit.evaluation.hase import (
     erasure_score,
@@ -21,7 +22,6 @@ from mechedit.evaluation.hase import (
     rewrite_score,
     summarize_hase,
 )
-from mechedit.evaluation.families import HaseBaseline, hase_baseline
 from mechedit.evaluation.known import FilterReport, KnownFilter, KnownMode, filter_known
 from mechedit.evaluation.metrics import MetricFamily, RecordScoring, get_metric, register_metric
 from mechedit.evaluation.probs import (

@@ -19,7 +19,9 @@ and neighbourhood prompt of a case:
   drift is reported as a raw quantity and not folded into the summaries).
 
 Summaries (:func:`summarize_hase`): the means over cases of each score with 95%
-intervals, and the harmonic and arithmetic means of the mean rewrite, paraphrase and
+t-intervals cut to the score's range (:data:`SCORE_BOUNDS`; erasure and neighbourhood
+stay in [0, 1], rewrite scores at most 1), and the harmonic and arithmetic means of the
+mean rewrite, paraphrase and
 neighbourhood scores. A negative mean is clipped to 0 for the harmonic mean (which
 is defined for non-negative numbers only).
 """
@@ -37,6 +39,10 @@ from mechedit.evaluation.stats import Stat, harmonic_mean, mean_ci
 
 #: per-case Hase scores that enter the summaries, and the raw essence quantities
 HASE_SCORES = ("hase_rewrite", "hase_paraphrase", "hase_neighborhood", "hase_erasure", "hase_essence_drift")
+#: the range each score can take (its interval is cut to it): a rewrite score is at most 1
+#: (unbounded below), erasure and neighbourhood scores lie in [0, 1], the drift is at least −1
+SCORE_BOUNDS = {"hase_rewrite": (-math.inf, 1.0), "hase_paraphrase": (-math.inf, 1.0),
+                "hase_neighborhood": (0.0, 1.0), "hase_erasure": (0.0, 1.0), "hase_essence_drift": (-1.0, math.inf)}
 
 
 def _check(p: float, name: str) -> float:
@@ -100,7 +106,8 @@ def essence_drift(ppl_pre: float, ppl_post: float) -> float:
 
 def summarize_hase(rows: Sequence[Mapping[str, Any]]) -> dict[str, Stat | float]:
     """Means (with intervals) of each score, plus ``hase_harmonic`` and ``hase_arithmetic``."""
-    out: dict[str, Stat | float] = {k: mean_ci([r[k] for r in rows if k in r]) for k in HASE_SCORES}
+    out: dict[str, Stat | float] = {k: mean_ci([r[k] for r in rows if k in r], bounds=SCORE_BOUNDS[k])
+                                    for k in HASE_SCORES}
     means = [out[k].mean for k in ("hase_rewrite", "hase_paraphrase", "hase_neighborhood")]  # type: ignore[union-attr]
     out["hase_arithmetic"] = float(np.mean(means))
     out["hase_harmonic"] = harmonic_mean([max(0.0, m) if not math.isnan(m) else m for m in means])
