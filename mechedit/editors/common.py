@@ -17,7 +17,7 @@ from mechedit.interventions import capture_until
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span
+from mechedit.tokens import Prefix, encode, pad_right, subject_span
 from mechedit.weights import WeightDelta
 
 
@@ -59,9 +59,7 @@ def subject_keys(model: Any, request: EditRequest, templates: Sequence[str], lay
         spans.append(subject_span(model, text, request.subject, prefix=prefix, occurrence=occ))
         rows.append(list(encode(model, text, prefix=prefix).ids))
     last = [end - 1 for _, end in spans]
-    ids = torch.full((len(rows), max(map(len, rows))), model_info(model).neutral_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
-        ids[i, : len(row)] = torch.tensor(row)
+    ids = pad_right(rows, model_info(model).neutral_token_id).ids
     sites = [Site("mlp_key", layer) for layer in layers]
     noise = row_noise(spans, subject_noise, noise_seed)
     acts = capture_until(model, ids.to(next(model.parameters()).device), sites, noise)

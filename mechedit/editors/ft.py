@@ -35,7 +35,7 @@ from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span, target_ids
+from mechedit.tokens import Prefix, encode, pad_right, subject_span, target_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +80,7 @@ def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
             pos.append(len(ids) - 1 + j)
             tok.append(int(t))
         rows.append(ids + list(tgt[:-1]))
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), model_info(model).neutral_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
+    ids = pad_right(rows, model_info(model).neutral_token_id).ids
     return ids, r_idx, pos, tok, spans
 
 

@@ -48,7 +48,7 @@ from mechedit.models import model_info
 from mechedit.progress import bar
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span, target_ids
+from mechedit.tokens import Prefix, encode, pad_right, subject_span, target_ids
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,7 @@ def build_batch(model: Any, request: EditRequest, templates: tuple[str, ...], s:
     rows.append(ids)
     spans.append(span)
     lookup = [end - 1 for _, end in spans]
-    width = max(map(len, rows))
-    pad = model_info(model).neutral_token_id
-    tensor = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
-        tensor[i, : len(row)] = torch.tensor(row)
+    tensor = pad_right(rows, model_info(model).neutral_token_id).ids
     return TemplateBatch(tensor, tuple(lookup), tuple(t_rows), tuple(t_pos), tuple(t_tok),
                          len(templates), len(rows) - 1, tuple(spans))
 
