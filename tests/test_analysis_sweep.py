@@ -24,9 +24,9 @@ import mechedit
 from mechedit.analysis import sweep_study as study_mod
 from mechedit.analysis.sweep import (
     SweepConfig,
+    edit_scores,
     is_content_token,
     reversal_candidate,
-    variant_scores,
 )
 from mechedit.analysis.sweep_rows import SweepResult, SweepRow, SweepTraceRow
 from mechedit.analysis.sweep_study import SweepStudy, trace_fact
@@ -102,14 +102,20 @@ def test_reversal_candidate_skips_function_words_and_non_words():
     assert reversal_candidate(torch.tensor([0.5, 0.3, 0.2]), [" the", ",", "."].__getitem__, exclude=0) == 1
 
 
-def test_variant_scores_pick_the_right_target_and_formula():
+def test_edit_scores_pick_the_right_target_and_formula():
     pre = {"rewrite": (0.1, 0.8), "paraphrase": (0.2, 0.6)}
     post = {"rewrite": (0.5, 0.2), "paraphrase": (0.4, 0.9)}
-    assert variant_scores("injection", pre, post) == {"rewrite": rewrite_score(0.1, 0.5),
-                                                      "paraphrase": rewrite_score(0.2, 0.4)}
-    assert variant_scores("erasure", pre, post)["rewrite"] == pytest.approx(0.75)
-    assert variant_scores("erasure", pre, post)["paraphrase"] == 0.0  # it went up: nothing erased
-    assert variant_scores("amplification", pre, post)["paraphrase"] == pytest.approx(0.75)
+
+    def scores(variant):
+        return edit_scores(variant, pre, post, 2.0, 3.0)
+
+    injected = scores("injection")
+    assert (injected["rewrite"], injected["paraphrase"]) == (rewrite_score(0.1, 0.5), rewrite_score(0.2, 0.4))
+    assert math.isnan(injected["neighborhood"]) and injected["essence_drift"] == pytest.approx(0.5)
+    assert scores("erasure")["rewrite"] == pytest.approx(0.75)
+    assert scores("erasure")["paraphrase"] == 0.0  # it went up: nothing erased
+    assert scores("amplification")["paraphrase"] == pytest.approx(0.75)
+    assert scores("forcing")["rewrite"] == rewrite_score(0.8, 0.2)
 
 
 def _p(model, text, target, edit=None):
