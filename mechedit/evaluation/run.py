@@ -22,7 +22,8 @@ whose key is already in the store are skipped, so a killed run restarted with th
 store continues where it stopped, and a record is never counted twice. The key of a
 record is content-derived, ``case_id@hash`` (:class:`~mechedit.evaluation.study.EvalStudy`).
 
-What a row holds (:class:`~mechedit.evaluation.study.EvalRow`), per :class:`EvalConfig` ``metrics``:
+What a row holds (:class:`~mechedit.evaluation.study.EvalRow`), per :class:`EvalConfig` ``metrics``
+(names of metric families, :mod:`.metrics`; the built-ins are in :mod:`.families`):
 
 * ``counterfact``: ES, PS, NS, EM, PM, NM of the case (:mod:`.counterfact`) and the
   per-prompt probabilities behind them (ROME convention, after the edit);
