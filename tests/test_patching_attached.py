@@ -297,7 +297,7 @@ def test_speedups_skip_the_blocks_and_positions_they_should(tiny_model, monkeypa
     monkeypatch.setattr(engine, "MIN_ROWS", 1)
     prefixes = []
     real = fastpath.forward_with_prefix
-    monkeypatch.setattr(tlens, "forward_with_prefix",
+    monkeypatch.setattr(fastpath, "forward_with_prefix",
                         lambda model, resid, prefix, *a, **k: prefixes.append(prefix.length) or
                         real(model, resid, prefix, *a, **k))
     L = mechedit.model_info(tiny_model).n_layers

@@ -210,7 +210,7 @@ def test_cached_prefix_path_equals_naive_loop(tiny_model, kind, monkeypatch):
     monkeypatch.setattr(engine, "MIN_ROWS", 1)  # no merging down to position 0
     prefixes = []
     real = fastpath.forward_with_prefix
-    monkeypatch.setattr(tlens, "forward_with_prefix",
+    monkeypatch.setattr(fastpath, "forward_with_prefix",
                         lambda model, resid, prefix, *a, **k: prefixes.append(prefix.length) or
                         real(model, resid, prefix, *a, **k))
     runs = _noise_runs(tiny_model)

@@ -157,7 +157,7 @@ class Reference:
 
 
 def needed_sites(config: PatchConfig, n_layers: int) -> list[Site]:
-    kinds = {SiteKind.RESID_PRE, _site_kind(config.kind)}
+    kinds = {SiteKind.RESID_PRE, config.kind}
     if config.sever is not None:
         kinds.add(_SEVER_KIND[config.sever])
     return [Site(k, j) for k in sorted(kinds) for j in range(n_layers)]
