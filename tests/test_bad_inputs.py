@@ -392,7 +392,7 @@ def _evaluate(m, records):
 
 
 def _known_filter(**kw):
-    from mechedit.data import KnownFilter
+    from mechedit.evaluation.known import KnownFilter
 
     return KnownFilter(**kw)
 
@@ -436,10 +436,11 @@ def test_sampling_status_names_the_cache(tiny_gpt2, tmp_path, capsys):
 
 
 def test_vstar_and_filter_bars_only_when_asked(tiny_gpt2, capsys):
-    from mechedit.data import filter_known, load_counterfact
+    from mechedit.data import load_counterfact
     from mechedit.editors import RomeConfig
     from mechedit.editors.context import ContextTemplateCache
     from mechedit.editors.vstar import build_batch, optimize_delta
+    from mechedit.evaluation.known import filter_known
 
     config = RomeConfig(layer=1, steps=3, context_lengths=())
     templates = ContextTemplateCache().get(tiny_gpt2, (), progress=True)

@@ -13,6 +13,7 @@ import mechedit
 from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, MemitConfig, Objective, RomeConfig, ft, memit, rome
 from mechedit.errors import ConfigError
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import AddVector, EmbeddingNoise, RowNoise
 from mechedit.patching.corruption import embedding_std
 from mechedit.sites import Site
@@ -28,7 +29,7 @@ def request_(synth_model):
 
 
 def _p(model, req, target, edit=None):
-    return mechedit.editors.target_probability(model, req.text, target, "neutral", [edit] if edit else [])
+    return target_prob(model, req.text, target, prefix="neutral", interventions=[edit] if edit else [])
 
 
 def test_token_losses_match_hand_values():
@@ -88,7 +89,7 @@ def _noised_p(model, req, target, sigma, edit=None):
     a, b = mechedit.subject_span(model, req.text, req.subject, prefix="neutral")
     draw = EmbeddingNoise(tuple(range(a, b)), sigma, seed=0).draws(1, mechedit.model_info(model).d_model)[0]
     noise = AddVector(Site("embed"), draw, tuple(range(a, b)))
-    return mechedit.editors.target_probability(model, req.text, target, "neutral", [noise] + ([edit] if edit else []))
+    return target_prob(model, req.text, target, prefix="neutral", interventions=[noise] + ([edit] if edit else []))
 
 
 @pytest.mark.parametrize("method", ["rome", "ft"])

@@ -57,7 +57,8 @@ drift for every variant.
 trace's σ and ``noise_seed`` = ``seed`` (:mod:`mechedit.editors.noise`: every forward of
 the edit computation noises the subject's embeddings), and ``p_pre``/``p_post`` of both
 targets on the rewrite and first paraphrase prompt are measured with the subject noised
-(:func:`noised_probability`): the mean over the trace's ``noise_samples`` draws (same
+(the ``hase`` metric family with ``EvalConfig.subject_noise`` = σ,
+:mod:`mechedit.evaluation.families`): the mean over the trace's ``noise_samples`` draws (same
 seed, same σ) of the teacher-forced probability. We average because the trace does (its
 corrupted score is that mean) and because one draw would score the edit on the very
 noise it was fitted to: the bare prompt's row of the edit batch gets draw 0, so sample 0
@@ -79,7 +80,7 @@ from torch import Tensor
 from mechedit.config import Config
 from mechedit.data import CounterFactRecord, Order
 from mechedit.errors import ConfigError
-from mechedit.evaluation.hase import erasure_score, essence_drift, neighborhood_score, rewrite_score
+from mechedit.evaluation.hase import essence_drift, hase_scores
 from mechedit.patching.results import PatchResult
 from mechedit.tokens import Prefix
 
@@ -271,53 +272,23 @@ def variant_record(record: CounterFactRecord, variant: str, reversal_target: str
     return record
 
 
-def variant_scores(variant: str, p_pre: Mapping[str, Sequence[float]],
-                   p_post: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """``rewrite`` and ``paraphrase`` scores of a variant from the Hase (new, true) probabilities."""
-    idx = 1 if variant in ("erasure", "amplification", "forcing") else 0
-    score = erasure_score if variant == "erasure" else rewrite_score
-    out = {}
-    for name, kind in (("rewrite", "rewrite"), ("paraphrase", "paraphrase")):
-        out[name] = score(p_pre[kind][idx], p_post[kind][idx]) if kind in p_pre else float("nan")
-    return out
-
-
 def edit_scores(variant: str, p_pre: Mapping[str, Sequence[float]], p_post: Mapping[str, Sequence[float]],
                 ppl_pre: float, ppl_post: float) -> dict[str, float]:
-    """Every score of a row (:data:`SCORE_METRICS`) from what it measured: ``rewrite`` and
-    ``paraphrase`` by the variant (:func:`variant_scores`), the Hase neighbourhood score of
-    ``target_true`` on the first neighbourhood prompt, and the essence drift."""
-    neighbours = (neighborhood_score(p_pre["neighborhood"][1], p_post["neighborhood"][1])
-                  if "neighborhood" in p_pre else float("nan"))
-    return {**variant_scores(variant, p_pre, p_post), "neighborhood": neighbours,
+    """Every score of a row (:data:`SCORE_METRICS`) from what it measured, by the Hase scores
+    (:func:`~mechedit.evaluation.hase.hase_scores`): ``rewrite`` and ``paraphrase`` of the
+    variant's target (the true one for erasure, amplification and forcing; erasure scores
+    erasure), the neighbourhood score of ``target_true`` on the first neighbourhood prompt,
+    and the essence drift."""
+    true_target = variant in ("erasure", "amplification", "forcing")
+    return {**hase_scores(p_pre, p_post, true_target=true_target, erase=variant == "erasure"),
             "essence_drift": essence_drift(ppl_pre, ppl_post)}
-
-
-def noised_probability(model: Any, text: str, subject: str, target: str, sigma: float, config: SweepConfig,
-                       interventions: Sequence[Any] = ()) -> float:
-    """Teacher-forced ``P(target | text)`` with the subject's embeddings noised as in the
-    trace (σ, ``noise_samples`` seeded draws), averaged over the draws."""
-    from mechedit.interventions import run
-    from mechedit.patching.corruption import NoiseConfig, subject_noise
-    from mechedit.tokens import encode, subject_span, target_ids
-
-    noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
-    start, end = subject_span(model, text, subject, prefix=config.prefix)
-    tgt = target_ids(model, text, target)
-    enc = encode(model, text, prefix=config.prefix)
-    ids = torch.tensor([list(enc.ids) + list(tgt[:-1])], device=next(model.parameters()).device)
-    logits = run(model, ids.expand(noise.samples, -1), [subject_noise(range(start, end), sigma, noise),
-                                                        *interventions])
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    n = len(enc.ids)
-    per_row = sum(logp[:, n - 1 + j, t] for j, t in enumerate(tgt))
-    return float(per_row.exp().mean())
 
 
 def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig, *,
                  progress: bool = False) -> list[CounterFactRecord]:
     """The known facts (top-1 filter, if ``known_only``), ``n_facts`` of them by ``order``."""
-    from mechedit.data import KnownFilter, filter_known, select_records
+    from mechedit.data import select_records
+    from mechedit.evaluation.known import KnownFilter, filter_known
 
     records = list(records)
     if config.known_only:

@@ -38,7 +38,6 @@ from mechedit.analysis.sweep import (
     SweepConfig,
     edit_layers,
     editor_config,
-    noised_probability,
     noised_top1,
     tracing_effects,
     variant_record,
@@ -135,37 +134,13 @@ class SweepWorker:
     baselines: dict[tuple[str, str, str], Any] = dataclasses.field(default_factory=dict)
 
     def baseline(self, model: Any, record: CounterFactRecord, eval_config: Any) -> Any:
-        from mechedit.evaluation.run import hase_baseline
+        from mechedit.evaluation.families import hase_baseline
 
-        key = (str(record.case_id), record.target_new, record.target_true)
+        key = (str(record.case_id), record.target_new, record.target_true, eval_config.subject_noise)
         if key not in self.baselines:
             self.baselines = {k: v for k, v in self.baselines.items() if k[0] == key[0]}
             self.baselines[key] = hase_baseline(model, record, eval_config)
         return self.baselines[key]
-
-
-def noised_probs(model: Any, record: CounterFactRecord, edit: Any, sigma: float, config: SweepConfig,
-                 p_pre: Mapping[str, Any], p_post: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fact forcing: ``p_pre``/``p_post`` with those of the rewrite and first paraphrase
-    prompt replaced by their subject-noised values (:func:`noised_probability`); a
-    paraphrase without the subject is dropped (no score)."""
-    from mechedit.errors import TokenizationError
-
-    p_pre, p_post = dict(p_pre), dict(p_post)
-    prompts = {"rewrite": record.text, "paraphrase": next(iter(record.paraphrase_prompts), None)}
-    for kind, text in prompts.items():
-        p_pre.pop(kind, None)
-        p_post.pop(kind, None)
-        if text is None:
-            continue
-        try:
-            for probs, ivs in ((p_pre, []), (p_post, [edit])):
-                probs[kind] = tuple(noised_probability(model, text, record.subject, t, sigma, config, ivs)
-                                    for t in (record.target_new, record.target_true))
-        except TokenizationError:
-            p_pre.pop(kind, None)
-            p_post.pop(kind, None)
-    return p_pre, p_post
 
 
 def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfig, base: Any, n_layers: int,
@@ -181,11 +156,11 @@ def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfi
     edit = get_editor(_editor_name(unit.method)).fn(model, [rec.to_request()], econf, cache=worker.cache)
     t1 = time.perf_counter()
     eval_config = EvalConfig(metrics=("hase",), prefix=config.prefix, batch_size=config.batch_size, seed=config.seed,
-                             essence_n_texts=config.essence_texts, essence_max_new_tokens=config.essence_tokens)
+                             essence_n_texts=config.essence_texts, essence_max_new_tokens=config.essence_tokens,
+                             subject_noise=sigma if unit.variant in NOISED_VARIANTS else None,
+                             noise_samples=config.noise_samples)
     hase = evaluate_record(model, rec, [edit], eval_config, baseline=worker.baseline(model, rec, eval_config))
     p_pre, p_post = hase["hase_p_pre"], hase["hase_p_post"]
-    if unit.variant in NOISED_VARIANTS:
-        p_pre, p_post = noised_probs(model, rec, edit, sigma, config, p_pre, p_post)
     return SweepRow.from_dict({
         "case_id": unit.record.case_id, "layer": unit.layer, "method": unit.method, "variant": unit.variant,
         "edit_layers": list(econf.layers if unit.method != "rome" else (econf.layer,)),
@@ -302,7 +277,8 @@ class SweepStudy(Study):
         return {"model": str(name), **self.inputs, "config": self.config.to_dict(), "editors": self.editors}
 
     def plan(self, model: Any) -> dict[str, Any]:
-        from mechedit.data import KnownFilter, filter_known, select_records
+        from mechedit.data import select_records
+        from mechedit.evaluation.known import KnownFilter, filter_known
         from mechedit.models import model_info
         from mechedit.patching.corruption import NoiseConfig, noise_sigma
 

@@ -71,15 +71,15 @@ def _changes(spec: Any, args: argparse.Namespace, hparams: dict[str, Any]) -> di
 
 
 def _report(model: Any, text: str, args: argparse.Namespace, prefix: Any, ivs: list) -> dict[str, Any]:
-    from mechedit.editors import target_probability
+    from mechedit.evaluation.probs import target_prob
     from mechedit.interventions import intervened
     from mechedit.predict import predict
 
     with intervened(model, ivs):
         pred = predict(model, text, top_k=args.top_k, prefix=prefix)
-        probs = {"p_new": target_probability(model, text, args.target_new, prefix)}
+        probs = {"p_new": target_prob(model, text, args.target_new, prefix=prefix)}
         if args.target_true:
-            probs["p_true"] = target_probability(model, text, args.target_true, prefix)
+            probs["p_true"] = target_prob(model, text, args.target_true, prefix=prefix)
     return {"top": [{"token": t, "prob": p} for t, p in zip(pred.tokens, pred.probs, strict=True)], **probs}
 
 

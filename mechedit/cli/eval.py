@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mechedit.cli.common import add_device_arg, check_out_dir, positive_int, resolve_device
-from mechedit.data import KnownFilter
+from mechedit.evaluation.known import KnownFilter
 from mechedit.evaluation.run import EvalConfig
 from mechedit.evaluation.study import BUILTIN_METHODS, EvalStudyConfig, no_edit, resolve_editor
 

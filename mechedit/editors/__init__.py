@@ -8,7 +8,7 @@ See ``docs/editing.md``.
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.context import ContextTemplateCache, make_templates, sample_texts
-from mechedit.editors.edit import Edit, EditDiagnostics, load_edit, target_probability
+from mechedit.editors.edit import Edit, EditDiagnostics, load_edit
 from mechedit.editors.ft import FTConfig, ft
 from mechedit.editors.memit import MemitConfig, memit, memit_solve
 from mechedit.editors.objective import Objective
@@ -20,5 +20,4 @@ __all__ = [
     "ContextTemplateCache", "Corpus", "Edit", "EditDiagnostics", "EditorCache", "EditorSpec", "FTConfig",
     "KeyStats", "MemitConfig", "Objective", "RomeConfig", "editor_names", "ft", "get_editor", "key_second_moments",
     "load_edit", "make_templates", "memit", "memit_solve", "rank_one_update", "rome", "sample_texts",
-    "target_probability",
 ]

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mechedit import tlens
+from mechedit import fastpath
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, validate
 from mechedit.editors.config import EditorConfig, check
@@ -35,7 +35,7 @@ from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span, target_ids
+from mechedit.tokens import Prefix, encode, pad_right, subject_span, target_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,10 +80,7 @@ def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
             pos.append(len(ids) - 1 + j)
             tok.append(int(t))
         rows.append(ids + list(tgt[:-1]))
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), model_info(model).neutral_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
+    ids = pad_right(rows, model_info(model).neutral_token_id).ids
     return ids, r_idx, pos, tok, spans
 
 
@@ -111,8 +108,8 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
         cap = Capture((Site("resid_post", last),), detach=False)
         with torch.enable_grad():
             with intervened(model, [_TrainableDeltas(deltas), cap]):
-                tlens.forward_blocks(model, resid=resid, start=start, stop_after=last)
-            logits = tlens.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
+                fastpath.forward_blocks(model, resid=resid, start=start, stop_after=last)
+            logits = fastpath.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
             lp = torch.log_softmax(logits.float(), -1)[torch.arange(len(tok)), tok]
             loss = config.objective.token_loss(lp).mean()
         losses.append(float(loss.detach()))

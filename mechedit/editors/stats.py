@@ -44,7 +44,7 @@ from mechedit.models import cache_dir as mechedit_cache_dir
 from mechedit.models import model_info
 from mechedit.progress import status
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode
+from mechedit.tokens import Prefix, encode, pad_right
 
 CorpusKind = Literal["model_samples", "texts", "text_file", "hf_dataset"]
 _FORMAT = 1  # bump when the cached layout or the accumulation changes
@@ -271,12 +271,8 @@ def accumulate(model: Any, layers: Sequence[int], corpus: Corpus, *, n_samples: 
     bar = tqdm(total=n_samples, desc=f"key statistics, layers {list(layers)}", unit="text", disable=not progress)
     try:
         for batch in _batches(model, corpus.texts(model, progress), n_samples, max_length, batch_size, prefix):
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), info.neutral_token_id, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.bool)
-            for i, row in enumerate(batch):  # right padding: causal, so real tokens are unaffected
-                ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = True
+            padded = pad_right(batch, info.neutral_token_id)
+            ids, mask = padded.ids, padded.mask
             acts = capture_until(model, ids.to(device), sites)
             for layer, site in zip(layers, sites, strict=True):
                 k = acts[site][mask.to(device)].double()

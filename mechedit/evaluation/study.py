@@ -28,6 +28,7 @@ data file whose planned records changed is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mechedit.config import Choice, Config, to_jsonable
-from mechedit.data import CounterFactRecord, KnownFilter, KnownMode, LoadReport, Order
+from mechedit.data import CounterFactRecord, LoadReport, Order
 from mechedit.errors import ConfigError, DataError
+from mechedit.evaluation.known import KnownFilter, KnownMode
 from mechedit.evaluation.run import (
     EvalConfig,
     References,
@@ -99,7 +101,7 @@ def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m
 
 class EvalFilter(Choice):
     NONE = "none"  # every record
-    KNOWN = "known"  # only the facts the unedited model knows (data.filter_known)
+    KNOWN = "known"  # only the facts the unedited model knows (evaluation.known.filter_known)
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ class EvalRow(Row):
     ``probs``: P(new)/P(true) per prompt (ROME's exp(−mean NLL)), the basis of ES…NM;
     ``hase_p_pre``/``hase_p_post``: full-sequence P(new), P(true) of the first prompt of
     each kind; ``at_edit_prefix``: the scores behind the edit's own prefix when another was
-    asked for; ``batch``/``batch_ids``: the batch (with ``batch > 1``).
+    asked for; ``batch``/``batch_ids``: the batch (with ``batch > 1``); ``extra``: the scores
+    of metric families registered outside the package (stored only when there are any).
     """
 
     case_id: int | str
@@ -199,9 +202,24 @@ class EvalRow(Row):
     batch_ids: Sequence[int | str] | None = None
     edit_seconds: float = 0.0
     eval_seconds: float = 0.0
+    extra: dict[str, Any] | None = None
 
     TIMING_FIELDS: ClassVar[tuple[str, ...]] = ("edit_seconds", "eval_seconds")
-    _NESTED: ClassVar[tuple[str, ...]] = ("probs", "hase_p_pre", "hase_p_post", "at_edit_prefix")
+    _NESTED: ClassVar[tuple[str, ...]] = ("probs", "hase_p_pre", "hase_p_post", "at_edit_prefix", "extra")
+
+    @classmethod
+    def from_scores(cls, scores: Mapping[str, Any], **fields: Any) -> EvalRow:
+        """A row from :func:`~mechedit.evaluation.run.evaluate_record`'s scores: those that are
+        no field of the row go to ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in scores.items() if k not in names}
+        return cls(**fields, **{k: v for k, v in scores.items() if k in names}, extra=extra or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["extra"] is None:  # rows stored before families could be added keep their layout
+            del d["extra"]
+        return d
 
     def __post_init__(self) -> None:
         # one form, as JSON gives it back (lists inside dicts, tuples for sequences): a fresh
@@ -320,7 +338,8 @@ class EvalStudy(Study):
                            prefix=score_prefix(c.eval, [], made_with)[0])
 
     def plan(self, model: Any) -> dict[str, Any]:
-        from mechedit.data import filter_known, select_records
+        from mechedit.data import select_records
+        from mechedit.evaluation.known import filter_known
 
         records, report = self.data()
         if not records:
@@ -397,9 +416,9 @@ class EvalStudy(Study):
                                  self.references, made_with=getattr(self.editor_config, "prefix", None))
         batch = {} if self.config.batch == 1 else {"batch": u.batch,
                                                    "batch_ids": tuple(by_id[i].case_id for i in u.batch_ids)}
-        return EvalRow(case_id=rec.case_id, subject=rec.subject, target_new=rec.target_new,
-                       target_true=rec.target_true, editor=self.editor_desc["name"], **batch, **scores,
-                       edit_seconds=state.edit_seconds, eval_seconds=time.perf_counter() - t0)
+        return EvalRow.from_scores(scores, case_id=rec.case_id, subject=rec.subject, target_new=rec.target_new,
+                                   target_true=rec.target_true, editor=self.editor_desc["name"], **batch,
+                                   edit_seconds=state.edit_seconds, eval_seconds=time.perf_counter() - t0)
 
     def _edit(self, model: Any, requests: list[Any], state: _WorkerState) -> Intervention | None:
         from mechedit.editors import EditorSpec

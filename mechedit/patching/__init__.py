@@ -22,9 +22,9 @@ from mechedit.patching.corruption import (
     pair_runs,
 )
 from mechedit.patching.engine import (
+    PATCH_KINDS,
     Cell,
     PatchConfig,
-    PatchKind,
     grid_cells,
     patch_cells,
     reference,
@@ -35,7 +35,7 @@ from mechedit.patching.results import TOKEN_CLASSES, Aggregate, PatchResult, agg
 
 __all__ = [
     "DEFAULT_SUBJECTS", "METRICS", "TOKEN_CLASSES", "TRACE_KINDS", "Aggregate", "Cell", "Direction",
-    "InterventionError", "MetricConfig", "MetricSpec", "NoiseConfig", "PatchConfig", "PatchKind", "PatchResult", "Runs",
+    "InterventionError", "MetricConfig", "MetricSpec", "NoiseConfig", "PatchConfig", "PATCH_KINDS", "PatchResult", "Runs",
     "Targets", "aggregate", "embedding_std", "get_metric", "grid_cells", "noise_runs", "noise_sigma",
     "pair_runs", "patch", "patch_cells", "reference", "token_classes", "top1_answer", "trace",
     "window_layers",

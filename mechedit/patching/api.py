@@ -26,14 +26,15 @@ from mechedit.interventions import describe, run
 from mechedit.models import model_info
 from mechedit.patching.attached import check_interventions
 from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, noise_sigma, pair_runs
-from mechedit.patching.engine import PatchConfig, PatchKind, Sever, grid_cells, patch_cells, reference
+from mechedit.patching.engine import PATCH_KINDS, PatchConfig, Sever, grid_cells, patch_cells, reference
 from mechedit.patching.metrics import MetricConfig, normalize
 from mechedit.patching.results import PatchResult
+from mechedit.sites import SiteKind
 from mechedit.tokens import Prefix, encode, str_tokens, subject_span
 
 TraceKind = Literal["resid", "mlp", "attn"]
-TRACE_KINDS: dict[str, PatchKind] = {"resid": PatchKind.RESID_POST, "mlp": PatchKind.MLP_OUT,
-                                     "attn": PatchKind.ATTN_OUT}
+TRACE_KINDS: dict[str, SiteKind] = {"resid": SiteKind.RESID_POST, "mlp": SiteKind.MLP_OUT,
+                                     "attn": SiteKind.ATTN_OUT}
 
 
 def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRAL,
@@ -59,7 +60,7 @@ def run_grid(model: Any, runs: Runs, config: PatchConfig, *,
 
 def trace(
     model: Any, prompt: str, subject: str, *, answer: str | Sequence[int] | None = None,
-    kind: TraceKind | PatchKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
+    kind: TraceKind | SiteKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
     sigma: float | None = None, subjects: Sequence[str] | None = None,
     metric: MetricConfig | str = "prob", direction: Direction | str = Direction.DENOISE,
     sever: Sever | None = None, prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
@@ -71,7 +72,7 @@ def trace(
     Args:
         answer: text (tokenised in context) or token ids; default the model's top-1
             (under ``interventions``).
-        kind: ``resid``/``mlp``/``attn`` (ROME) or any :class:`PatchKind`.
+        kind: ``resid``/``mlp``/``attn`` (ROME) or any :class:`SiteKind`.
         window: layers restored per cell for ``mlp``/``attn`` (ignored for ``resid``).
         noise: scale rule, distribution, samples, seed (default ROME's 3σ, 10 samples).
         sigma: use this σ instead of measuring it; ``subjects``: strings to measure σ_emb.
@@ -136,7 +137,7 @@ def _described(corruption: Any, extras: tuple[Any, ...]) -> dict[str, Any]:
 
 def patch(
     model: Any, clean: str, corrupted: str, answer: str | Sequence[int], *,
-    wrong: str | Sequence[int] | None = None, kind: PatchKind | str = PatchKind.RESID_PRE,
+    wrong: str | Sequence[int] | None = None, kind: SiteKind | str = SiteKind.RESID_PRE,
     window: int = 1, metric: MetricConfig | str = "logit_diff",
     direction: Direction | str = Direction.DENOISE, prefix: Prefix | str = Prefix.NEUTRAL,
     memory_mb: float = 1024.0, progress: Callable[[int], None] | None = None,
@@ -171,18 +172,19 @@ def patch(
         tokens=tuple(tokens), answer=_decode(model, runs.answer), answer_ids=runs.answer,
         kind=config.kind.value, metric=config.metric.label, direction=config.direction.value,
         model=model_info(model).name, prompt=clean, corrupted_prompt=corrupted,
-        row_axis="head" if config.kind is PatchKind.HEAD_Z else "pos",
+        row_axis="head" if config.kind is SiteKind.HEAD_Z else "pos",
         wrong=_decode(model, runs.wrong) if runs.wrong else None, window=window, samples=runs.samples,
         extra={"prefix": str(Prefix(prefix))}, **_described(corruption, extras),
     )
 
 
-def _patch_kind(kind: Any) -> PatchKind:
-    aliases = {"head": PatchKind.HEAD_Z, "mlp": PatchKind.MLP_OUT, "attn": PatchKind.ATTN_OUT}
-    try:
-        return aliases.get(str(kind)) or PatchKind(kind)
-    except ValueError:
-        raise ConfigError(f"unknown kind {kind!r}; known: {[k.value for k in PatchKind] + list(aliases)}") from None
+def _patch_kind(kind: Any) -> SiteKind:
+    aliases = {"head": SiteKind.HEAD_Z, "mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
+    if str(kind) in aliases:
+        return aliases[str(kind)]
+    if kind not in PATCH_KINDS:
+        raise ConfigError(f"unknown kind {kind!r}; known: {[k.value for k in PATCH_KINDS] + list(aliases)}")
+    return SiteKind(kind)
 
 
 def _metric(metric: MetricConfig | str) -> MetricConfig:

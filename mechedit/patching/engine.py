@@ -18,14 +18,14 @@ far less work, and is tested equal to that naive loop:
    score is the base score.
 3. **Skip the positions no patch can change.** A cell patching position ``t`` leaves
    positions ``< t`` exactly as in the base run at every layer (causal model): their
-   keys and values come from the base run, cached once (:func:`mechedit.tlens.block_kv`),
-   and only positions ``t..`` run (:func:`mechedit.tlens.forward_with_prefix`). A cell
+   keys and values come from the base run, cached once (:func:`mechedit.fastpath.block_kv`),
+   and only positions ``t..`` run (:func:`mechedit.fastpath.forward_with_prefix`). A cell
    patching every position (``pos=None``, e.g. whole heads) runs every position.
 4. **Batch cells.** Cells with the same (first patched position, start layer) share one
    forward whose batch is ``cells × samples`` rows, chunked so a forward stays within a
    memory budget (and, when a group has few rows, merged with the next ones, starting at
    the lowest layer and position of the merged cells: see ``MIN_ROWS``).
-5. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
+5. **Unembed only the answer positions** (:func:`mechedit.fastpath.logits_for_last`).
 
 Windows (ROME): for ``mlp_out``/``attn_out``/``head_z`` a cell centred at layer ``l``
 restores layers ``max(0, l - w//2) … min(L, l + ceil(w/2)) - 1``.
@@ -54,8 +54,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechedit import tlens
-from mechedit.config import Choice, Config
+from mechedit import fastpath
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, HookFn, intervened
 from mechedit.models import model_info
@@ -64,19 +64,8 @@ from mechedit.patching.corruption import Direction, Runs
 from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site, SiteKind
 
-
-class PatchKind(Choice):
-    """What a cell patches."""
-
-    RESID_PRE = "resid_pre"
-    RESID_POST = "resid_post"
-    MLP_OUT = "mlp_out"
-    ATTN_OUT = "attn_out"
-    HEAD_Z = "head_z"
-
-    @property
-    def is_resid(self) -> bool:
-        return self in (PatchKind.RESID_PRE, PatchKind.RESID_POST)
+#: the site kinds a cell can patch (one name for a site's kind and a patch's: :class:`SiteKind`)
+PATCH_KINDS = (SiteKind.RESID_PRE, SiteKind.RESID_POST, SiteKind.MLP_OUT, SiteKind.ATTN_OUT, SiteKind.HEAD_Z)
 
 
 Sever = Literal["mlp", "attn"]
@@ -87,7 +76,7 @@ _SEVER_KIND = {"mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
 class PatchConfig(Config):
     """One patching experiment's settings (everything but the inputs)."""
 
-    kind: PatchKind | str = PatchKind.RESID_PRE  # a str is converted in __post_init__
+    kind: SiteKind | str = SiteKind.RESID_PRE  # one of PATCH_KINDS; a str is converted in __post_init__
     window: int = 1
     direction: Direction | str = Direction.DENOISE
     sever: Sever | None = None
@@ -95,7 +84,9 @@ class PatchConfig(Config):
     memory_mb: float = 1024.0
 
     def __post_init__(self) -> None:
-        self.coerce("kind", PatchKind)
+        if self.kind not in PATCH_KINDS:
+            raise ConfigError(f"PatchConfig.kind: invalid value {self.kind!r}; choose from {[k.value for k in PATCH_KINDS]}")
+        object.__setattr__(self, "kind", SiteKind(self.kind))
         self.coerce("direction", Direction)
         if isinstance(self.metric, dict):
             object.__setattr__(self, "metric", MetricConfig.from_dict(self.metric))
@@ -124,21 +115,17 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer + math.ceil(window / 2)))
 
 
-def _site_kind(kind: PatchKind) -> SiteKind:
-    return SiteKind(kind.value)
-
-
 def patch_entries(cell: Cell, config: PatchConfig, n_layers: int) -> list[tuple[Site, Cell]]:
     """The (site, where) pairs a cell restores from the source run."""
     layers = [cell.layer] if config.kind.is_resid else window_layers(cell.layer, config.window, n_layers)
-    return [(Site(_site_kind(config.kind), j), cell) for j in layers]
+    return [(Site(config.kind, j), cell) for j in layers]
 
 
 def sever_sites(cell: Cell, config: PatchConfig, n_layers: int) -> list[Site]:
     """The component sites a severed-path cell holds at base values (all positions)."""
     if config.sever is None:
         return []
-    first = cell.layer if config.kind is PatchKind.RESID_PRE else cell.layer + 1
+    first = cell.layer if config.kind is SiteKind.RESID_PRE else cell.layer + 1
     return [Site(_SEVER_KIND[config.sever], j) for j in range(first, n_layers)]
 
 
@@ -170,7 +157,7 @@ class Reference:
 
 
 def needed_sites(config: PatchConfig, n_layers: int) -> list[Site]:
-    kinds = {SiteKind.RESID_PRE, _site_kind(config.kind)}
+    kinds = {SiteKind.RESID_PRE, config.kind}
     if config.sever is not None:
         kinds.add(_SEVER_KIND[config.sever])
     return [Site(k, j) for k in sorted(kinds) for j in range(n_layers)]
@@ -199,18 +186,18 @@ def reference(model: Any, runs: Runs, config: PatchConfig) -> Reference:
     )
 
 
-def _answer_logits(model: Any, k: int, interventions: list, *, prefix: tlens.PrefixKV | None = None,
+def _answer_logits(model: Any, k: int, interventions: list, *, prefix: fastpath.PrefixKV | None = None,
                    positions: Tensor | None = None, **forward: Any) -> Tensor:
     """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded).
 
     With ``prefix``, ``forward`` holds ``resid`` for the positions after it.
     """
-    with intervened(model, interventions), torch.no_grad(), tlens.logits_for_last(model, k):
+    with intervened(model, interventions), torch.no_grad(), fastpath.logits_for_last(model, k):
         if prefix is None:
-            logits = tlens.forward_blocks(model, **forward)
+            logits = fastpath.forward_blocks(model, **forward)
         else:
             assert positions is not None
-            logits = tlens.forward_with_prefix(model, forward["resid"], prefix, positions)
+            logits = fastpath.forward_with_prefix(model, forward["resid"], prefix, positions)
     assert logits is not None
     return logits
 
@@ -365,7 +352,7 @@ def patch_cells(
         else:
             if base_kv is None:  # the base run's keys and values, every block and position
                 with intervened(model, ivs):
-                    base_kv = tlens.block_kv(model, base[Site(SiteKind.RESID_PRE, 0)], 0)
+                    base_kv = fastpath.block_kv(model, base[Site(SiteKind.RESID_PRE, 0)], 0)
             rows = torch.arange(n * len(chunk), device=resid.device) % base_kv.valid.shape[0]
             prefix = base_kv.window(start, pos).rows(rows)
             positions = torch.arange(pos, runs.seq_len, device=resid.device).expand(len(rows), -1)
@@ -390,6 +377,6 @@ def _check_cell(cell: Cell, runs: Runs, model: Any) -> None:
 def grid_cells(model: Any, runs: Runs, config: PatchConfig) -> list[Cell]:
     """Every cell of the standard grid: (position, layer), or (head, layer) for head_z."""
     info = model_info(model)
-    if config.kind is PatchKind.HEAD_Z:
+    if config.kind is SiteKind.HEAD_Z:
         return [Cell(layer, None, h) for h in range(info.n_heads) for layer in range(info.n_layers)]
     return [Cell(layer, t) for t in range(runs.n_prompt) for layer in range(info.n_layers)]

@@ -218,7 +218,8 @@ class TraceReport:
 def known_report(model: Any, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The known filter behind the tracing prefix: which records' answer is the model's top-1
     (``not_top1_ids``: those it is not). None when no record states an answer."""
-    from mechedit.data import KnownFilter, KnownRecord, filter_known
+    from mechedit.data import KnownRecord
+    from mechedit.evaluation.known import KnownFilter, filter_known
 
     facts = [KnownRecord(known_id=r.get("known_id", i), subject=r["subject"], attribute=r["attribute"],
                          template=r.get("template", ""), prompt=r["prompt"], relation_id=r.get("relation_id", ""))

@@ -35,6 +35,7 @@ from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.synth.corpus import GENERATION_TEMPLATES, MENTION_TEMPLATES, TEMPLATES, Corpus, FactPrompt
 from mechedit.synth.kg import KnowledgeGraph
+from mechedit.tokens import pad_right
 
 log = logging.getLogger(__name__)
 
@@ -210,8 +211,7 @@ def predict_first_tokens(model, tokenizer, prompts: list[str], *, prefix: bool,
     model.eval()
     for i in range(0, len(ids), batch_size):
         chunk = ids[i: i + batch_size]
-        width = max(len(c) for c in chunk)
-        x = torch.tensor([c + [eot] * (width - len(c)) for c in chunk])
+        x = pad_right(chunk, eot).ids
         logits = model(x, attention_mask=torch.ones_like(x)).logits
         last = torch.tensor([len(c) - 1 for c in chunk])
         out.extend(logits[torch.arange(len(chunk)), last].argmax(-1).tolist())
