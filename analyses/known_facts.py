@@ -1,7 +1,7 @@
 """Which facts SmolLM2 knows, from each source, and one CounterFact-format set of all of them.
 
 For ``counterfact_500`` and ``known_1000`` (in ``../shared/data``) the known-fact filter
-(:func:`~mechedit.data.filter_known`, top-1 of the true target's first token) runs behind
+(:func:`~mechedit.evaluation.known.filter_known`, top-1 of the true target's first token) runs behind
 no prefix and behind the neutral prefix mechedit edits and scores behind. The union used by
 the studies is then: the CounterFact records known behind the neutral prefix, plus the
 known_1000 facts known behind it turned into CounterFact records by
@@ -16,13 +16,13 @@ CounterFact record's left out). Writes ``counts.json``, ``counts.md`` and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import mechedit
 from mechedit.builder import build_counterfact
-from mechedit.data import KnownFilter, filter_known, load_counterfact, load_known
+from mechedit.data import load_counterfact, load_known
+from mechedit.evaluation.known import KnownFilter, filter_known
 from mechedit.studies import atomic_write_json, atomic_write_text
 
 
