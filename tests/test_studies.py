@@ -216,7 +216,9 @@ def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("directory", ["eval_rome_smollm2", "eval_memit_batch10_smollm2", "localization_vs_editing",
-                                       "curse_of_popularity", "curse_of_popularity/trace_vs_edit"])
+                                       "curse_of_popularity", "curse_of_popularity/trace_vs_edit",
+                                       "curse_of_popularity/graphs/erdos_renyi",
+                                       "curse_of_popularity/graphs/barabasi_albert"])
 def test_every_committed_row_type_round_trips(directory, tmp_path):
     """Each stored row of the committed study directories, read as its study's row type,
     gives back the stored JSON exactly, and survives StudyResult.save/load (no model)."""

@@ -46,7 +46,7 @@ from mechedit.requests import EditRequest
 from mechedit.studies.files import atomic_write_text
 from mechedit.studies.study import Row
 from mechedit.synth.corpus import N_TEMPLATES, Corpus, prompt_template
-from mechedit.synth.kg import RELATIONS, KnowledgeGraph
+from mechedit.synth.kg import KnowledgeGraph
 from mechedit.tokens import Prefix
 
 SIDE_EFFECT_SETS = ("same_subject", "as_object", "same_relation_object", "unrelated")
@@ -124,7 +124,7 @@ def side_effect_sets(kg: KnowledgeGraph, fact: int, unrelated: Sequence[int]) ->
 def fact_prompt(kg: KnowledgeGraph, fact: int, template: int = 0) -> tuple[str, str]:
     """(prompt, object name) of a fact in one phrasing."""
     f = kg.facts[fact]
-    return prompt_template(f.relation, template).format(kg.name(f.subject)), kg.name(f.object)
+    return prompt_template(f.relation, template, kg).format(kg.name(f.subject)), kg.name(f.object)
 
 
 def unrelated_sample(kg: KnowledgeGraph, n: int, seed: int) -> list[int]:
@@ -247,8 +247,8 @@ def editor_configs(model: Any, config: PopularityConfig) -> dict[str, Any]:
 def erase_request(kg: KnowledgeGraph, fact: int) -> EditRequest:
     """An erasure request for a fact (``target_new`` is unused by ``erase``: another object)."""
     f = kg.facts[fact]
-    others = [e for e in kg.of_type(RELATIONS[f.relation].object_type) if e.id not in (f.object, f.subject)]
-    return EditRequest(prompt_template(f.relation), kg.name(f.subject), others[0].name, kg.name(f.object),
+    others = [e for e in kg.of_type(kg.relation(f.relation).object_type) if e.id not in (f.object, f.subject)]
+    return EditRequest(prompt_template(f.relation, kg=kg), kg.name(f.subject), others[0].name, kg.name(f.object),
                        case_id=fact)
 
 

@@ -132,6 +132,7 @@ def build_tokenizer(kg: KnowledgeGraph, corpus: Corpus):
 
     texts = list(corpus.sentences) + [e.name for e in kg.entities] + list(MENTION_TEMPLATES)
     texts += [t for ts in TEMPLATES.values() for t in ts] + list(GENERATION_TEMPLATES)
+    texts += [t for r in kg.relations for t in r.templates]  # a random-topology graph's own relations
     words = sorted({w for t in texts for w in _WORD.findall(t.replace("{s}", "").replace("{o}", "")
                                                               .replace("{e}", ""))})
     vocab = {ENDOFTEXT: 0, UNK: 1, **{w: i + 2 for i, w in enumerate(words)}}
