@@ -25,8 +25,8 @@ computed on the model the earlier steps left (:class:`~mechedit.editors.sequence
 ``weight_distance`` is ``‖W − W₀‖_F`` over the edited layers of the scored model (from the
 weights, not the deltas); ``delta_norm`` is ``‖ΔW_k‖_F`` of the newest step.
 
-**Resume.** A unit is one (method, step). The worker keeps the method's sequence between its
-units; every step's edit is stored on disk as it is made (``state_dir``, default
+**Resume.** A unit is one (method, step); units run by edits made, then method, so the curves
+grow together. The worker keeps each method's sequence between its units; every step's edit is stored on disk as it is made (``state_dir``, default
 ``mechedit.cache_dir()/"sequences"``), keyed by a hash of the method's editor config, the
 model and the facts of steps 1…k, so a rerun rebuilds the sequence from the stored deltas
 (recomputing, deterministically, only steps never stored) and continues at the first missing
@@ -171,8 +171,7 @@ class StepUnit:
 @dataclass
 class _Worker:
     cache: Any
-    method: str | None = None
-    sequence: Any = None  # the method's EditSequence so far
+    sequences: dict[str, Any] = field(default_factory=dict)  # per method, its EditSequence so far
     originals: dict[int, torch.Tensor] = field(default_factory=dict)
 
 
@@ -286,7 +285,8 @@ class CollapseStudy(Study):
         score = {"scoring": str(c.scoring), "ppl_text": c.ppl_text, "gen": [c.gen_prompts, c.gen_max_new_tokens,
                                                                             c.gen_seed]}
         units = [Unit(unit_key("none:0000", {"model": self.model.name, **score}), StepUnit("none", 0, True))]
-        for method in c.methods:
+        order: list[tuple[int, int, Unit]] = []  # by edits made, then method: the curves grow together
+        for m, method in enumerate(c.methods):
             steps = self.steps_of(method)
             counts = [sum(len(s) for s in steps[:k]) for k in range(1, len(steps) + 1)]
             marks = {next(k for k, n in enumerate(counts, 1) if n >= cp) for cp in c.checkpoints if cp <= counts[-1]}
@@ -294,8 +294,8 @@ class CollapseStudy(Study):
             for k in range(1, len(steps) + 1):
                 key = unit_key(f"{method}:{k:04d}", {"chain": self._chain(method, k), **score,
                                                      "checkpoint": k in marks})
-                units.append(Unit(key, StepUnit(method, k, k in marks), group=method))
-        return units
+                order.append((counts[k - 1], m, Unit(key, StepUnit(method, k, k in marks), group=method)))
+        return units + [u for _, _, u in sorted(order, key=lambda t: t[:2])]
 
     # --- one unit -----------------------------------------------------------------------
 
@@ -377,13 +377,12 @@ class CollapseStudy(Study):
         """The method's sequence after step ``k``, from the worker's state, the stored steps or computed."""
         from mechedit.editors.sequence import EditSequence
 
-        if state.method != method or state.sequence is None or len(state.sequence) >= k:
-            state.method, state.sequence = method, EditSequence(_model_name(model))
-            state.originals.clear()
-        seq = state.sequence
+        seq = state.sequences.get(method)
+        if seq is None or len(seq) >= k:
+            seq = EditSequence(_model_name(model))
         while len(seq) < k:
             seq = seq.then(self._step(model, state, method, len(seq) + 1, seq))
-            state.sequence = seq
+            state.sequences[method] = seq
         return seq
 
     def _state_root(self) -> Path:
