@@ -241,8 +241,11 @@ def _check_rows_on_hand_composed_weights(model, rows, records):
 def test_scores_of_step_k_are_taken_after_steps_1_to_k(tiny_gpt2, probe_editor, tmp_path):
     study, records = _study(tiny_gpt2, tmp_path)
     before = _params(tiny_gpt2)
-    rows = run_study(study, None, progress=False).table("steps")
+    result = run_study(study, None, progress=False)
+    rows = result.table("steps")
     _assert_params_equal(tiny_gpt2, before)
+    study.report(result, tmp_path, "the command")
+    assert "the command" in (tmp_path / "checkpoints.md").read_text() and (tmp_path / "curves.png").is_file()
     assert [(r.method, r.step, r.checkpoint) for r in rows] == [("none", 0, True), ("probe", 1, True),
                                                                  ("probe", 2, True), ("probe", 3, True)]
     assert {r.scoring for r in rows} == {"sequential"}

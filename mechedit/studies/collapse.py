@@ -393,8 +393,9 @@ class CollapseStudy(Study):
         return cache_dir() / "sequences"
 
     def report(self, result: Any, out: Any, command: str) -> Any:
-        """``steps.csv`` and ``checkpoints.md`` (the checkpoint rows as a table)."""
-        from mechedit.studies.files import atomic_write_text
+        """``steps.csv``, ``checkpoints.md`` (the checkpoint rows as a table) and ``curves.png``."""
+        from mechedit.studies.collapse_plots import collapse_curves
+        from mechedit.studies.files import atomic_write_figure, atomic_write_text
 
         super().report(result, out, command)
         cols = ["method", "n_edits", "newest_ES", "retention_ES", "earlier_ES", "NS", "perplexity", "gen_entropy",
@@ -405,6 +406,8 @@ class CollapseStudy(Study):
             if r.checkpoint:
                 lines.append("| " + " | ".join(_cell(getattr(r, k)) for k in cols) + " |")
         atomic_write_text(Path(out) / "checkpoints.md", "\n".join(lines) + "\n")
+        title = f"collapse: {self.model.name}, {self.config.scoring} scoring"
+        atomic_write_figure(Path(out) / "curves.png", collapse_curves(result.table("steps"), title=title))
         return out
 
 
