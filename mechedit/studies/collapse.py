@@ -46,7 +46,7 @@ from typing import Any, ClassVar
 import torch
 
 from mechedit.config import Choice, Config, to_jsonable
-from mechedit.data import CounterFactRecord, KnownFilter, KnownMode, Order
+from mechedit.data import CounterFactRecord, Order
 from mechedit.errors import ConfigError, DataError
 from mechedit.studies.study import ModelSpec, Row, Study, Unit, content_hash, register_study, unit_key
 from mechedit.tokens import Prefix
@@ -236,7 +236,8 @@ class CollapseStudy(Study):
         return self._records
 
     def plan(self, model: Any) -> dict[str, Any]:
-        from mechedit.data import filter_known, select_records
+        from mechedit.data import select_records
+        from mechedit.evaluation.known import KnownFilter, KnownMode, filter_known
         from mechedit.evaluation.study import record_hash
 
         records, frep = self._all_records(), None
