@@ -65,6 +65,7 @@ class PatchResult:
     extra: dict[str, Any] = field(default_factory=dict)
     corruption: str | None = None  # a user's corruption, described; None: the noise fields or the pair
     interventions: tuple[str, ...] = ()  # extra interventions applied in every forward, described
+    method: str = "exact"  # exact, atp or atp* (patching.atp); absent before issue 14: exact
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.per_sample.shape[:2] != self.scores.shape:
