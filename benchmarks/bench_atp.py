@@ -143,6 +143,20 @@ def summary(paths: list[Path]) -> dict[str, Any]:
     return out
 
 
+def table(summ: dict[str, Any]) -> str:
+    """The summary as a markdown table: one line per model/kind and method."""
+    lines = ["| model/kind | method | facts | Spearman ρ mean (median, min) | top-10 recall | peak agrees | "
+             "speed-up (total, median) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for key, entry in summ.items():
+        for m in METHODS:
+            if m in entry:
+                e = entry[m]
+                lines.append(f"| {key} | {m} | {e['n_facts']} | {e['spearman_mean']:.2f} ({e['spearman_median']:.2f}, "
+                             f"{e['spearman_min']:.2f}) | {e['top10_recall_mean']:.2f} | {e['peak_agree']:.2f} | "
+                             f"{e['speedup']:.1f}× ({e['speedup_median']:.1f}×) |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["synth", "smollm2"], default="synth")
@@ -155,9 +169,11 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, help="JSONL of rows (appended; resumable)")
     p.add_argument("--summary", type=Path, nargs="+", help="summarise these JSONL files instead of running")
+    p.add_argument("--markdown", action="store_true", help="with --summary: a markdown table instead of JSON")
     args = p.parse_args()
     if args.summary:
-        print(json.dumps(summary(args.summary), indent=1))
+        summ = summary(args.summary)
+        print(table(summ) if args.markdown else json.dumps(summ, indent=1))
         return
     if args.out is None:
         p.error("--out FILE.jsonl is needed to run")
