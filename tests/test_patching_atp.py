@@ -40,13 +40,14 @@ def _error(model, sigma, kind, direction, **kw):
     return float((exact.per_sample - est.per_sample).abs().max()), float((exact.per_sample - base).abs().max())
 
 
-@pytest.mark.parametrize(("model", "kind", "direction"), [
-    ("tiny_gpt2", "resid", "denoise"), ("tiny_llama", "resid", "noise"), ("tiny_gpt2", "mlp", "noise"),
-    ("tiny_llama", "attn", "denoise")])
-def test_estimate_error_shrinks_like_sigma_squared(request, model, kind, direction):
-    """Halving σ halves the effect (first order) and quarters the estimate's error (second order)."""
+@pytest.mark.parametrize(("model", "kind", "direction", "sever"), [
+    ("tiny_gpt2", "resid", "denoise", None), ("tiny_llama", "resid", "noise", None), ("tiny_gpt2", "mlp", "noise", None),
+    ("tiny_llama", "attn", "denoise", None), ("tiny_gpt2", "resid", "denoise", "mlp")])
+def test_estimate_error_shrinks_like_sigma_squared(request, model, kind, direction, sever):
+    """Halving σ halves the effect (first order) and quarters the estimate's error (second order);
+    also with a severed MLP path (the gradient run detaches every MLP output)."""
     model = request.getfixturevalue(model)
-    (e1, eff1), (e2, eff2) = (_error(model, s, kind, direction) for s in (2e-3, 1e-3))
+    (e1, eff1), (e2, eff2) = (_error(model, s, kind, direction, sever=sever) for s in (2e-3, 1e-3))
     assert 1.7 < eff1 / eff2 < 2.3 and eff2 > 1e-3  # a real effect, linear in σ
     assert 3.3 < e1 / e2 < 4.7, (e1, e2)
     assert e2 < 0.1 * eff2
