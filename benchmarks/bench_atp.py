@@ -136,6 +136,9 @@ def summary(paths: list[Path]) -> dict[str, Any]:
                             "spearman_min": float(np.nanmin(rho)),
                             "top10_recall_mean": float(np.mean([r[m]["top10_recall"] for r in sel_m])),
                             "peak_agree": float(np.mean([r[m]["peak_agree"] for r in sel_m])),
+                    "peak_class_agree": float(np.mean([r[m]["peak_exact"][0] == r[m]["peak_est"][0] for r in sel_m])),
+                    "peak_layer_dist_median": float(np.median([abs(r[m]["peak_exact"][1] - r[m]["peak_est"][1])
+                                                              for r in sel_m])),
                             "seconds": sum(r[m]["seconds"] for r in sel_m),
                             "speedup": t_exact / sum(r[m]["seconds"] for r in sel_m),
                             "speedup_median": float(np.median([r[m]["speedup"] for r in sel_m]))}
@@ -145,14 +148,15 @@ def summary(paths: list[Path]) -> dict[str, Any]:
 
 def table(summ: dict[str, Any]) -> str:
     """The summary as a markdown table: one line per model/kind and method."""
-    lines = ["| model/kind | method | facts | Spearman ρ mean (median, min) | top-10 recall | peak agrees | "
-             "speed-up (total, median) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| model/kind | method | facts | Spearman ρ mean (median, min) | top-10 recall | peak agrees "
+             "(class only; median layer gap) | speed-up (total, median) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for key, entry in summ.items():
         for m in METHODS:
             if m in entry:
                 e = entry[m]
                 lines.append(f"| {key} | {m} | {e['n_facts']} | {e['spearman_mean']:.2f} ({e['spearman_median']:.2f}, "
-                             f"{e['spearman_min']:.2f}) | {e['top10_recall_mean']:.2f} | {e['peak_agree']:.2f} | "
+                             f"{e['spearman_min']:.2f}) | {e['top10_recall_mean']:.2f} | {e['peak_agree']:.2f} "
+                             f"({e['peak_class_agree']:.2f}; {e['peak_layer_dist_median']:g}) | "
                              f"{e['speedup']:.1f}× ({e['speedup_median']:.1f}×) |")
     return "\n".join(lines) + "\n"
 
