@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distribution", choices=["gaussian", "uniform", "student_t"], default=d.noise.distribution)
     p.add_argument("--seed", type=int, default=d.noise.seed, help="noise seed (same draws for every cell)")
     p.add_argument("--metric", choices=["prob", "logprob", "kl"], default=d.metric)
+    p.add_argument("--method", choices=["exact", "atp", "atp*"], default="exact",
+                   help="exact: one run per cell (default); atp: attribution patching, a linear estimate from one "
+                        "forward and one backward; atp*: AtP*'s GradDrop ranking score (docs/patching.md)")
     p.add_argument("--data", type=Path, help="trace every record of a known_1000-format JSON file")
     p.add_argument("--limit", type=positive_int, help="with --data: only the first N records")
     p.add_argument("--answer-from", choices=["fact", "top1"], default=d.answer_from,
@@ -70,6 +73,8 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         raise ConfigError("--aggregate works with --data")
     if args.limit is not None and args.data is None:
         raise ConfigError("--limit works with --data")
+    if args.data is not None and args.method != "exact":
+        raise ConfigError(f"--method {args.method} traces one --prompt; --data traces with the exact engine")
     if args.data is None and (args.executor != "local" or args.workers != 1 or args.address):
         raise ConfigError("--executor, --workers and --address work with --data (one prompt runs here)")
     check_out_dir(args.out)
@@ -104,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             _write(res, args.out / kind)
         if not args.json:
-            print(f"{res.kind}: clean {res.clean_score:.4f}, corrupted {res.corrupted_score:.4f}, "
+            how = "" if res.method == "exact" else f" ({res.method})"
+            print(f"{res.kind}{how}: clean {res.clean_score:.4f}, corrupted {res.corrupted_score:.4f}, "
                   f"best cell {_best(res)} (answer {res.answer!r}, noise std {res.noise_std:.4f})", flush=True)
     if args.json:
         dicts = [_json(r) for r in results]
@@ -122,7 +128,7 @@ def _trace_one(model: Any, prompt: str, subject: str, answer: str | None, kind: 
     total = len(encode(model, prompt, prefix="neutral")) * model_info(model).n_layers
     with tqdm(total=total, desc=f"trace {kind}", unit="cell", leave=False, disable=None) as bar:
         return trace(model, prompt, subject, answer=answer, kind=kind, window=args.window, noise=noise,
-                     sigma=sigma, metric=args.metric, progress=bar.update)
+                     sigma=sigma, metric=args.metric, progress=bar.update, method=args.method)
 
 
 def _json(result: Any) -> dict:

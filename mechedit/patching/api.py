@@ -24,6 +24,7 @@ import torch
 from mechedit.errors import ConfigError
 from mechedit.interventions import describe, run
 from mechedit.models import model_info
+from mechedit.patching.atp import Method, atp_grid
 from mechedit.patching.attached import check_interventions
 from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, noise_sigma, pair_runs
 from mechedit.patching.engine import PATCH_KINDS, PatchConfig, Sever, grid_cells, patch_cells, reference
@@ -44,13 +45,19 @@ def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRA
     return (int(run(model, ids, interventions)[0, -1].argmax()),)
 
 
-def run_grid(model: Any, runs: Runs, config: PatchConfig, *,
-             progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample grid ``[row, layer, sample]`` and the clean / corrupted per-sample scores."""
-    ref = reference(model, runs, config)
-    cells = grid_cells(model, runs, config)
-    values = patch_cells(model, runs, config, cells, ref=ref, progress=progress)
-    grid = values.view(-1, model_info(model).n_layers, runs.samples)
+def run_grid(model: Any, runs: Runs, config: PatchConfig, *, progress: Callable[[int], None] | None = None,
+             method: Method | str = Method.EXACT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample grid ``[row, layer, sample]`` and the clean / corrupted per-sample scores.
+
+    ``method``: ``exact`` runs the engine; ``atp``/``atp*`` estimate it (:mod:`~mechedit.patching.atp`).
+    """
+    if Method(method) is Method.EXACT:
+        ref = reference(model, runs, config)
+        cells = grid_cells(model, runs, config)
+        values = patch_cells(model, runs, config, cells, ref=ref, progress=progress)
+        grid = values.view(-1, model_info(model).n_layers, runs.samples)
+    else:
+        grid, ref = atp_grid(model, runs, config, method, progress=progress)
     clean, corrupt = ref.clean_scores.cpu(), ref.corrupt_scores.cpu()
     if config.metric.name == "normalized":
         c, k = float(clean.mean()), float(corrupt.mean())
@@ -65,7 +72,7 @@ def trace(
     metric: MetricConfig | str = "prob", direction: Direction | str = Direction.DENOISE,
     sever: Sever | None = None, prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
     progress: Callable[[int], None] | None = None, corruption: Any = None, samples: int | None = None,
-    interventions: Sequence[Any] = (),
+    interventions: Sequence[Any] = (), method: Method | str = Method.EXACT,
 ) -> PatchResult:
     """Causal trace of ``prompt``: noise the subject, restore each (position, layer).
 
@@ -81,11 +88,15 @@ def trace(
             (default 1).
         interventions: extras applied in every forward (clean, corrupted, patched); see
             :mod:`~mechedit.patching.attached` for the rules.
+        method: ``exact`` (the engine), ``atp`` (attribution patching: one forward and one
+            backward, a linear estimate) or ``atp*`` (AtP*'s ranking score); see
+            :mod:`~mechedit.patching.atp`.
     """
     from mechedit.tokens import target_ids
 
     extras = tuple(interventions)
     check_interventions(corruption, extras)
+    method = Method(method)
     pkind = TRACE_KINDS.get(str(kind)) or _patch_kind(kind)
     config = PatchConfig(kind=pkind, window=1 if pkind.is_resid else window, direction=direction,
                          sever=sever, metric=_metric(metric), memory_mb=memory_mb)
@@ -103,14 +114,14 @@ def trace(
                        samples=1 if samples is None else samples)
         noise_labels = {"samples": runs.samples, "extra": {"prefix": str(Prefix(prefix))}}
     runs = replace(runs, interventions=extras)
-    grid, clean, corrupt = run_grid(model, runs, config, progress=progress)
+    grid, clean, corrupt = run_grid(model, runs, config, progress=progress, method=method)
     tokens = encode(model, prompt, prefix=prefix).ids
     return PatchResult(
         scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean, corrupted_per_sample=corrupt,
         tokens=tuple(str_tokens(model, tokens)), answer=_decode(model, ids), answer_ids=ids,
         kind=pkind.value, metric=config.metric.label, direction=config.direction.value,
         model=model_info(model).name, prompt=prompt, subject_range=span, window=config.window,
-        sever=sever, **noise_labels, **_described(corruption, extras),
+        sever=sever, method=method.value, **noise_labels, **_described(corruption, extras),
     )
 
 
@@ -142,16 +153,18 @@ def patch(
     direction: Direction | str = Direction.DENOISE, prefix: Prefix | str = Prefix.NEUTRAL,
     memory_mb: float = 1024.0, progress: Callable[[int], None] | None = None,
     corruption: Any = None, samples: int | None = None, interventions: Sequence[Any] = (),
+    method: Method | str = Method.EXACT,
 ) -> PatchResult:
     """Patch every (position, layer) — or (head, layer) for ``head_z`` — between two prompts.
 
     ``corruption``: an intervention applied to the corrupted run on top of the ``corrupted``
     prompt (pass ``corrupted=clean`` for a corruption by intervention only), with ``samples``
     rows (default 1). ``interventions``: extras applied in every forward (see
-    :mod:`~mechedit.patching.attached`).
+    :mod:`~mechedit.patching.attached`). ``method``: as in :func:`trace`.
     """
     extras = tuple(interventions)
     check_interventions(corruption, extras)
+    method = Method(method)
     if corruption is None and samples is not None:
         raise ConfigError("samples= goes with corruption=: a clean/corrupted pair has exactly one sample")
     config = PatchConfig(kind=_patch_kind(kind), window=window, direction=direction, metric=_metric(metric),
@@ -165,7 +178,7 @@ def patch(
     if corruption is not None:
         runs = replace(runs, noise=corruption, samples=1 if samples is None else samples)
     runs = replace(runs, interventions=extras)
-    grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress)
+    grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress, method=method)
     tokens = str_tokens(model, encode(model, clean, prefix=prefix).ids)
     return PatchResult(
         scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean_s, corrupted_per_sample=corrupt_s,
@@ -174,7 +187,7 @@ def patch(
         model=model_info(model).name, prompt=clean, corrupted_prompt=corrupted,
         row_axis="head" if config.kind is SiteKind.HEAD_Z else "pos",
         wrong=_decode(model, runs.wrong) if runs.wrong else None, window=window, samples=runs.samples,
-        extra={"prefix": str(Prefix(prefix))}, **_described(corruption, extras),
+        extra={"prefix": str(Prefix(prefix))}, method=method.value, **_described(corruption, extras),
     )
 
 
