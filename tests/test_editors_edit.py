@@ -23,7 +23,7 @@ SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), s
 
 @pytest.fixture(scope="module")
 def edits(tiny_gpt2, tiny_llama, cache):
-    cfg = RomeConfig(layer=2, **SMALL)
+    cfg = RomeConfig(layers=(2,), **SMALL)
     return {id(m): rome(m, [REQ], cfg, cache=cache) for m in (tiny_gpt2, tiny_llama)}
 
 
@@ -33,7 +33,7 @@ def _params(model):
 
 def test_computing_an_edit_leaves_the_model_alone(tiny_model, cache):
     before = _params(tiny_model)
-    rome(tiny_model, [REQ], RomeConfig(layer=1, **SMALL), cache=cache)
+    rome(tiny_model, [REQ], RomeConfig(layers=(1,), **SMALL), cache=cache)
     for n, p in tlens.hf_model(tiny_model).named_parameters():
         assert torch.equal(p, before[n]), n
 
@@ -63,7 +63,7 @@ def test_save_load_round_trip(tiny_gpt2, edits, tmp_path):
     assert loaded.layers == edit.layers and loaded.requests == edit.requests
     assert torch.equal(loaded.delta(2), edit.delta(2))
     assert loaded.diagnostics == edit.diagnostics and loaded.config == edit.config
-    assert RomeConfig.from_dict(loaded.config) == RomeConfig(layer=2, **SMALL)
+    assert RomeConfig.from_dict(loaded.config) == RomeConfig(layers=(2,), **SMALL)
     assert not list(tmp_path.rglob("*.pkl"))
     df = edit.to_dataframe()
     assert set(df.quantity) == {"p_target_before", "p_target_after", "loss"} and (df.method == "rome").all()
@@ -93,7 +93,7 @@ def test_registry():
     assert spec.config_class is RomeConfig and spec.fn is rome
     assert editor_names() == ["alphaedit", "ft", "memit", "rome"]
     assert {get_editor(n).name for n in editor_names()} == set(editor_names())
-    with pytest.raises(ConfigError, match=r"known editors: \['alphaedit', 'ft', 'memit', 'rome'\]"):
+    with pytest.raises(ConfigError, match=r"known editors: \['alphaedit', 'ft', 'ft5', 'memit', 'rome'\]"):
         get_editor("mend")
     assert spec.config_for("smollm2-135m") == RomeConfig.for_model("smollm2-135m")
     with pytest.raises(ConfigError, match="unknown RomeConfig field"):
@@ -110,8 +110,8 @@ def test_each_editor_says_what_it_needs_and_which_layers_it_writes():
         rome_.layers_around(6, 30, window=5)
     with pytest.raises(ConfigError, match="out of range"):
         memit_.layers_around(4, 4)
-    assert rome_.at_layers(RomeConfig(**SMALL), [3]) == RomeConfig(layer=3, **SMALL)
-    assert ft_.layers_of(ft_.at_layers(FTConfig(), (3, 1))) == (1, 3) and rome_.layers_of(RomeConfig(layer=2)) == (2,)
+    assert rome_.at_layers(RomeConfig(**SMALL), [3]) == RomeConfig(layers=(3,), **SMALL)
+    assert ft_.layers_of(ft_.at_layers(FTConfig(), (3, 1))) == (1, 3) and rome_.layers_of(RomeConfig(layers=(2,))) == (2,)
     with pytest.raises(ConfigError, match="writes one layer"):
         rome_.at_layers(RomeConfig(), [1, 2])
 

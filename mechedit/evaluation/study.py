@@ -82,11 +82,11 @@ def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m
     spec = get_editor(name)
     config = spec.config_for(model_name)
     if layer is not None:
-        if not hasattr(config, "layer"):
+        if not spec.single_layer:
             raise ConfigError(f"editor {name!r} edits a range of layers; set them in its hparams, not --layer")
-        config = config.replace(layer=layer)
+        config = spec.at_layers(config, [layer])
     if stats_samples is not None:
-        if not hasattr(config, "mom2_n_samples"):
+        if not spec.needs_key_stats:
             raise ConfigError(f"editor {name!r} uses no key statistics, so --stats-samples does not apply")
         if stats_samples < 1:
             raise ConfigError(f"--stats-samples must be >= 1, got {stats_samples}")
@@ -271,7 +271,7 @@ class EvalStudy(Study):
             editor, editor_config = _registry_editor(config, model.name, editor_spec)
         self.editor, self.editor_config = editor, editor_config
         self.editor_desc = dict(editor_spec) if editor_spec is not None else {
-            "name": editor_name(editor), "config": to_jsonable(editor_config)}
+            "name": editor_name(editor), "config": _stored_form(editor_config)}
         self._plan: Mapping[str, Any] = {}
         self._by_id: dict[str, CounterFactRecord] | None = None
 
@@ -445,6 +445,13 @@ class EvalStudy(Study):
         lines += [f"| {name} | {mean} | {ci} |" for name, mean, ci in table_rows(summary)]
         atomic_write_text(Path(out) / "summary.md", "\n".join(lines) + "\n")
         return summary
+
+
+def _stored_form(editor_config: Any) -> Any:
+    """An editor config as keys and settings hold it (:meth:`EditorConfig.identity`)."""
+    from mechedit.editors.config import EditorConfig
+
+    return editor_config.identity() if isinstance(editor_config, EditorConfig) else to_jsonable(editor_config)
 
 
 def _registry_editor(config: EvalStudyConfig, model_name: str,
