@@ -1,0 +1,219 @@
+"""One editor protocol: configs with ``layers`` and shared parts, stored configs that still load
+and keep their keys, the ``ft5`` alias, context templates, key statistics as a file, the
+AlphaEdit projector on disk, and an editor from outside the package run by the sweep and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+import torch
+
+import mechedit
+from mechedit.editors import (
+    EditorCache,
+    EditorConfig,
+    FTConfig,
+    KeyStats,
+    KeyStatsConfig,
+    MemitConfig,
+    RomeConfig,
+    VStarConfig,
+    get_editor,
+    load_key_stats,
+    register_editor,
+    save_key_stats,
+    unregister_editor,
+)
+from mechedit.editors.alphaedit import AlphaEditConfig, NullSpace, null_space
+from mechedit.editors.config import HPARAMS_DIR
+from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
+from mechedit.errors import ConfigError
+from mechedit.models import model_info
+from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
+
+ROOT = Path(__file__).parents[1]
+REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
+
+
+def _stored_configs():
+    """(method, stored dict) of every editor config a committed study directory holds."""
+    out = []
+    for path in sorted((ROOT / "analyses" / "results").glob("**/study.json")):
+        meta = json.loads(path.read_text())
+        out += [(m, d) for m, d in (meta.get("plan") or {}).get("editors", {}).items()]
+        editor = (meta.get("settings") or {}).get("editor") or {}
+        if editor.get("config"):
+            out.append((editor["name"], editor["config"]))
+    return out
+
+
+def test_every_hparams_file_loads_and_the_former_layer_field_reads_as_layers():
+    files = sorted(HPARAMS_DIR.glob("*/*.json"))
+    assert len(files) >= 10
+    for path in files:
+        cls = get_editor(path.parent.name).config_class
+        d = json.loads(path.read_text())
+        config = cls.from_dict(d)
+        assert config.layers == tuple(d["layers"])
+        if len(d["layers"]) == 1:  # the form before layers: "layer": L
+            old = {**{k: v for k, v in d.items() if k != "layers"}, "layer": d["layers"][0]}
+            assert cls.from_dict(old) == config
+    with pytest.raises(ConfigError, match="not both 'layer' and 'layers'"):
+        RomeConfig.from_dict({"layer": 1, "layers": [1]})
+
+
+def test_stored_configs_load_and_keep_the_form_their_keys_hash():
+    stored = _stored_configs()
+    assert {m for m, _ in stored} >= {"rome", "memit", "ft", "ft5"}
+    for method, d in stored:
+        config = get_editor(method).config_class.from_dict(d)
+        assert config.identity() == d, method  # unit keys and settings of committed results unchanged
+
+
+def test_rome_writes_exactly_one_layer_and_layers_are_ints():
+    with pytest.raises(ConfigError, match=r"^RomeConfig writes exactly one layer; got layers=\[1, 2\]"):
+        RomeConfig(layers=(1, 2))
+    with pytest.raises(ConfigError, match="layers must be a list of ints"):
+        MemitConfig(layers=3)
+    assert RomeConfig(layers=(4,)).layer == 4 and RomeConfig().with_fields({"layer": 2}).layers == (2,)
+    with pytest.raises(ConfigError, match="not one layer"):
+        _ = MemitConfig().layer
+
+
+def test_the_shared_parts_are_written_once():
+    vstar = {f.name for f in dataclasses.fields(VStarConfig)} - {f.name for f in dataclasses.fields(EditorConfig)}
+    stats = {f.name for f in dataclasses.fields(KeyStatsConfig)} - {f.name for f in dataclasses.fields(EditorConfig)}
+    assert {"steps", "lr", "kl_factor", "clamp_norm_factor", "context_lengths", "context_templates"} <= vstar
+    assert stats == {"mom2_n_samples", "mom2_max_length"}
+    for cls in (RomeConfig, MemitConfig, AlphaEditConfig):
+        assert issubclass(cls, VStarConfig) and issubclass(cls, KeyStatsConfig)
+        own = {n for n in cls.__dict__.get("__annotations__", {}) if not n.isupper() and n not in ("method",)}
+        assert not own & (vstar | stats) - {"clamp_norm_factor", "context_lengths"}, cls  # MEMIT's defaults only
+    assert not issubclass(FTConfig, VStarConfig) and not issubclass(FTConfig, KeyStatsConfig)
+    assert RomeConfig(context_top_k=5).identity()["context_top_k"] == 5 and "context_top_k" not in RomeConfig().identity()
+
+
+def test_ft5_is_ft_over_a_window():
+    ft5, ft = get_editor("ft5"), get_editor("ft")
+    assert (ft5.fn, ft5.config_class, ft5.editor, ft5.window) == (ft.fn, FTConfig, "ft", 5)
+    assert ft5.layers_around(1, 4) == (0, 1, 2, 3) and ft.layers_around(1, 4) == (1,)
+    assert "ft5" not in mechedit.editors.editor_names() and "ft5" in mechedit.editors.editor_names(aliases=True)
+
+
+def test_given_context_templates_and_top_k_sampling(tiny_gpt2, cache):
+    given = RomeConfig(layers=(1,), context_templates=("Hello there. {}",))
+    assert given.templates(tiny_gpt2, cache) == ("{}", "Hello there. {}")
+    with pytest.raises(ConfigError, match="one '\\{\\}' each"):
+        RomeConfig(context_templates=("no slot",))
+    top5 = mechedit.editors.sample_texts(tiny_gpt2, 4, 6, seed=1, top_k=5)
+    assert top5 != mechedit.editors.sample_texts(tiny_gpt2, 4, 6, seed=1)
+    # every sampled token is among the 5 most likely after its prefix (a naive check, one text)
+    hf, tok = mechedit.tlens.hf_model(tiny_gpt2), model_info(tiny_gpt2).tokenizer
+    ids = [model_info(tiny_gpt2).neutral_token_id] + tok(top5[0], add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([ids])).logits[0]
+    assert all(ids[i + 1] in logits[i].topk(5).indices.tolist() for i in range(len(ids) - 1))
+    sampled = RomeConfig(context_lengths=((4, 2),), context_top_k=5).templates(tiny_gpt2, cache)
+    assert len(sampled) == 3 and sampled[0] == "{}"
+
+
+def test_key_statistics_save_load_with_provenance_and_are_used(tiny_gpt2, tmp_path):
+    config = MemitConfig(layers=(1, 2), mom2_n_samples=16, mom2_max_length=8)
+    cache = EditorCache(stats_dir=False, progress=False)
+    stats = cache.key_stats(tiny_gpt2, [1, 2], **config.stats_settings())
+    paths = save_key_stats(stats.values(), tmp_path / "stats")
+    meta = json.loads(paths[0].with_suffix(".json").read_text())
+    assert {"model", "model_fingerprint", "layer", "n_samples", "corpus", "n_tokens"} <= set(meta)
+    loaded = load_key_stats(tmp_path / "stats", tiny_gpt2)
+    assert [s.layer for s in loaded] == [1, 2] and torch.equal(loaded[0].moment, stats[1].moment.cpu())
+    fresh = EditorCache(stats_dir=False, progress=False)
+    mine = KeyStats(1, torch.eye(loaded[0].moment.shape[0], dtype=torch.float64), 1, {"corpus": "mine"})
+    fresh.use_key_stats(tiny_gpt2, [mine], **config.stats_settings())
+    assert torch.equal(fresh.second_moment(tiny_gpt2, 1, **config.stats_settings()).cpu(), mine.moment)
+    bad = KeyStats(1, loaded[0].moment, 1, {**loaded[0].provenance, "model_fingerprint": "0" * 24})
+    bad.save(tmp_path / "bad" / "layer001")
+    with pytest.raises(ConfigError, match="computed on other weights"):
+        load_key_stats(tmp_path / "bad", tiny_gpt2)
+    with pytest.raises(ConfigError, match="no key statistics at"):
+        load_key_stats(tmp_path / "nothing")
+
+
+def test_the_projector_is_cached_on_disk_beside_the_statistics(tiny_gpt2, tmp_path):
+    config = AlphaEditConfig(layers=(1,), mom2_n_samples=16, mom2_max_length=8, nullspace_threshold=1.0)
+    calls = []
+
+    def compute(st):
+        calls.append(st.layer)
+        return null_space(st, config.nullspace_threshold)
+
+    what = ("alphaedit.null_space", config.nullspace_threshold)
+    args = dict(load=NullSpace.load, **config.stats_settings())
+    first = EditorCache(stats_dir=tmp_path, progress=False).derived(tiny_gpt2, 1, what, compute, **args)
+    again = EditorCache(stats_dir=tmp_path, progress=False).derived(tiny_gpt2, 1, what, compute, **args)
+    assert calls == [1] and torch.equal(first.projector.cpu(), again.projector.cpu())
+    assert again.provenance == json.loads(json.dumps(first.provenance, default=str))
+    assert len(list(tmp_path.glob("**/*.alphaedit.null_space-*.safetensors"))) == 1
+
+
+# --- an editor from outside the package ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleConfig(EditorConfig):
+    """W_out of each layer scaled by (1 + factor)."""
+
+    factor: float = 0.05
+
+    method: ClassVar[str] = "scale_out"
+
+
+def scale_out(model, requests, config=None, *, cache=None):
+    config = config or ScaleConfig()
+    deltas = tuple(WeightDelta(ly, config.factor * mlp_out_weight(model, ly).detach().clone()) for ly in config.layers)
+    return Edit("scale_out", model_info(model).name, deltas, tuple(requests), config.to_dict(), EditDiagnostics({}))
+
+
+@pytest.fixture
+def scale_editor():
+    register_editor("scale_out", ScaleConfig, description="scale W_out", window=3)(scale_out)
+    yield get_editor("scale_out")
+    unregister_editor("scale_out")
+
+
+def test_an_outside_editor_runs_in_the_sweep(scale_editor, synth_model, tmp_path):
+    from mechedit.analysis.sweep import SweepConfig
+    from mechedit.analysis.sweep_study import SweepStudy
+    from mechedit.data import load_counterfact
+    from mechedit.evaluation.hase import rewrite_score
+    from mechedit.studies import ModelSpec, run_study
+    from mechedit.synth import shipped_model_dir
+
+    rec = load_counterfact(shipped_model_dir() / "counterfact.json")[0][0]
+    config = SweepConfig(layers=(1,), methods=("scale_out",), variants=("injection",), noise_samples=2,
+                         essence_texts=1, essence_tokens=2, known_only=False)
+    study = SweepStudy(ModelSpec(loaded=synth_model), [rec], config, editors={"scale_out": {"factor": 0.5}},
+                       stats_dir=tmp_path)
+    row = run_study(study, None, progress=False).rows.iloc[0]
+    assert row["method"] == "scale_out" and list(row["edit_layers"]) == [0, 1, 2, 3]  # a window: edit_window 5
+    deltas = [WeightDelta(ly, 0.5 * mlp_out_weight(synth_model, ly).detach().clone()) for ly in range(4)]
+    before = target_probability(synth_model, rec.text, rec.target_new, "neutral")
+    with edited_weights(synth_model, deltas):
+        after = target_probability(synth_model, rec.text, rec.target_new, "neutral")
+    assert row["rewrite"] == pytest.approx(rewrite_score(before, after), abs=1e-6)
+
+
+def test_an_outside_editor_runs_from_the_cli(scale_editor, tiny_dirs, tmp_path, capsys):
+    from mechedit.cli.main import main
+
+    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale_out", "--layers", "1-2",
+                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new, "--json",
+                 "--save", str(tmp_path / "edit")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["edit"]["method"] == "scale_out" and out["edit"]["layers"] == [1, 2]
+    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale_out", "--stats-samples", "3",
+                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new]) == 2
+    assert "uses no key statistics" in capsys.readouterr().err
