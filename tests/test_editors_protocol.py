@@ -77,8 +77,8 @@ def test_stored_configs_load_and_keep_the_form_their_keys_hash():
 def test_rome_writes_exactly_one_layer_and_layers_are_ints():
     with pytest.raises(ConfigError, match=r"^RomeConfig writes exactly one layer; got layers=\[1, 2\]"):
         RomeConfig(layers=(1, 2))
-    with pytest.raises(ConfigError, match="layers must be a list of ints"):
-        MemitConfig(layers=3)
+    with pytest.raises((ConfigError, TypeError), match="layers must be a list of ints|Type-check error"):
+        MemitConfig(layers=3)  # under the tests' type checker a TypeError comes first
     assert RomeConfig(layers=(4,)).layer == 4 and RomeConfig().with_fields({"layer": 2}).layers == (2,)
     with pytest.raises(ConfigError, match="not one layer"):
         _ = MemitConfig().layer
@@ -109,14 +109,16 @@ def test_given_context_templates_and_top_k_sampling(tiny_gpt2, cache):
     assert given.templates(tiny_gpt2, cache) == ("{}", "Hello there. {}")
     with pytest.raises(ConfigError, match="one '\\{\\}' each"):
         RomeConfig(context_templates=("no slot",))
-    top5 = mechedit.editors.sample_texts(tiny_gpt2, 4, 6, seed=1, top_k=5)
-    assert top5 != mechedit.editors.sample_texts(tiny_gpt2, 4, 6, seed=1)
-    # every sampled token is among the 5 most likely after its prefix (a naive check, one text)
-    hf, tok = mechedit.tlens.hf_model(tiny_gpt2), model_info(tiny_gpt2).tokenizer
-    ids = [model_info(tiny_gpt2).neutral_token_id] + tok(top5[0], add_special_tokens=False)["input_ids"]
+    assert mechedit.editors.sample_texts(tiny_gpt2, 2, 6, seed=1, top_k=5) != mechedit.editors.sample_texts(
+        tiny_gpt2, 2, 6, seed=1)
+    # top_k=1 is greedy decoding, computed here by a naive loop of argmaxes
+    hf, info = mechedit.tlens.hf_model(tiny_gpt2), model_info(tiny_gpt2)
+    ids = [info.neutral_token_id]
     with torch.no_grad():
-        logits = hf(input_ids=torch.tensor([ids])).logits[0]
-    assert all(ids[i + 1] in logits[i].topk(5).indices.tolist() for i in range(len(ids) - 1))
+        for _ in range(6):
+            ids.append(int(hf(input_ids=torch.tensor([ids])).logits[0, -1].argmax()))
+    greedy = info.tokenizer.decode(ids[1:], skip_special_tokens=True)
+    assert mechedit.editors.sample_texts(tiny_gpt2, 2, 6, seed=3, top_k=1) == [greedy, greedy]
     sampled = RomeConfig(context_lengths=((4, 2),), context_top_k=5).templates(tiny_gpt2, cache)
     assert len(sampled) == 3 and sampled[0] == "{}"
 
@@ -156,7 +158,7 @@ def test_the_projector_is_cached_on_disk_beside_the_statistics(tiny_gpt2, tmp_pa
     again = EditorCache(stats_dir=tmp_path, progress=False).derived(tiny_gpt2, 1, what, compute, **args)
     assert calls == [1] and torch.equal(first.projector.cpu(), again.projector.cpu())
     assert again.provenance == json.loads(json.dumps(first.provenance, default=str))
-    assert len(list(tmp_path.glob("**/*.alphaedit.null_space-*.safetensors"))) == 1
+    assert len(list(tmp_path.glob("**/*-alphaedit_null_space-*.safetensors"))) == 1
 
 
 # --- an editor from outside the package ----------------------------------------------

@@ -29,7 +29,7 @@ key ``k₀`` and the model's outputs on that knowledge are unchanged.
   so ``ΔW`` lies in the range of ``P`` exactly.
 * **Cache.** The projector is computed from the cached statistics and kept beside them in the
   :class:`EditorCache` (:meth:`EditorCache.derived`), in memory and on disk next to the
-  statistics' files (``….alphaedit.null_space-….safetensors`` + ``.json``), keyed by a digest of
+  statistics' files (``…-alphaedit_null_space-….safetensors`` + ``.json``), keyed by a digest of
   the statistics (provenance and moment) and the threshold, with its own provenance (:class:`NullSpace`: threshold, the statistics'
   provenance and digest, null dimension).
 

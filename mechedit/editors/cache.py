@@ -101,13 +101,14 @@ class EditorCache:
         return self._derived[key]
 
     def _derived_path(self, stats: KeyStats, what: tuple[Hashable, ...]) -> Path:
-        """``{stats_dir}/{model}/layer{L}-{digest of the statistics}.{what}-{digest of what}``."""
+        """``{stats_dir}/{model}/layer{L}-{digest of the statistics}-{what}-{digest of what}`` (no dot:
+        the value's files add their suffixes)."""
         root = Path(self.stats_dir) if self.stats_dir is not None else default_stats_dir()  # type: ignore[arg-type]
         digest = stats_digest(stats)
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(what[0]))
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(what[0]))
         params = hashlib.sha256(repr(what).encode()).hexdigest()[:12]
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(stats.provenance.get("model", "model")))
-        return root / safe / f"layer{stats.layer:03d}-{digest}.{name}-{params}"
+        return root / safe / f"layer{stats.layer:03d}-{digest}-{name}-{params}"
 
     def _stats_key(self, model: Any, n_samples: int, max_length: int, prefix: Prefix | str) -> tuple:
         info = model_info(model)
