@@ -219,3 +219,32 @@ def test_an_outside_editor_runs_from_the_cli(scale_editor, tiny_dirs, tmp_path, 
     assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale_out", "--stats-samples", "3",
                  "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new]) == 2
     assert "uses no key statistics" in capsys.readouterr().err
+
+
+def test_key_statistics_files_from_the_cli_and_in_eval(tiny_dirs, tiny_gpt2, tmp_path, capsys):
+    from mechedit.cli.main import main
+    from mechedit.editors import load_edit
+    from mechedit.evaluation.study import EvalStudy, EvalStudyConfig
+    from mechedit.studies import ModelSpec
+
+    small = json.dumps({"mom2_n_samples": 16, "mom2_max_length": 8, "context_lengths": [[3, 2]], "steps": 2})
+    base = ["edit", "--model", str(tiny_dirs["gpt2"]), "--layer", "1", "--prompt", REQ.prompt, "--subject",
+            REQ.subject, "--target-new", REQ.target_new, "--hparams", small, "--json"]
+    assert main([*base, "--save-key-stats", str(tmp_path / "stats"), "--save", str(tmp_path / "a")]) == 0
+    saved = load_key_stats(tmp_path / "stats", tiny_gpt2)
+    assert [s.layer for s in saved] == [1]
+    mine = KeyStats(1, saved[0].moment * 3.0, saved[0].n_tokens, {**saved[0].provenance, "corpus": "scaled"})
+    mine.save(tmp_path / "mine" / "layer001")
+    assert main([*base, "--key-stats", str(tmp_path / "stats"), "--save", str(tmp_path / "b")]) == 0
+    assert main([*base, "--key-stats", str(tmp_path / "mine"), "--save", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    a, b, c = (load_edit(tmp_path / x).delta(1) for x in "abc")
+    assert torch.equal(a, b) and not torch.allclose(a, c)  # the file's statistics are the ones used
+    config = EvalStudyConfig(method="rome", layer=1)
+    study = EvalStudy(ModelSpec(str(tiny_dirs["gpt2"])), config, key_stats=[tmp_path / "mine"])
+    assert [(g["layer"], len(g["digest"])) for g in study.editor_desc["key_stats"]] == [(1, 20)]
+    cache = study.setup(tiny_gpt2).cache
+    got = cache.second_moment(tiny_gpt2, 1, **study.editor_config.stats_settings())
+    assert torch.equal(got.cpu(), mine.moment)
+    with pytest.raises(ConfigError, match="uses no key statistics"):
+        EvalStudy(ModelSpec(str(tiny_dirs["gpt2"])), EvalStudyConfig(method="ft"), key_stats=[tmp_path / "mine"])

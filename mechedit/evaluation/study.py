@@ -256,12 +256,15 @@ class EvalStudy(Study):
 
     def __init__(self, model: ModelSpec, config: EvalStudyConfig, *,
                  records: Sequence[CounterFactRecord] | None = None, editor: Any = None, editor_config: Any = None,
-                 references: References = default_references, editor_spec: Mapping[str, Any] | None = None) -> None:
+                 references: References = default_references, editor_spec: Mapping[str, Any] | None = None,
+                 key_stats: Sequence[str | Path] = ()) -> None:
         """``records``: the records (default: loaded from ``config.data`` when first needed).
         ``editor``/``editor_config``: any editor (a plain function runs on the local executor
         only); default: ``config.method`` from the registry with ``model.name``'s hparams and
         ``config.layer``/``stats_samples``. ``editor_spec``: the stored ``settings()["editor"]``
-        of a directory (:meth:`from_spec`), which fixes the editor config."""
+        of a directory (:meth:`from_spec`), which fixes the editor config. ``key_stats``:
+        files or directories of precomputed key statistics (:func:`mechedit.editors.load_key_stats`)
+        the editor uses instead of computing them; they enter the settings and keys."""
         self.model, self.config, self.references = model, config, references
         self._data: tuple[list[CounterFactRecord], LoadReport] | None = None
         if records is not None:
@@ -272,6 +275,8 @@ class EvalStudy(Study):
         self.editor, self.editor_config = editor, editor_config
         self.editor_desc = dict(editor_spec) if editor_spec is not None else {
             "name": editor_name(editor), "config": _stored_form(editor_config)}
+        if key_stats and editor_spec is None:
+            self.editor_desc["key_stats"] = _key_stats_desc(self.editor, key_stats)
         self._plan: Mapping[str, Any] = {}
         self._by_id: dict[str, CounterFactRecord] | None = None
 
@@ -381,7 +386,16 @@ class EvalStudy(Study):
     def setup(self, model: Any) -> _WorkerState:
         from mechedit.editors import EditorCache, EditorSpec
 
-        return _WorkerState(cache=EditorCache() if isinstance(self.editor, EditorSpec) else None)
+        if not isinstance(self.editor, EditorSpec):
+            return _WorkerState()
+        cache = EditorCache()
+        given = self.editor_desc.get("key_stats") or []
+        if given:
+            from mechedit.editors import load_key_stats
+
+            stats = [st for g in given for st in load_key_stats(g["path"], model)]
+            cache.use_key_stats(model, stats, **self.editor_config.stats_settings())
+        return _WorkerState(cache=cache)
 
     def run(self, model: Any, state: _WorkerState, table: str, unit: Unit) -> EvalRow:
         u: EvalUnit = unit.payload
@@ -445,6 +459,21 @@ class EvalStudy(Study):
         lines += [f"| {name} | {mean} | {ci} |" for name, mean, ci in table_rows(summary)]
         atomic_write_text(Path(out) / "summary.md", "\n".join(lines) + "\n")
         return summary
+
+
+def _key_stats_desc(editor: Any, paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """What identifies given key statistics in the settings: each file's path, layer and digest."""
+    from mechedit.editors import EditorSpec
+    from mechedit.editors.stats import KeyStats, stats_digest, stats_files
+
+    if not (isinstance(editor, EditorSpec) and editor.needs_key_stats):
+        raise ConfigError(f"editor {editor_name(editor)!r} uses no key statistics, so --key-stats does not apply")
+    out = []
+    for path in paths:
+        for f in stats_files(path):
+            st = KeyStats.load(f)
+            out.append({"path": str(f.resolve()), "layer": st.layer, "digest": stats_digest(st)})
+    return out
 
 
 def _stored_form(editor_config: Any) -> Any:
