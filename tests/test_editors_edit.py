@@ -1,6 +1,7 @@
 """The Edit value object: hook form = weight form, exact restore, save/load, registry, errors."""
 
 import dataclasses
+import json
 from typing import ClassVar
 
 import pytest
@@ -10,12 +11,12 @@ import mechedit
 from mechedit import tlens
 from mechedit.editors import EditorCache, FTConfig, RomeConfig, editor_names, ft, get_editor, load_edit, rome
 from mechedit.editors.config import EditorConfig
-from mechedit.editors.edit import Edit, EditDiagnostics
+from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
 from mechedit.editors.registry import register_editor, unregister_editor
 from mechedit.errors import ConfigError
 from mechedit.interventions import run
 from mechedit.models import model_info
-from mechedit.weights import WeightDelta, mlp_out_weight
+from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
 
 REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
@@ -151,6 +152,48 @@ def test_an_editor_from_outside_the_package_registers_the_same_way(tiny_gpt2):
         register_editor("scaler", ScaleConfig, description="name and config disagree")
     with pytest.raises(ConfigError, match="lower-case identifier"):
         register_editor("Scale Up", ScaleConfig, description="bad name")
+
+
+@pytest.fixture
+def scale_editor():
+    register_editor("scale", ScaleConfig, description="scale W_out", window=3)(scale)
+    yield get_editor("scale")
+    unregister_editor("scale")
+
+
+def test_an_outside_editor_runs_in_the_sweep(scale_editor, synth_model, tmp_path):
+    from mechedit.analysis.sweep import SweepConfig
+    from mechedit.analysis.sweep_study import SweepStudy
+    from mechedit.data import load_counterfact
+    from mechedit.evaluation.hase import rewrite_score
+    from mechedit.studies import ModelSpec, run_study
+    from mechedit.synth import shipped_model_dir
+
+    rec = load_counterfact(shipped_model_dir() / "counterfact.json")[0][0]
+    config = SweepConfig(layers=(1,), methods=("scale",), variants=("injection",), noise_samples=2,
+                         essence_texts=1, essence_tokens=2, known_only=False)
+    study = SweepStudy(ModelSpec(loaded=synth_model), [rec], config, editors={"scale": {"factor": 0.5}},
+                       stats_dir=tmp_path)
+    row = run_study(study, None, progress=False).rows.iloc[0]
+    assert row["method"] == "scale" and list(row["edit_layers"]) == [0, 1, 2, 3]  # a window: edit_window 5
+    deltas = [WeightDelta(ly, 0.5 * mlp_out_weight(synth_model, ly).detach().clone()) for ly in range(4)]
+    before = target_probability(synth_model, rec.text, rec.target_new, "neutral")
+    with edited_weights(synth_model, deltas):
+        after = target_probability(synth_model, rec.text, rec.target_new, "neutral")
+    assert row["rewrite"] == pytest.approx(rewrite_score(before, after), abs=1e-6)
+
+
+def test_an_outside_editor_runs_from_the_cli(scale_editor, tiny_dirs, tmp_path, capsys):
+    from mechedit.cli.main import main
+
+    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale", "--layers", "1-2",
+                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new, "--json",
+                 "--save", str(tmp_path / "edit")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["edit"]["method"] == "scale" and out["edit"]["layers"] == [1, 2]
+    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale", "--stats-samples", "3",
+                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new]) == 2
+    assert "uses no key statistics" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["rome", "memit", "ft", "alphaedit"])

@@ -1,13 +1,12 @@
 """One editor protocol: configs with ``layers`` and shared parts, stored configs that still load
 and keep their keys, the ``ft5`` alias, context templates, key statistics as a file, the
-AlphaEdit projector on disk, and an editor from outside the package run by the sweep and the CLI."""
+AlphaEdit projector on disk (an editor from outside the package: ``test_editors_edit.py``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 import torch
@@ -24,16 +23,12 @@ from mechedit.editors import (
     VStarConfig,
     get_editor,
     load_key_stats,
-    register_editor,
     save_key_stats,
-    unregister_editor,
 )
 from mechedit.editors.alphaedit import AlphaEditConfig, NullSpace, null_space
 from mechedit.editors.config import HPARAMS_DIR
-from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
 from mechedit.errors import ConfigError
 from mechedit.models import model_info
-from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
 
 ROOT = Path(__file__).parents[1]
 REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
@@ -159,66 +154,6 @@ def test_the_projector_is_cached_on_disk_beside_the_statistics(tiny_gpt2, tmp_pa
     assert calls == [1] and torch.equal(first.projector.cpu(), again.projector.cpu())
     assert again.provenance == json.loads(json.dumps(first.provenance, default=str))
     assert len(list(tmp_path.glob("**/*-alphaedit_null_space-*.safetensors"))) == 1
-
-
-# --- an editor from outside the package ----------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class ScaleConfig(EditorConfig):
-    """W_out of each layer scaled by (1 + factor)."""
-
-    factor: float = 0.05
-
-    method: ClassVar[str] = "scale_out"
-
-
-def scale_out(model, requests, config=None, *, cache=None):
-    config = config or ScaleConfig()
-    deltas = tuple(WeightDelta(ly, config.factor * mlp_out_weight(model, ly).detach().clone()) for ly in config.layers)
-    return Edit("scale_out", model_info(model).name, deltas, tuple(requests), config.to_dict(), EditDiagnostics({}))
-
-
-@pytest.fixture
-def scale_editor():
-    register_editor("scale_out", ScaleConfig, description="scale W_out", window=3)(scale_out)
-    yield get_editor("scale_out")
-    unregister_editor("scale_out")
-
-
-def test_an_outside_editor_runs_in_the_sweep(scale_editor, synth_model, tmp_path):
-    from mechedit.analysis.sweep import SweepConfig
-    from mechedit.analysis.sweep_study import SweepStudy
-    from mechedit.data import load_counterfact
-    from mechedit.evaluation.hase import rewrite_score
-    from mechedit.studies import ModelSpec, run_study
-    from mechedit.synth import shipped_model_dir
-
-    rec = load_counterfact(shipped_model_dir() / "counterfact.json")[0][0]
-    config = SweepConfig(layers=(1,), methods=("scale_out",), variants=("injection",), noise_samples=2,
-                         essence_texts=1, essence_tokens=2, known_only=False)
-    study = SweepStudy(ModelSpec(loaded=synth_model), [rec], config, editors={"scale_out": {"factor": 0.5}},
-                       stats_dir=tmp_path)
-    row = run_study(study, None, progress=False).rows.iloc[0]
-    assert row["method"] == "scale_out" and list(row["edit_layers"]) == [0, 1, 2, 3]  # a window: edit_window 5
-    deltas = [WeightDelta(ly, 0.5 * mlp_out_weight(synth_model, ly).detach().clone()) for ly in range(4)]
-    before = target_probability(synth_model, rec.text, rec.target_new, "neutral")
-    with edited_weights(synth_model, deltas):
-        after = target_probability(synth_model, rec.text, rec.target_new, "neutral")
-    assert row["rewrite"] == pytest.approx(rewrite_score(before, after), abs=1e-6)
-
-
-def test_an_outside_editor_runs_from_the_cli(scale_editor, tiny_dirs, tmp_path, capsys):
-    from mechedit.cli.main import main
-
-    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale_out", "--layers", "1-2",
-                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new, "--json",
-                 "--save", str(tmp_path / "edit")]) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert out["edit"]["method"] == "scale_out" and out["edit"]["layers"] == [1, 2]
-    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale_out", "--stats-samples", "3",
-                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new]) == 2
-    assert "uses no key statistics" in capsys.readouterr().err
 
 
 def test_key_statistics_files_from_the_cli_and_in_eval(tiny_dirs, tiny_gpt2, tmp_path, capsys):
