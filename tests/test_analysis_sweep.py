@@ -42,7 +42,7 @@ from mechedit.studies import ModelSpec, load_study_rows, rows_equal, run_study
 from mechedit.synth import shipped_model_dir
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
-BASES = {"rome": RomeConfig(layer=0, lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
+BASES = {"rome": RomeConfig(layers=(0,), lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
 CONFIG = SweepConfig(layers=(0,), methods=("rome",), variants=("injection",), noise_samples=3,
                      essence_texts=1, essence_tokens=4, known_only=False)
 GOLDEN = Path(__file__).parent / "data" / "sweep_golden_bfcd9d4.json"
@@ -149,9 +149,9 @@ def test_row_scores_equal_scores_of_the_edit_computed_directly(synth_model, reco
     row = _sweep(synth_model, records[:1], cfg, cache).rows.iloc[0]
     rec = records[0]
     assert list(row["edit_layers"]) == ([0] if method == "rome" else [0, 1, 2, 3])  # window 5 at 1, clipped
-    econf = (BASES["rome"].replace(layer=0) if method == "rome" else BASES["ft"].replace(layers=(0, 1, 2, 3)))
+    econf = (BASES["rome"].replace(layers=(0,)) if method == "rome" else BASES["ft"].replace(layers=(0, 1, 2, 3)))
     econf = econf.replace(objective="inject" if variant == "injection" else "erase")
-    edit = get_editor(method[:2] if method == "ft5" else method).fn(synth_model, [rec.to_request()], econf,
+    edit = get_editor(method).fn(synth_model, [rec.to_request()], econf,
                                                                     cache=cache)
     target = rec.target_new if variant == "injection" else rec.target_true
     score = rewrite_score if variant == "injection" else erasure_score
@@ -273,7 +273,7 @@ def test_forcing_row_equals_an_edit_and_noised_probabilities_computed_by_hand(sy
     row, rec = result.rows.iloc[0], records[0]
     sigma = cfg.noise_multiple * embedding_std(synth_model)  # the trace's σ, recomputed
     assert result.traces.iloc[0]["sigma"] == pytest.approx(sigma) and row["subject_noise"] == pytest.approx(sigma)
-    econf = BASES["rome"].replace(layer=0, objective="amplify", subject_noise=sigma, noise_seed=2)
+    econf = BASES["rome"].replace(layers=(0,), objective="amplify", subject_noise=sigma, noise_seed=2)
     edit = get_editor("rome").fn(synth_model, [rec.to_request()], econf, cache=cache)
     d = mechedit.model_info(synth_model).d_model
 

@@ -18,10 +18,11 @@ import mechedit
 from mechedit.data import load_counterfact
 from mechedit.editors import RomeConfig, get_editor, rome
 from mechedit.editors.config import EditorConfig
-from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
+from mechedit.editors.edit import Edit, EditDiagnostics
 from mechedit.editors.registry import register_editor, unregister_editor
 from mechedit.editors.sequence import AppliedSequence, EditSequence, load_sequence
 from mechedit.errors import ConfigError
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import run
 from mechedit.models import model_info
 from mechedit.studies import run_study
@@ -212,7 +213,7 @@ def _study(model, tmp_path, scoring="sequential"):
 def _rome_p(model, record, target):
     """ROME's probability: exp(−mean NLL) over the target's tokens."""
     n = len(mechedit.target_ids(model, record.text, target))
-    return target_probability(model, record.text, target, "neutral") ** (1 / n)
+    return target_prob(model, record.text, target, prefix="neutral") ** (1 / n)
 
 
 def _check_rows_on_hand_composed_weights(model, rows, records):

@@ -47,7 +47,7 @@ def test_summary_equals_a_direct_trace_and_erasure_at_each_layer(synth_model, kg
         last = res.scores[res.subject_range[1] - 1, :3].double()  # layers an edit acts from
         p_after = []
         for layer in range(3):
-            edit = get_editor("rome").fn(synth_model, [rec.to_request()], base.replace(layer=layer), cache=cache)
+            edit = get_editor("rome").fn(synth_model, [rec.to_request()], base.replace(layers=(layer,)), cache=cache)
             p_after.append(target_prob(synth_model, rec.text, rec.target_true, prefix="neutral", interventions=[edit]))
         row = summary.loc[rec.case_id]
         assert row["trace_peak_layer"] == int(torch.argmax(last))

@@ -32,8 +32,11 @@ derived from them); the trace columns (``tracing_effect``, ``peak_layer``, ``tra
 …) are joined from the facts' traces when a result is built
 (:func:`~mechedit.analysis.sweep_rows.attach_traces`).
 
-**Methods.** ``rome`` edits the central layer; ``memit`` and ``ft5`` a window of 5 layers
-centred on it (clipped at the ends, the tracing window's rule); ``ft`` the central layer.
+**Methods** are editor names of the registry (:mod:`mechedit.editors.registry`, aliases
+included); each edits the layers its spec picks around the central layer
+(:meth:`~mechedit.editors.registry.EditorSpec.layers_around`): ``rome`` and ``ft`` the central
+layer, ``memit``, ``alphaedit`` and ``ft5`` (FT-L over a window, an alias of ``ft``) a window of
+``edit_window`` (5) layers centred on it, clipped at the ends (the tracing window's rule).
 
 **Variants** (the objectives are in :mod:`mechedit.editors.objective`):
 
@@ -84,7 +87,6 @@ from mechedit.evaluation.hase import essence_drift, hase_scores
 from mechedit.patching.results import PatchResult
 from mechedit.tokens import Prefix
 
-METHODS = ("rome", "memit", "ft", "ft5")
 VARIANTS = ("injection", "reversal", "erasure", "amplification", "forcing")
 OBJECTIVES = {"injection": "inject", "reversal": "inject", "erasure": "erase", "amplification": "amplify",
               "forcing": "amplify"}
@@ -133,7 +135,9 @@ class SweepConfig(Config):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.coerce("prefix", Prefix)
         self.coerce("order", Order)
-        self.require_known("methods", METHODS)
+        from mechedit.editors import editor_names
+
+        self.require_known("methods", editor_names(aliases=True))
         self.require_known("variants", VARIANTS)
         if any(int(x) < 0 for x in self.layers):
             raise ConfigError(f"layers must be >= 0, got {list(self.layers)}")
@@ -240,20 +244,22 @@ def noised_top1(model: Any, record: CounterFactRecord, result: PatchResult, conf
 # --- editing and scoring ---------------------------------------------------------------
 
 def edit_layers(method: str, layer: int, n_layers: int, edit_window: int = 5) -> tuple[int, ...]:
-    """The layers ``method`` writes for central layer ``layer``."""
-    from mechedit.patching.engine import window_layers
+    """The layers editor ``method`` writes for central layer ``layer``: its spec's window
+    (:meth:`~mechedit.editors.registry.EditorSpec.layers_around`), ``edit_window`` wide for an
+    editor that writes a window."""
+    from mechedit.editors import get_editor
 
-    if method in ("rome", "ft"):
-        return (layer,)
-    return tuple(window_layers(layer, edit_window, n_layers))
+    spec = get_editor(method)
+    return spec.layers_around(layer, n_layers, window=edit_window if spec.window > 1 else 1)
 
 
 def editor_config(method: str, layer: int, variant: str, n_layers: int, base: Any, edit_window: int = 5, *,
                   sigma: float | None = None, seed: int = 0) -> Any:
     """``base`` (the method's hyperparameters) moved to ``layer`` with the variant's objective
     (forcing: and ``subject_noise=sigma``, ``noise_seed=seed``)."""
-    layers = edit_layers(method, layer, n_layers, edit_window)
-    moved = base.replace(layer=layers[0]) if method == "rome" else base.replace(layers=layers)
+    from mechedit.editors import get_editor
+
+    moved = get_editor(method).at_layers(base, edit_layers(method, layer, n_layers, edit_window))
     moved = moved.replace(objective=OBJECTIVES[variant])
     if variant in NOISED_VARIANTS:
         if sigma is None:

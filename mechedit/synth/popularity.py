@@ -66,7 +66,8 @@ class PopularityConfig(Config):
         n_bins: popularity bins (equal-size groups of the candidate entities by degree).
         max_facts_per_set: cap on each side-effect set (seeded sample when larger).
         n_unrelated: size of the fixed unrelated-fact sample.
-        hparams: per-method overrides of config fields, e.g. ``{"rome": {"layer": 1}}``.
+        hparams: per-method overrides of config fields, e.g. ``{"rome": {"layers": [1]}}`` (the
+            former ``"layer": 1`` reads the same).
     """
 
     methods: tuple[str, ...] = ("rome", "memit", "ft")
@@ -100,8 +101,7 @@ class PopularityConfig(Config):
         for method, fields in self.hparams.items():
             if not isinstance(fields, dict):
                 raise ConfigError(f"hparams[{method!r}] must be an object of config fields, got {fields!r}")
-            cls = get_editor(method).config_class
-            cls.from_dict({**cls().to_dict(), "objective": "erase", **fields})
+            get_editor(method).config_class().with_fields({"objective": "erase", **fields})
 
 
 
@@ -240,7 +240,7 @@ def editor_configs(model: Any, config: PopularityConfig) -> dict[str, Any]:
     out = {}
     for m in config.methods:
         spec = get_editor(m)
-        out[m] = spec.config_for(model).replace(**{"objective": "erase", **config.hparams.get(m, {})})
+        out[m] = spec.config_for(model).with_fields({"objective": "erase", **config.hparams.get(m, {})})
     return out
 
 
