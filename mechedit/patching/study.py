@@ -205,6 +205,18 @@ class TraceStudy(Study):
         averaged = write_aggregates(rows, out, self.config.kinds) if aggregate else {}
         return TraceReport(len(rows), written, averaged)
 
+    def html_report(self, result: Any, command: str) -> str:
+        """One self-contained HTML page: averages per kind, example heatmaps, settings (no model)."""
+        from mechedit.patching.html import dataset_page
+
+        results = [r.patch_result() for r in result.rows["traces"] if isinstance(r, TraceRow)]
+        if not results:
+            raise DataError("this study has no stored traces yet: nothing to report")
+        plan = self.planned
+        return dataset_page(results, settings_={
+            "command": command, "model": self.model.name, **self.config.to_dict(), "sigma": plan.sigma,
+            "records": len(plan.records), "data_sha256": plan.data_sha256, "traced": len(results)})
+
 
 @dataclass(frozen=True)
 class TraceReport:
