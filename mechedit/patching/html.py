@@ -84,7 +84,7 @@ def _grid_svg(values: Sequence[Sequence[float]], row_labels: Sequence[str], scal
     return "".join(parts)
 
 
-def _colorbar(scale: ColorScale, x: float, height: float) -> str:
+def _colorbar(scale: ColorScale, x: int, height: int) -> str:
     steps, bar_h = 24, max(height - TOP, 60)
     out = []
     for i in range(steps):
@@ -135,7 +135,7 @@ def curves_svg(agg: Aggregate, *, width: int = 560, height: int = 240) -> str:
 
     parts = [f'<svg class="mechedit-curves" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">',
              f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>',
-             f'<polyline points="{xy(0, 0)} {xy(n_layers - 1, 0)}" stroke="#bbb" fill="none"/>']
+             f'<polyline points="{xy(0, 0.0)} {xy(n_layers - 1, 0.0)}" stroke="#bbb" fill="none"/>']
     for i, name in enumerate(agg.classes):
         color, mean = _PALETTE[i % len(_PALETTE)], agg.mean[i].tolist()
         if not any(math.isfinite(v) for v in mean):
@@ -230,6 +230,24 @@ class HTMLView:
 
     def _repr_html_(self) -> str:
         return f'<div class="mechedit-report"><style>{CSS}</style>{self.html}<script>{SCRIPT}</script></div>'
+
+
+def topk_table(cell: Any) -> str:
+    """A :class:`~mechedit.patching.topk.CellTopK` as a table: rank × (clean, corrupted, patched)."""
+    runs = [getattr(cell, name) for name in cell.RUNS]
+    head = "".join(f"<th>{name}</th>" for name in cell.RUNS)
+    rows = "".join("<tr><td>" + str(i + 1) + "</td>" + "".join(
+        f"<td>{escape(repr(t.tokens[i]))} {t.probs[i]:.3f}</td>" if i < len(t.tokens) else "<td></td>"
+        for t in runs) + "</tr>" for i in range(max(len(t.tokens) for t in runs)))
+    answer = "".join(f"<td>{t.answer_prob:.3f}</td>" for t in runs)
+    return (f'<div class="caption">cell {escape(repr(cell.label))} @ layer {cell.layer}: score {cell.score:.4g}'
+            f'</div><table class="mechedit-topk"><tr><th>rank</th>{head}</tr>{rows}'
+            f"<tr><th>P({escape(repr(cell.answer))})</th>{answer}</tr></table>")
+
+
+def topk_view(cell: Any) -> HTMLView:
+    """A cell's top-k predictions for a notebook (:func:`topk_table`)."""
+    return HTMLView(topk_table(cell))
 
 
 def view(result: PatchResult) -> HTMLView:
