@@ -255,7 +255,7 @@ def write_result(result: PatchResult, stem: Path) -> bool:
 
 def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) -> dict[str, int]:
     """``aggregate_KIND.csv``/``.png`` per kind with results; the number of prompts of each."""
-    from mechedit.patching.plots import average_effect_plot
+    from mechedit.patching.plots import average_effect_plot, kind_title
     from mechedit.patching.results import aggregate
 
     counts = {}
@@ -264,6 +264,7 @@ def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) 
         if results:
             agg = aggregate(results)
             atomic_write_text(out / f"aggregate_{kind}.csv", agg.to_dataframe().to_csv(index=False))
-            atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg))
+            title = f"{results[0].model} · {kind_title(results[0])} · mean over {len(results)} prompts"
+            atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg, title=title))
             counts[kind] = len(results)
     return counts
