@@ -64,7 +64,7 @@ def _grid_svg(values: Sequence[Sequence[float]], row_labels: Sequence[str], scal
     """An SVG heatmap: one ``rect.cell`` per value, row labels, layer ticks and a colour bar."""
     n_rows, n_cols = len(values), len(values[0]) if values else 0
     width, height = label_w + n_cols * CELL_W, TOP + n_rows * CELL_H
-    parts = [f'<svg class="mechedit-heatmap" xmlns="http://www.w3.org/2000/svg" width="{width + 150}" '
+    parts = [f'<svg class="mechedit-heatmap" xmlns="http://www.w3.org/2000/svg" width="{width + 180}" '
              f'height="{height + 40}" data-rows="{n_rows}" data-layers="{n_cols}">']
     for r, (row, label) in enumerate(zip(values, row_labels, strict=True)):
         y = TOP + r * CELL_H
@@ -118,16 +118,16 @@ def aggregate_svg(agg: Aggregate) -> str:
     lo, hi = min(min(finite), 0.0), max(max(finite), 1e-12)
     scale = ColorScale("Purples" if agg.kind.startswith("resid") else
                        {"mlp_out": "Greens", "attn_out": "Reds"}.get(agg.kind, "viridis"), lo, hi,
-                       None, "", "indirect effect")
+                       None, "", "effect")
     return _grid_svg(values, list(agg.classes), scale, tips, label_w=180)
 
 
-def curves_svg(agg: Aggregate, *, width: int = 560, height: int = 240) -> str:
+def curves_svg(agg: Aggregate, *, width: int = 580, height: int = 240) -> str:
     """The token-class curves: mean indirect effect against layer, 95% bands where n > 1."""
     n_layers = agg.mean.shape[1]
     pts = [float(v) for t in (agg.mean, agg.low, agg.high) for v in t.reshape(-1) if math.isfinite(float(v))]
     lo, hi = min([*pts, 0.0]), max([*pts, 1e-12])
-    left, right, top, bottom = 50, 215, 10, 30
+    left, right, top, bottom = 72, 215, 10, 30
     pw, ph = width - left - right, height - top - bottom
 
     def xy(layer: int, v: float) -> str:
