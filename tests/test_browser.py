@@ -118,7 +118,7 @@ def test_exported_notebook_renders(tmp_path):
     page.write_text(body)
     count, pixels = _open(page, tmp_path)
     views = [o for c in json.loads(NOTEBOOK.read_text())["cells"] for o in c.get("outputs", [])
-             if "mechedit-heatmap" in "".join(o.get("data", {}).get("text/html", ""))]
+             if 'class="mechedit-heatmap"' in "".join(o.get("data", {}).get("text/html", ""))]
     assert len(count.heatmaps) == len(views) >= 2  # resid and the pair
     assert count.cells == sum(r * c for r, c in count.heatmaps) and (11, 30) in count.heatmaps
     assert count.images >= 2  # the matplotlib figures
