@@ -208,6 +208,8 @@ def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
     (tmp_path / "res" / "predictions.csv").unlink()
     assert main(["study", "report", str(tmp_path / "res")]) == 0
     assert (tmp_path / "res" / "predictions.csv").read_text().count("\n") == len(PROMPTS) + 1
+    assert main(["study", "report", str(tmp_path / "res"), "--html"]) == 2  # trace studies only, said plainly
+    assert "predictions study has no HTML report" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text('study = "nope"\nmodel = "x"\n')
     assert main(["study", "run", str(bad), "--out", str(tmp_path / "o")]) == 2

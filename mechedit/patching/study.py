@@ -205,6 +205,18 @@ class TraceStudy(Study):
         averaged = write_aggregates(rows, out, self.config.kinds) if aggregate else {}
         return TraceReport(len(rows), written, averaged)
 
+    def html_report(self, result: Any, command: str) -> str:
+        """One self-contained HTML page: averages per kind, example heatmaps, settings (no model)."""
+        from mechedit.patching.html import dataset_page
+
+        results = [r.patch_result() for r in result.rows["traces"] if isinstance(r, TraceRow)]
+        if not results:
+            raise DataError("this study has no stored traces yet: nothing to report")
+        plan = self.planned
+        return dataset_page(results, settings_={
+            "command": command, "model": self.model.name, **self.config.to_dict(), "sigma": plan.sigma,
+            "records": len(plan.records), "data_sha256": plan.data_sha256, "traced": len(results)})
+
 
 @dataclass(frozen=True)
 class TraceReport:
@@ -244,7 +256,7 @@ def write_result(result: PatchResult, stem: Path) -> bool:
 
 def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) -> dict[str, int]:
     """``aggregate_KIND.csv``/``.png`` per kind with results; the number of prompts of each."""
-    from mechedit.patching.plots import average_effect_plot
+    from mechedit.patching.plots import average_effect_plot, kind_title
     from mechedit.patching.results import aggregate
 
     counts = {}
@@ -253,6 +265,7 @@ def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) 
         if results:
             agg = aggregate(results)
             atomic_write_text(out / f"aggregate_{kind}.csv", agg.to_dataframe().to_csv(index=False))
-            atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg))
+            title = f"{results[0].model} · {kind_title(results[0])} · mean over {len(results)} prompts"
+            atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg, title=title))
             counts[kind] = len(results)
     return counts
