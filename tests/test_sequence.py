@@ -124,7 +124,7 @@ def test_alphaedit_is_given_the_accumulated_keys():
 
 
 def test_rome_step_two_is_rome_on_the_weights_step_one_left(tiny_gpt2, cache):
-    model, cfg = tiny_gpt2, RomeConfig(layer=1, **SMALL)
+    model, cfg = tiny_gpt2, RomeConfig(layers=(1,), **SMALL)
     seq = EditSequence(model_info(model).name).extend(model, [R1], "rome", cfg, cache=cache)
     seq = seq.extend(model, [R2], "rome", cfg, cache=cache)
     with edited_weights(model, [WeightDelta(1, seq.steps[0].delta(1))]):  # by hand: step 2 on W₀ + ΔW₁

@@ -26,8 +26,9 @@ from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, run
 from mechedit.models import model_info
 from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, pair_runs
-from mechedit.patching.engine import Cell, CellBatch, PatchConfig, PatchKind, needed_sites
+from mechedit.patching.engine import Cell, CellBatch, PatchConfig, needed_sites
 from mechedit.patching.results import PatchResult
+from mechedit.sites import SiteKind
 from mechedit.tokens import str_tokens
 
 
@@ -113,7 +114,7 @@ def cell_topk(model: Any, result: PatchResult, row: int, layer: int, *, k: int =
         raise ConfigError(f"k must be >= 1, got {k}")
     cell = _cell(result, row, layer)
     runs = result_runs(model, result)
-    config = PatchConfig(kind=PatchKind(result.kind), window=result.window, direction=result.direction,
+    config = PatchConfig(kind=SiteKind(result.kind), window=result.window, direction=result.direction,
                          sever=result.sever)  # type: ignore[arg-type]
     sites = tuple(needed_sites(config, model_info(model).n_layers))
     noise = [runs.noise] if runs.noise is not None else []

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mechedit.config import Choice, Config, to_jsonable
+from mechedit.config import Choice, Config
 from mechedit.data import CounterFactRecord, Order
 from mechedit.errors import ConfigError, DataError
 from mechedit.studies.study import ModelSpec, Row, Study, Unit, content_hash, register_study, unit_key
@@ -210,7 +210,7 @@ class CollapseStudy(Study):
 
     def settings(self) -> dict[str, Any]:
         return {"model": self.model.name, "config": self.config.to_dict(),
-                "editors": {k: to_jsonable(v) for k, v in self.editor_configs.items()}}
+                "editors": {k: v.identity() for k, v in self.editor_configs.items()}}
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any], *, device: str = "cpu", threads: int | None = None) -> CollapseStudy:
@@ -278,7 +278,7 @@ class CollapseStudy(Study):
         hashes = dict(tuple(p) for p in self._plan.get("records", []))
         facts = [[rid, hashes[rid]] for s in self.steps_of(method)[:k] for rid in s]
         return content_hash({"model": self.model.name, "editor": self.config.methods[method].editor,
-                             "config": to_jsonable(self.editor_configs[method]), "facts": facts,
+                             "config": self.editor_configs[method].identity(), "facts": facts,
                              "scoring": str(self.config.scoring)}, 20)
 
     def units(self, table: str, done: Mapping[str, Mapping[str, Row]]) -> Sequence[Unit]:
