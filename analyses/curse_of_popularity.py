@@ -7,7 +7,17 @@ tables and figures by its report); then trace a sample of facts and compare the
 MLP trace peak with the layer where ROME erasure works best (a sweep study in
 ``trace_vs_edit/``, :mod:`mechedit.synth.localization`). Resumable.
 
+With ``--graphs``: Takahashi et al.'s own setting (issue 19) — the shipped ``kg-er`` and
+``kg-ba`` models (200 untyped entities, 50 relations, Erdős–Rényi / Barabási–Albert
+topology, :mod:`mechedit.synth.graphs`; trained here if missing, resumably). Per topology:
+the MLP causal trace of ``--trace-facts`` known facts picks ROME's layer (as the paper
+does), then the ``popularity`` study erases one fact per entity with ROME (that layer),
+MEMIT and FT (kg-small's hparams) into ``graphs/{topology}/``; ``graphs/`` gets the
+side-by-side figures (damage vs degree, vs corpus frequency), ``correlations.csv`` (both
+topologies) and ``report.md``.
+
     PYTHONPATH=. python analyses/curse_of_popularity.py
+    PYTHONPATH=. python analyses/curse_of_popularity.py --graphs --n-entities 40 --trace-facts 4
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from mechedit.synth.popularity import PopularityConfig, known_facts
 from mechedit.synth.popularity_study import PopularityStudy
 
 OUT = Path(__file__).parent / "results" / "curse_of_popularity"
+TOPOLOGY_MODELS = {"erdos_renyi": "kg-er", "barabasi_albert": "kg-ba"}
 
 
 def findings(result, summary) -> str:
@@ -48,13 +59,104 @@ def findings(result, summary) -> str:
     return "\n".join(lines)
 
 
+# --- issue 19: Erdős–Rényi vs Barabási–Albert ------------------------------------------------
+
+
+def topology_model(topology: str) -> Path:
+    """The shipped model of a topology; trained into the package data directory if missing
+    (resumes from its checkpoint; the graph and training configs are the shipped ones)."""
+    from mechedit.synth.corpus import CorpusConfig
+    from mechedit.synth.graphs import GraphConfig
+    from mechedit.synth.pipeline import build_kg_dir, train_model_dir
+    from mechedit.synth.train import TrainConfig
+
+    out = Path(mechedit.synth.__file__).parent / "data" / TOPOLOGY_MODELS[topology]
+    if not (out / "metrics.json").is_file():
+        graph = build_kg_dir(GraphConfig(topology=topology), CorpusConfig(), out.with_name(out.name + "-graph"))
+        train_model_dir(graph, TrainConfig(), out)
+    return out
+
+
+def graphs_config(layer: int, n_entities: int) -> PopularityConfig:
+    """ROME at the traced layer; ROME's other fields, MEMIT and FT as tuned on kg-small."""
+    from mechedit.editors import get_editor
+
+    hp = {m: {k: v for k, v in get_editor(m).config_for(SHIPPED_MODEL).to_dict().items() if k != "objective"}
+          for m in ("rome", "memit", "ft")}
+    hp["rome"]["layer"] = layer
+    return PopularityConfig(n_entities=n_entities, n_bins=5, seed=0, hparams=hp)
+
+
+def run_topology(topology: str, args, cmd: str):
+    """Trace for ROME's layer (cached in ``trace_layer.csv``), then the popularity study."""
+    import pandas as pd
+
+    from mechedit.synth.localization import trace_peak_layer
+
+    model_dir, out = topology_model(topology), args.out / "graphs" / topology
+    model, kg = mechedit.load_model(model_dir), load_kg_dir(model_dir)[0]
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "trace_layer.csv").is_file():
+        facts = sorted(random.Random(0).sample(known_facts(model, kg), args.trace_facts))
+        trace_peak_layer(model, kg, facts).to_csv(out / "trace_layer.csv", index=False)
+    layers = pd.read_csv(out / "trace_layer.csv")
+    layer = int(layers.loc[layers["mean_effect"].idxmax(), "layer"])
+    study = PopularityStudy(ModelSpec(model_dir.name, loaded=model), graphs_config(layer, args.n_entities), kg=kg)
+    return study.report(run_study(study, out), out, cmd), layers
+
+
+def run_graphs(args, cmd: str) -> int:
+    import pandas as pd
+
+    from mechedit.studies.files import atomic_write_figure
+    from mechedit.synth.popularity_plots import topology_comparison
+
+    t0, results, layers = time.time(), {}, {}
+    for topology in args.topologies:
+        results[topology], layers[topology] = run_topology(topology, args, cmd)
+    out = args.out / "graphs"
+    for pop in ("degree", "corpus_freq"):
+        atomic_write_figure(out / f"damage_vs_{pop}_by_topology.png", topology_comparison(
+            {t.replace("_", "–").title(): r for t, r in results.items()}, popularity=pop))
+    corr = pd.concat([r.correlations.assign(topology=t) for t, r in results.items()])
+    corr.to_csv(out / "correlations.csv", index=False)
+    with open(out / "runs.log", "a") as fh:
+        fh.write(f"{datetime.datetime.now().isoformat(timespec='seconds')}  {cmd.strip()}  "
+                 f"wall {time.time() - t0:.0f} s\n")
+    (out / "report.md").write_text(graphs_report(results, layers, corr, cmd, (out / "runs.log").read_text()))
+    return 0
+
+
+def graphs_report(results, layers, corr, cmd: str, log: str) -> str:
+    c = corr[(corr["damage_measure"] == "damage")]
+    lines = ["| topology | method | set | n | mean damage | Spearman ρ vs degree (95% CI) | "
+             "Spearman ρ vs corpus freq (95% CI) |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for (t, m, s), g in c.groupby(["topology", "method", "set"], sort=True):
+        d, f = g[g["popularity"] == "degree"].iloc[0], g[g["popularity"] == "corpus_freq"].iloc[0]
+        mean = results[t].rows.query("method == @m and set == @s")["damage"].mean()
+        lines.append(f"| {t} | {m} | {s} | {d.n} | {mean:.3f} | {d.spearman_r:.2f} ({d.spearman_lo:.2f}, "
+                     f"{d.spearman_hi:.2f}) | {f.spearman_r:.2f} ({f.spearman_lo:.2f}, {f.spearman_hi:.2f}) |")
+    traced = "; ".join(f"{t}: " + ", ".join(f"L{r.layer} {r.mean_effect:.3f}" for r in lay.itertuples())
+                       + f" (n = {int(lay['n'].iloc[0])})" for t, lay in layers.items())
+    return (f"# Curse of popularity: Erdős–Rényi vs Barabási–Albert (issue 19)\n\nCommand: `{cmd.strip()}`  \n"
+            f"Date: {datetime.date.today()}; mechedit {mechedit.__version__}\n\nInvocations:\n\n```\n{log}```\n\n"
+            f"Mean MLP tracing effect at the subject's last token per layer (ROME's layer = the largest): "
+            f"{traced}\n\nDamage = mean drop in teacher-forced P(correct object) over the set:\n\n"
+            + "\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--n-entities", type=int, default=100)
     ap.add_argument("--trace-facts", type=int, default=20)
+    ap.add_argument("--graphs", action="store_true", help="the ER vs BA comparison (issue 19) instead of kg-small")
+    ap.add_argument("--topologies", nargs="+", default=list(TOPOLOGY_MODELS), choices=list(TOPOLOGY_MODELS),
+                    help="with --graphs: which topologies to run (the report covers those finished)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if args.graphs:
+        return run_graphs(args, "PYTHONPATH=. python analyses/curse_of_popularity.py " + " ".join(argv or sys.argv[1:]))
     t0 = time.time()
     model_dir = shipped_model_dir()
     model, kg = mechedit.load_model(model_dir), load_kg_dir(model_dir)[0]

@@ -27,8 +27,9 @@ import torch
 import mechedit
 from mechedit.analysis.sweep import SweepConfig
 from mechedit.analysis.sweep_study import SweepStudy, prefetch_stats, resolve_editors
-from mechedit.data import KnownFilter, filter_known, load_counterfact
+from mechedit.data import load_counterfact
 from mechedit.editors import EditorCache
+from mechedit.evaluation.known import KnownFilter, filter_known
 from mechedit.models import model_info
 from mechedit.studies import ModelSpec, run_study
 

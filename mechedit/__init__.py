@@ -26,6 +26,7 @@ from mechedit.interventions import (
     ZeroAblate,
     capture,
     capture_until,
+    describe,
     intervened,
     mean_activation,
     run,
@@ -42,7 +43,7 @@ __all__ = [
     "__version__", "DEFAULT_MODEL", "AddVector", "Capture", "ConfigError", "DataError", "EditRequest", "EmbeddingNoise", "Encoded",
     "Intervention", "MeanAblate", "MecheditError", "ModelInfo", "ModelNotAvailableError", "OutputError", "Patch", "PositionError",
     "Prediction", "Prefix", "RowNoise", "Site", "ShapeError", "SiteError", "SiteKind", "TokenizationError", "WeightDelta",
-    "ZeroAblate", "apply_permanently", "cache_dir", "capture", "capture_until", "edited_weights", "encode", "intervened",
+    "ZeroAblate", "apply_permanently", "cache_dir", "capture", "capture_until", "describe", "edited_weights", "encode", "intervened",
     "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "run_from", "subject_span",
     "target_ids",
 ]

@@ -10,8 +10,8 @@
 Both validate every record on load. A malformed record is skipped and reported by id
 with what is wrong in the returned :class:`LoadReport` (and logged as a warning); the
 other records still load. :func:`select_records` picks the records a study uses (a
-seeded sample spread over relations, or file order); :func:`filter_known` keeps the facts
-the model knows.
+seeded sample spread over relations, or file order). Which facts a model knows is measured
+beside the evaluation (:func:`mechedit.evaluation.known.filter_known`): this module runs no model.
 """
 
 from __future__ import annotations
@@ -21,16 +21,13 @@ import logging
 import os
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from mechedit.config import Choice, Config
+from mechedit.config import Choice
 from mechedit.errors import ConfigError, DataError
 from mechedit.requests import EditRequest
-from mechedit.tokens import Prefix
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +94,18 @@ class CounterFactRecord:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def to_counterfact_dict(self) -> dict[str, Any]:
+        """The record in CounterFact's own JSON schema, as :func:`load_counterfact` reads it."""
+        def target(text: str, tid: str | None) -> dict[str, Any]:
+            return {"str": text} if tid is None else {"str": text, "id": tid}
+        return {"case_id": self.case_id,
+                "requested_rewrite": {"prompt": self.prompt, "relation_id": self.relation_id,
+                                      "subject": self.subject,
+                                      "target_new": target(self.target_new, self.target_new_id),
+                                      "target_true": target(self.target_true, self.target_true_id)},
+                **{k: list(getattr(self, k)) for k in ("paraphrase_prompts", "neighborhood_prompts",
+                                                       "attribute_prompts", "generation_prompts")}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CounterFactRecord":
@@ -325,96 +334,3 @@ def select_records(records: Sequence[Any], n: int | None, *, order: Order | str 
 
 
 # --- "the model knows this fact" -----------------------------------------------------
-
-
-class KnownMode(Choice):
-    TOP1 = "top1"  # the first token of target_true is the model's top-1 after the prompt
-    THRESHOLD = "threshold"  # P(target_true) > p (ROME convention: exp(-mean NLL))
-
-
-@dataclass(frozen=True)
-class KnownFilter(Config):
-    """Settings of :func:`filter_known`."""
-
-    mode: KnownMode | str = KnownMode.TOP1
-    p: float = 0.1
-    prefix: Prefix | str = Prefix.NEUTRAL  # the prefix edits are computed and scored behind
-    batch_size: int = 32
-
-    def __post_init__(self) -> None:
-        self.coerce("mode", KnownMode)
-        self.coerce("prefix", Prefix)
-        if not 0.0 <= self.p < 1.0:
-            raise ConfigError(f"KnownFilter.p must be in [0, 1), got {self.p}")
-        self.require_positive("batch_size")
-
-
-@dataclass(frozen=True)
-class FilterReport:
-    """How many records survived :func:`filter_known`, and each record's score."""
-
-    config: KnownFilter
-    n_in: int
-    n_kept: int
-    kept_ids: tuple[str, ...] = ()
-    scores: dict[str, float] = field(default_factory=dict)  # top1: 1.0/0.0; threshold: P(true)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "n_in": self.n_in, "n_kept": self.n_kept,
-                "kept_ids": list(self.kept_ids), "scores": dict(self.scores)}
-
-    def __str__(self) -> str:
-        return (f"known-fact filter ({self.config.mode}{'' if self.config.mode == 'top1' else f', p > {self.config.p}'}): "
-                f"{self.n_kept} of {self.n_in} records kept")
-
-
-def filter_known(model: Any, records: Sequence[CounterFactRecord | KnownRecord],
-                 config: KnownFilter | None = None, *, progress: bool = False) -> tuple[list[Any], FilterReport]:
-    """Keep the records whose true target the model predicts after the record's prompt.
-
-    ``progress``: a tqdm bar on stderr over the batches of the (default) ``top1`` mode.
-    """
-    from mechedit.evaluation.probs import target_logprobs
-    from mechedit.tokens import encode, target_ids
-
-    config = config or KnownFilter()
-    prompts = [r.text for r in records]
-    targets = [r.target_true for r in records]
-    scores: dict[str, float] = {}
-    if config.mode is KnownMode.THRESHOLD:
-        probs = target_logprobs(model, prompts, targets, prefix=config.prefix,
-                                batch_size=config.batch_size).mean_nll_prob()
-        for r, p in zip(records, probs.tolist(), strict=True):
-            scores[r.record_id] = float(p)
-        keep = [r for r in records if scores[r.record_id] > config.p]
-    else:
-        encoded = [encode(model, p, prefix=config.prefix).ids for p in prompts]
-        firsts = [target_ids(model, p, t)[0] for p, t in zip(prompts, targets, strict=True)]
-        top1 = _top1_batched(model, encoded, config.batch_size, progress)
-        for r, pred, first in zip(records, top1, firsts, strict=True):
-            scores[r.record_id] = float(pred == first)
-        keep = [r for r in records if scores[r.record_id] == 1.0]
-    report = FilterReport(config, len(records), len(keep), tuple(r.record_id for r in keep), scores)
-    log.info("%s", report)
-    return keep, report
-
-
-def _top1_batched(model: Any, encoded: Sequence[Sequence[int]], batch_size: int,
-                  progress: bool = False) -> list[int]:
-    """The top-1 next token after each prompt; right-padded batches (pads follow, never precede)."""
-    from tqdm.auto import tqdm
-
-    from mechedit.interventions import run
-
-    device = next(model.parameters()).device
-    out: list[int] = []
-    starts = range(0, len(encoded), batch_size)
-    for lo in tqdm(starts, desc="known-fact filter", unit="batch", disable=not progress, leave=False):
-        chunk = encoded[lo:lo + batch_size]
-        ids = torch.zeros(len(chunk), max(len(e) for e in chunk), dtype=torch.long)
-        for b, e in enumerate(chunk):
-            ids[b, : len(e)] = torch.tensor(list(e), dtype=torch.long)
-        logits = run(model, ids.to(device))
-        last = torch.tensor([len(e) - 1 for e in chunk], device=logits.device)
-        out += logits[torch.arange(len(chunk), device=logits.device), last].argmax(-1).tolist()
-    return out

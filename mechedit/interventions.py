@@ -38,7 +38,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechedit import tlens
+from mechedit import fastpath, tlens
 from mechedit.errors import ConfigError, PositionError, ShapeError
 from mechedit.sites import Site, SiteKind
 
@@ -236,11 +236,18 @@ class RowNoise:
     ``(seed, b, span length, d_model)``: the same at every call (fixed across an
     optimisation), and equal to :class:`EmbeddingNoise` when every row has the same span.
     The batch must have exactly one row per span.
+
+    ``draws`` (optional, one ``(draw, n_draws)`` per row) gives row ``b`` draw ``draw`` of a
+    stream of ``n_draws`` rows instead (default: ``(b, 1 + the last row with b's span length)``).
+    :meth:`for_rows` uses it, so a batch cut out of the rows gets the same noise per row
+    as the whole batch: a teacher-forced scorer that cuts rows into batches
+    (:func:`mechedit.evaluation.probs.sequence_logprobs`) takes a ``RowNoise`` over all rows.
     """
 
     spans: tuple[tuple[int, int], ...]
     scale: float
     seed: int = 0
+    draws: tuple[tuple[int, int], ...] | None = None
 
     def __post_init__(self) -> None:
         spans = tuple((int(a), int(b)) for a, b in self.spans)
@@ -249,18 +256,36 @@ class RowNoise:
         if not (math.isfinite(self.scale) and self.scale >= 0):
             raise ConfigError(f"noise scale must be a finite number >= 0, got {self.scale}")
         object.__setattr__(self, "spans", spans)
+        if self.draws is not None:
+            draws = tuple((int(d), int(n)) for d, n in self.draws)
+            if len(draws) != len(spans) or any(not 0 <= d < n for d, n in draws):
+                raise ConfigError(f"RowNoise.draws needs one (draw, n_draws) with 0 <= draw < n_draws per row, "
+                                  f"got {list(self.draws)} for {len(spans)} rows")
+            object.__setattr__(self, "draws", draws)
+
+    def row_draws(self) -> tuple[tuple[int, int], ...]:
+        """``(draw, n_draws)`` of each row (see the class doc)."""
+        if self.draws is not None:
+            return self.draws
+        last = {b - a: row for row, (a, b) in enumerate(self.spans)}
+        return tuple((row, last[b - a] + 1) for row, (a, b) in enumerate(self.spans))
+
+    def for_rows(self, rows: Sequence[int]) -> RowNoise:
+        """The noise of a batch holding ``rows`` of this one, in order (each row keeps its draw)."""
+        draws = self.row_draws()
+        return RowNoise(tuple(self.spans[r] for r in rows), self.scale, self.seed, tuple(draws[r] for r in rows))
 
     def noise(self, pos: int, d_model: int) -> Float[Tensor, "batch pos d_model"]:
         """The dense noise this intervention adds (zero outside the spans; float32, CPU)."""
         out = torch.zeros(len(self.spans), pos, d_model)
-        by_length: dict[int, list[int]] = {}
-        for row, (a, b) in enumerate(self.spans):
-            by_length.setdefault(b - a, []).append(row)
-        for length, rows in by_length.items():  # one generator per length: EmbeddingNoise's stream
-            unit = torch.randn((max(rows) + 1, length, d_model), generator=torch.Generator().manual_seed(self.seed))
-            for row in rows:
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for row, ((a, b), (draw, n_draws)) in enumerate(zip(self.spans, self.row_draws(), strict=True)):
+            groups.setdefault((b - a, n_draws), []).append((row, draw))
+        for (length, n_draws), rows in groups.items():  # one generator per stream: EmbeddingNoise's
+            unit = torch.randn((n_draws, length, d_model), generator=torch.Generator().manual_seed(self.seed))
+            for row, draw in rows:
                 a, b = self.spans[row]
-                out[row, a:b] = unit[row] * self.scale
+                out[row, a:b] = unit[draw] * self.scale
         return out
 
     def hooks(self, model: Any) -> Iterator[tuple[str, HookFn]]:
@@ -373,7 +398,7 @@ def run_from(
     engine and ROME's v* optimisation rely on this.
     """
     with intervened(model, interventions), torch.set_grad_enabled(grad):
-        return tlens.forward_blocks(model, resid=resid, start=start)
+        return fastpath.forward_blocks(model, resid=resid, start=start)
 
 
 def capture_until(model: Any, input_ids: Int[Tensor, "batch pos"], sites: Sequence[Site],
@@ -384,7 +409,7 @@ def capture_until(model: Any, input_ids: Int[Tensor, "batch pos"], sites: Sequen
         return capture(model, input_ids, sites, interventions)
     cap = Capture(tuple(sites))
     with intervened(model, [*interventions, cap]), torch.no_grad():
-        tlens.forward_blocks(model, input_ids=input_ids, stop_after=max(layers))
+        fastpath.forward_blocks(model, input_ids=input_ids, stop_after=max(layers))
     return cap.store
 
 

@@ -30,6 +30,10 @@ class SiteKind(StrEnum):
     MLP_KEY = "mlp_key"
 
     @property
+    def is_resid(self) -> bool:
+        return self in (SiteKind.RESID_PRE, SiteKind.RESID_MID, SiteKind.RESID_POST)
+
+    @property
     def needs_layer(self) -> bool:
         return self is not SiteKind.EMBED
 
@@ -92,35 +96,3 @@ class Site:
         kind, _, layer = text.partition("@")
         return cls(SiteKind(kind) if kind in SiteKind._value2member_map_ else kind,  # type: ignore[arg-type]
                    int(layer) if layer else None)
-
-
-def embed() -> Site:
-    return Site(SiteKind.EMBED)
-
-
-def resid_pre(layer: int) -> Site:
-    return Site(SiteKind.RESID_PRE, layer)
-
-
-def resid_mid(layer: int) -> Site:
-    return Site(SiteKind.RESID_MID, layer)
-
-
-def resid_post(layer: int) -> Site:
-    return Site(SiteKind.RESID_POST, layer)
-
-
-def attn_out(layer: int) -> Site:
-    return Site(SiteKind.ATTN_OUT, layer)
-
-
-def head_z(layer: int) -> Site:
-    return Site(SiteKind.HEAD_Z, layer)
-
-
-def mlp_out(layer: int) -> Site:
-    return Site(SiteKind.MLP_OUT, layer)
-
-
-def mlp_key(layer: int) -> Site:
-    return Site(SiteKind.MLP_KEY, layer)

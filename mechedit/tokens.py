@@ -17,15 +17,17 @@ Subject spans come from the tokenizer's character offsets, so they are robust to
 leading spaces (``Ġ``) and SentencePiece pieces (``▁``). Targets are tokenised *in
 context* (prompt + target, keeping the tokens after the prompt), which gives the right
 leading-space convention for every tokenizer; multi-token targets are first-class.
+Batches of prompts of different lengths are padded on the right (:func:`pad_right`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from mechedit.config import Choice
@@ -161,3 +163,40 @@ def str_tokens(model: Any, ids: Any) -> list[str]:
     """Decoded strings of individual token ids (for display)."""
     tok = _tokenizer(model)
     return [tok.decode([int(i)]) for i in ids]
+
+
+@dataclass(frozen=True)
+class Padded:
+    """Rows of token ids of different lengths in one right-padded batch (:func:`pad_right`).
+
+    Row ``b``'s real tokens are ``ids[b, : lengths[b]]``; what follows is padding. In a
+    causal model no real position attends to a later one, so the padding cannot change a
+    real position's activations or logits (the reason every batch in mechedit pads on the right).
+    """
+
+    ids: Int[Tensor, "batch pos"]
+    lengths: Int[Tensor, " batch"]
+
+    @property
+    def mask(self) -> Bool[Tensor, "batch pos"]:
+        """True at the real tokens."""
+        return torch.arange(self.ids.shape[1])[None, :] < self.lengths[:, None]
+
+    @property
+    def last(self) -> Int[Tensor, " batch"]:
+        """Each row's last real position."""
+        return self.lengths - 1
+
+
+def pad_right(rows: Sequence[Sequence[int]], pad_id: int, *, width: int | None = None) -> Padded:
+    """Right-pad ``rows`` of token ids with ``pad_id`` to ``width`` (default: the longest row)."""
+    lengths = [len(r) for r in rows]
+    if not rows or min(lengths) < 1:
+        raise TokenizationError("pad_right needs at least one row, each of at least one token")
+    width = max(lengths) if width is None else width
+    if width < max(lengths):
+        raise TokenizationError(f"pad_right: width {width} is shorter than the longest row ({max(lengths)})")
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+    return Padded(ids, torch.tensor(lengths, dtype=torch.long))

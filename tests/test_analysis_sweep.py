@@ -4,7 +4,7 @@
 References are independent of the study's code path: the rows the old ``run_sweep`` loop
 computed before the sweep became a study (``tests/data/sweep_golden_bfcd9d4.json``),
 tracing effects by a loop over the PatchResult's cells, edit scores from teacher-forced
-probabilities (:func:`mechedit.editors.target_probability`) of an edit recomputed by hand,
+probabilities (:func:`mechedit.evaluation.probs.target_prob`) of an edit recomputed by hand,
 resume against an uninterrupted run, and the committed SmolLM2 tables.
 """
 
@@ -24,9 +24,9 @@ import mechedit
 from mechedit.analysis import sweep_study as study_mod
 from mechedit.analysis.sweep import (
     SweepConfig,
+    edit_scores,
     is_content_token,
     reversal_candidate,
-    variant_scores,
 )
 from mechedit.analysis.sweep_rows import SweepResult, SweepRow, SweepTraceRow
 from mechedit.analysis.sweep_study import SweepStudy, trace_fact
@@ -34,6 +34,7 @@ from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, RomeConfig, get_editor
 from mechedit.errors import ConfigError, MecheditError
 from mechedit.evaluation.hase import erasure_score, neighborhood_score, rewrite_score
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import AddVector, EmbeddingNoise
 from mechedit.patching.corruption import embedding_std
 from mechedit.sites import Site
@@ -41,7 +42,7 @@ from mechedit.studies import ModelSpec, load_study_rows, rows_equal, run_study
 from mechedit.synth import shipped_model_dir
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
-BASES = {"rome": RomeConfig(layer=0, lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
+BASES = {"rome": RomeConfig(layers=(0,), lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
 CONFIG = SweepConfig(layers=(0,), methods=("rome",), variants=("injection",), noise_samples=3,
                      essence_texts=1, essence_tokens=4, known_only=False)
 GOLDEN = Path(__file__).parent / "data" / "sweep_golden_bfcd9d4.json"
@@ -101,18 +102,24 @@ def test_reversal_candidate_skips_function_words_and_non_words():
     assert reversal_candidate(torch.tensor([0.5, 0.3, 0.2]), [" the", ",", "."].__getitem__, exclude=0) == 1
 
 
-def test_variant_scores_pick_the_right_target_and_formula():
+def test_edit_scores_pick_the_right_target_and_formula():
     pre = {"rewrite": (0.1, 0.8), "paraphrase": (0.2, 0.6)}
     post = {"rewrite": (0.5, 0.2), "paraphrase": (0.4, 0.9)}
-    assert variant_scores("injection", pre, post) == {"rewrite": rewrite_score(0.1, 0.5),
-                                                      "paraphrase": rewrite_score(0.2, 0.4)}
-    assert variant_scores("erasure", pre, post)["rewrite"] == pytest.approx(0.75)
-    assert variant_scores("erasure", pre, post)["paraphrase"] == 0.0  # it went up: nothing erased
-    assert variant_scores("amplification", pre, post)["paraphrase"] == pytest.approx(0.75)
+
+    def scores(variant):
+        return edit_scores(variant, pre, post, 2.0, 3.0)
+
+    injected = scores("injection")
+    assert (injected["rewrite"], injected["paraphrase"]) == (rewrite_score(0.1, 0.5), rewrite_score(0.2, 0.4))
+    assert math.isnan(injected["neighborhood"]) and injected["essence_drift"] == pytest.approx(0.5)
+    assert scores("erasure")["rewrite"] == pytest.approx(0.75)
+    assert scores("erasure")["paraphrase"] == 0.0  # it went up: nothing erased
+    assert scores("amplification")["paraphrase"] == pytest.approx(0.75)
+    assert scores("forcing")["rewrite"] == rewrite_score(0.8, 0.2)
 
 
 def _p(model, text, target, edit=None):
-    return mechedit.editors.target_probability(model, text, target, "neutral", [edit] if edit else [])
+    return target_prob(model, text, target, prefix="neutral", interventions=[edit] if edit else [])
 
 
 def test_the_study_gives_the_rows_of_the_old_sweep_loop(synth_model, cache, tmp_path):
@@ -142,9 +149,9 @@ def test_row_scores_equal_scores_of_the_edit_computed_directly(synth_model, reco
     row = _sweep(synth_model, records[:1], cfg, cache).rows.iloc[0]
     rec = records[0]
     assert list(row["edit_layers"]) == ([0] if method == "rome" else [0, 1, 2, 3])  # window 5 at 1, clipped
-    econf = (BASES["rome"].replace(layer=0) if method == "rome" else BASES["ft"].replace(layers=(0, 1, 2, 3)))
+    econf = (BASES["rome"].replace(layers=(0,)) if method == "rome" else BASES["ft"].replace(layers=(0, 1, 2, 3)))
     econf = econf.replace(objective="inject" if variant == "injection" else "erase")
-    edit = get_editor(method[:2] if method == "ft5" else method).fn(synth_model, [rec.to_request()], econf,
+    edit = get_editor(method).fn(synth_model, [rec.to_request()], econf,
                                                                     cache=cache)
     target = rec.target_new if variant == "injection" else rec.target_true
     score = rewrite_score if variant == "injection" else erasure_score
@@ -266,16 +273,16 @@ def test_forcing_row_equals_an_edit_and_noised_probabilities_computed_by_hand(sy
     row, rec = result.rows.iloc[0], records[0]
     sigma = cfg.noise_multiple * embedding_std(synth_model)  # the trace's σ, recomputed
     assert result.traces.iloc[0]["sigma"] == pytest.approx(sigma) and row["subject_noise"] == pytest.approx(sigma)
-    econf = BASES["rome"].replace(layer=0, objective="amplify", subject_noise=sigma, noise_seed=2)
+    econf = BASES["rome"].replace(layers=(0,), objective="amplify", subject_noise=sigma, noise_seed=2)
     edit = get_editor("rome").fn(synth_model, [rec.to_request()], econf, cache=cache)
     d = mechedit.model_info(synth_model).d_model
 
     def noised(text, edit=None):  # the mean over the trace's 3 draws, each draw added by hand
         a, b = mechedit.subject_span(synth_model, text, rec.subject, prefix="neutral")
         draws = EmbeddingNoise(tuple(range(a, b)), sigma, seed=2).draws(3, d)
-        return float(np.mean([mechedit.editors.target_probability(
-            synth_model, text, rec.target_true, "neutral",
-            [AddVector(Site("embed"), draws[k], tuple(range(a, b)))] + ([edit] if edit else []))
+        return float(np.mean([target_prob(
+            synth_model, text, rec.target_true, prefix="neutral",
+            interventions=[AddVector(Site("embed"), draws[k], tuple(range(a, b)))] + ([edit] if edit else []))
             for k in range(3)]))
 
     pre, post = noised(rec.text), noised(rec.text, edit)

@@ -21,7 +21,7 @@ from mechedit.synth import shipped_model_dir
 
 ray = pytest.importorskip("ray")
 
-BASES = {"rome": RomeConfig(layer=0, lr=2.0, steps=6, mom2_n_samples=32, mom2_max_length=16,
+BASES = {"rome": RomeConfig(layers=(0,), lr=2.0, steps=6, mom2_n_samples=32, mom2_max_length=16,
                             context_lengths=((5, 2),))}
 CONFIG = SweepConfig(layers=(0, 1), methods=("rome",), variants=("injection", "reversal"), noise_samples=3,
                      essence_texts=1, essence_tokens=4, known_only=False)

@@ -294,7 +294,7 @@ def _run(m, interventions):
 def _rome(m, config=None, requests=None):
     from mechedit.editors import EditorCache, RomeConfig, rome
 
-    return rome(m, requests or [_req()], config or RomeConfig(layer=1), cache=EditorCache(progress=False))
+    return rome(m, requests or [_req()], config or RomeConfig(layers=(1,)), cache=EditorCache(progress=False))
 
 
 def _site(kind="resid_pre", layer=0):
@@ -337,8 +337,8 @@ PY_CASES = [
     ("patch-wrong-equals-answer", lambda m, t: _patch(m, wrong=" Paris"), ConfigError, "tokenises like answer"),
     ("patch-lengths-differ", lambda m, t: _patch(m, corrupted="The Colosseum of ancient Rome is in"),
      TokenizationError, "same number of tokens"),
-    ("edit-layer-out-of-range", lambda m, t: _rome(m, _rome_config(layer=99)), ConfigError, "out of range"),
-    ("edit-erase-without-true", lambda m, t: _rome(m, _rome_config(layer=1, objective="erase")), ConfigError,
+    ("edit-layer-out-of-range", lambda m, t: _rome(m, _rome_config(layers=(99,))), ConfigError, "out of range"),
+    ("edit-erase-without-true", lambda m, t: _rome(m, _rome_config(layers=(1,), objective="erase")), ConfigError,
      "needs requests with target_true"),
     ("unknown-objective", lambda m, t: _rome_config(objective="bogus"), ConfigError, "bogus"),
     ("stats-layer-out-of-range", lambda m, t: _stats(m, t, [99]), ConfigError, "out of range"),
@@ -392,7 +392,7 @@ def _evaluate(m, records):
 
 
 def _known_filter(**kw):
-    from mechedit.data import KnownFilter
+    from mechedit.evaluation.known import KnownFilter
 
     return KnownFilter(**kw)
 
@@ -436,12 +436,13 @@ def test_sampling_status_names_the_cache(tiny_gpt2, tmp_path, capsys):
 
 
 def test_vstar_and_filter_bars_only_when_asked(tiny_gpt2, capsys):
-    from mechedit.data import filter_known, load_counterfact
+    from mechedit.data import load_counterfact
     from mechedit.editors import RomeConfig
     from mechedit.editors.context import ContextTemplateCache
     from mechedit.editors.vstar import build_batch, optimize_delta
+    from mechedit.evaluation.known import filter_known
 
-    config = RomeConfig(layer=1, steps=3, context_lengths=())
+    config = RomeConfig(layers=(1,), steps=3, context_lengths=())
     templates = ContextTemplateCache().get(tiny_gpt2, (), progress=True)
     batch = build_batch(tiny_gpt2, _req(), templates, config.optim())
     quiet = optimize_delta(tiny_gpt2, batch, _site("mlp_out", 1), config.optim())

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mechedit.data import KnownFilter
 from mechedit.errors import ConfigError
+from mechedit.evaluation.known import KnownFilter
 from mechedit.evaluation.run import EvalConfig
 from mechedit.patching.corruption import NoiseConfig
 from mechedit.patching.engine import PatchConfig

@@ -19,7 +19,6 @@ from mechedit.editors import (
     MemitConfig,
     get_editor,
     load_edit,
-    target_probability,
 )
 from mechedit.editors.alphaedit import (
     AlphaEditConfig,
@@ -29,6 +28,7 @@ from mechedit.editors.alphaedit import (
     null_space_projector,
 )
 from mechedit.errors import ConfigError
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import capture_until, run
 from mechedit.sites import Site
 from mechedit.synth import shipped_model_dir
@@ -154,8 +154,8 @@ def test_edit_raises_the_target_and_spares_other_facts_on_the_synthetic_model(sy
     d = edit.diagnostics
     assert d.p_target_after[0] > 100 * d.p_target_before[0], (d.p_target_before, d.p_target_after)
     for r in others:
-        before = target_probability(synth_model, r.text, r.target_true, "neutral")
-        after = target_probability(synth_model, r.text, r.target_true, "neutral", [edit])
+        before = target_prob(synth_model, r.text, r.target_true, prefix="neutral")
+        after = target_prob(synth_model, r.text, r.target_true, prefix="neutral", interventions=[edit])
         assert after == pytest.approx(before, abs=1e-5)
 
 

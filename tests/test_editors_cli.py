@@ -7,6 +7,7 @@ import pytest
 
 from mechedit.cli import edit as edit_cmd
 from mechedit.editors import load_edit
+from mechedit.evaluation.probs import target_prob
 
 
 def _parser():
@@ -63,7 +64,6 @@ def test_bad_layer_arguments():
 
 
 def test_edit_with_subject_noise(tiny_dirs, tiny_gpt2, tmp_path, capsys, monkeypatch):
-    import mechedit
 
     monkeypatch.setenv("MECHEDIT_CACHE_DIR", str(tmp_path / "cache"))
     args = _parser().parse_args([
@@ -77,6 +77,6 @@ def test_edit_with_subject_noise(tiny_dirs, tiny_gpt2, tmp_path, capsys, monkeyp
     assert out["subject_noise"] == 0.5
     assert load_edit(tmp_path / "edit").config["subject_noise"] == 0.5
     assert load_edit(tmp_path / "edit").config["noise_seed"] == 3
-    clean = [mechedit.editors.target_probability(tiny_gpt2, r["prompt"], " Paris", "neutral") for r in out["prompts"]]
+    clean = [target_prob(tiny_gpt2, r["prompt"], " Paris", prefix="neutral") for r in out["prompts"]]
     assert out["prompts"][0]["before"]["p_true"] != pytest.approx(clean[0], rel=1e-3)  # the subject is noised
     assert out["prompts"][1]["before"]["p_true"] == pytest.approx(clean[1], rel=1e-5)  # no subject: no noise

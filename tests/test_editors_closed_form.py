@@ -57,7 +57,7 @@ SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), s
 
 @pytest.mark.parametrize("key", ["consistent", "original"])
 def test_rome_on_a_tiny_model_writes_v_star(tiny_model, cache, key):
-    cfg = RomeConfig(layer=1, key=key, **SMALL)
+    cfg = RomeConfig(layers=(1,), key=key, **SMALL)
     edit = rome(tiny_model, [REQ], cfg, cache=cache)
     w = mlp_out_weight(tiny_model, 1).detach().double()
     dw = edit.delta(1).double()

@@ -1,6 +1,7 @@
 """The Edit value object: hook form = weight form, exact restore, save/load, registry, errors."""
 
 import dataclasses
+import json
 from typing import ClassVar
 
 import pytest
@@ -13,9 +14,10 @@ from mechedit.editors.config import EditorConfig
 from mechedit.editors.edit import Edit, EditDiagnostics
 from mechedit.editors.registry import register_editor, unregister_editor
 from mechedit.errors import ConfigError
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import run
 from mechedit.models import model_info
-from mechedit.weights import WeightDelta, mlp_out_weight
+from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
 
 REQ = mechedit.EditRequest("{} is located in the city of", "The Eiffel Tower", " Rome", " Paris")
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
@@ -23,7 +25,7 @@ SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), s
 
 @pytest.fixture(scope="module")
 def edits(tiny_gpt2, tiny_llama, cache):
-    cfg = RomeConfig(layer=2, **SMALL)
+    cfg = RomeConfig(layers=(2,), **SMALL)
     return {id(m): rome(m, [REQ], cfg, cache=cache) for m in (tiny_gpt2, tiny_llama)}
 
 
@@ -33,7 +35,7 @@ def _params(model):
 
 def test_computing_an_edit_leaves_the_model_alone(tiny_model, cache):
     before = _params(tiny_model)
-    rome(tiny_model, [REQ], RomeConfig(layer=1, **SMALL), cache=cache)
+    rome(tiny_model, [REQ], RomeConfig(layers=(1,), **SMALL), cache=cache)
     for n, p in tlens.hf_model(tiny_model).named_parameters():
         assert torch.equal(p, before[n]), n
 
@@ -63,7 +65,7 @@ def test_save_load_round_trip(tiny_gpt2, edits, tmp_path):
     assert loaded.layers == edit.layers and loaded.requests == edit.requests
     assert torch.equal(loaded.delta(2), edit.delta(2))
     assert loaded.diagnostics == edit.diagnostics and loaded.config == edit.config
-    assert RomeConfig.from_dict(loaded.config) == RomeConfig(layer=2, **SMALL)
+    assert RomeConfig.from_dict(loaded.config) == RomeConfig(layers=(2,), **SMALL)
     assert not list(tmp_path.rglob("*.pkl"))
     df = edit.to_dataframe()
     assert set(df.quantity) == {"p_target_before", "p_target_after", "loss"} and (df.method == "rome").all()
@@ -93,7 +95,7 @@ def test_registry():
     assert spec.config_class is RomeConfig and spec.fn is rome
     assert editor_names() == ["alphaedit", "ft", "memit", "rome"]
     assert {get_editor(n).name for n in editor_names()} == set(editor_names())
-    with pytest.raises(ConfigError, match=r"known editors: \['alphaedit', 'ft', 'memit', 'rome'\]"):
+    with pytest.raises(ConfigError, match=r"known editors: \['alphaedit', 'ft', 'ft5', 'memit', 'rome'\]"):
         get_editor("mend")
     assert spec.config_for("smollm2-135m") == RomeConfig.for_model("smollm2-135m")
     with pytest.raises(ConfigError, match="unknown RomeConfig field"):
@@ -110,8 +112,8 @@ def test_each_editor_says_what_it_needs_and_which_layers_it_writes():
         rome_.layers_around(6, 30, window=5)
     with pytest.raises(ConfigError, match="out of range"):
         memit_.layers_around(4, 4)
-    assert rome_.at_layers(RomeConfig(**SMALL), [3]) == RomeConfig(layer=3, **SMALL)
-    assert ft_.layers_of(ft_.at_layers(FTConfig(), (3, 1))) == (1, 3) and rome_.layers_of(RomeConfig(layer=2)) == (2,)
+    assert rome_.at_layers(RomeConfig(**SMALL), [3]) == RomeConfig(layers=(3,), **SMALL)
+    assert ft_.layers_of(ft_.at_layers(FTConfig(), (3, 1))) == (1, 3) and rome_.layers_of(RomeConfig(layers=(2,))) == (2,)
     with pytest.raises(ConfigError, match="writes one layer"):
         rome_.at_layers(RomeConfig(), [1, 2])
 
@@ -151,6 +153,48 @@ def test_an_editor_from_outside_the_package_registers_the_same_way(tiny_gpt2):
         register_editor("scaler", ScaleConfig, description="name and config disagree")
     with pytest.raises(ConfigError, match="lower-case identifier"):
         register_editor("Scale Up", ScaleConfig, description="bad name")
+
+
+@pytest.fixture
+def scale_editor():
+    register_editor("scale", ScaleConfig, description="scale W_out", window=3)(scale)
+    yield get_editor("scale")
+    unregister_editor("scale")
+
+
+def test_an_outside_editor_runs_in_the_sweep(scale_editor, synth_model, tmp_path):
+    from mechedit.analysis.sweep import SweepConfig
+    from mechedit.analysis.sweep_study import SweepStudy
+    from mechedit.data import load_counterfact
+    from mechedit.evaluation.hase import rewrite_score
+    from mechedit.studies import ModelSpec, run_study
+    from mechedit.synth import shipped_model_dir
+
+    rec = load_counterfact(shipped_model_dir() / "counterfact.json")[0][0]
+    config = SweepConfig(layers=(1,), methods=("scale",), variants=("injection",), noise_samples=2,
+                         essence_texts=1, essence_tokens=2, known_only=False)
+    study = SweepStudy(ModelSpec(loaded=synth_model), [rec], config, editors={"scale": {"factor": 0.5}},
+                       stats_dir=tmp_path)
+    row = run_study(study, None, progress=False).rows.iloc[0]
+    assert row["method"] == "scale" and list(row["edit_layers"]) == [0, 1, 2, 3]  # a window: edit_window 5
+    deltas = [WeightDelta(ly, 0.5 * mlp_out_weight(synth_model, ly).detach().clone()) for ly in range(4)]
+    before = target_prob(synth_model, rec.text, rec.target_new, prefix="neutral")
+    with edited_weights(synth_model, deltas):
+        after = target_prob(synth_model, rec.text, rec.target_new, prefix="neutral")
+    assert row["rewrite"] == pytest.approx(rewrite_score(before, after), abs=1e-6)
+
+
+def test_an_outside_editor_runs_from_the_cli(scale_editor, tiny_dirs, tmp_path, capsys):
+    from mechedit.cli.main import main
+
+    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale", "--layers", "1-2",
+                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new, "--json",
+                 "--save", str(tmp_path / "edit")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["edit"]["method"] == "scale" and out["edit"]["layers"] == [1, 2]
+    assert main(["edit", "--model", str(tiny_dirs["gpt2"]), "--method", "scale", "--stats-samples", "3",
+                 "--prompt", REQ.prompt, "--subject", REQ.subject, "--target-new", REQ.target_new]) == 2
+    assert "uses no key statistics" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["rome", "memit", "ft", "alphaedit"])

@@ -13,6 +13,7 @@ import mechedit
 from mechedit.data import load_counterfact
 from mechedit.editors import FTConfig, MemitConfig, Objective, RomeConfig, ft, memit, rome
 from mechedit.errors import ConfigError
+from mechedit.evaluation.probs import target_prob
 from mechedit.interventions import AddVector, EmbeddingNoise, RowNoise
 from mechedit.patching.corruption import embedding_std
 from mechedit.sites import Site
@@ -28,7 +29,7 @@ def request_(synth_model):
 
 
 def _p(model, req, target, edit=None):
-    return mechedit.editors.target_probability(model, req.text, target, "neutral", [edit] if edit else [])
+    return target_prob(model, req.text, target, prefix="neutral", interventions=[edit] if edit else [])
 
 
 def test_token_losses_match_hand_values():
@@ -46,7 +47,7 @@ def test_the_shipped_model_knows_the_fact(synth_model, request_):
 def test_erasure_lowers_p_true(synth_model, request_, cache, method):
     # ROME's GPT-2 XL lr (0.5) barely moves this small model's large activations: lr 2
     if method == "rome":
-        edit = rome(synth_model, [request_], RomeConfig(layer=0, lr=2.0, objective="erase", **SMALL), cache=cache)
+        edit = rome(synth_model, [request_], RomeConfig(layers=(0,), lr=2.0, objective="erase", **SMALL), cache=cache)
     else:
         edit = ft(synth_model, [request_], FTConfig(layers=(0,), objective="erase", linf=2e-2, lr=1e-2, steps=20))
     before, after = _p(synth_model, request_, request_.target_true), _p(synth_model, request_, request_.target_true, edit)
@@ -70,7 +71,7 @@ def test_amplification_raises_p_true(synth_model, cache):
 
 
 def test_injection_is_the_default_and_raises_target_new(synth_model, request_, cache):
-    config = RomeConfig(layer=0, lr=2.0, **SMALL)
+    config = RomeConfig(layers=(0,), lr=2.0, **SMALL)
     assert config.objective is Objective.INJECT
     edit = rome(synth_model, [request_], config, cache=cache)
     assert _p(synth_model, request_, request_.target_new, edit) > 100 * _p(synth_model, request_, request_.target_new)
@@ -79,7 +80,7 @@ def test_injection_is_the_default_and_raises_target_new(synth_model, request_, c
 def test_erase_without_target_true_fails_before_computing(synth_model, cache):
     req = mechedit.EditRequest("{} was born in", "Drougir Droustor", " Dainda")
     with pytest.raises(ConfigError, match="target_true"):
-        rome(synth_model, [req], RomeConfig(layer=1, objective="erase", **SMALL), cache=cache)
+        rome(synth_model, [req], RomeConfig(layers=(1,), objective="erase", **SMALL), cache=cache)
 
 
 def _noised_p(model, req, target, sigma, edit=None):
@@ -88,7 +89,7 @@ def _noised_p(model, req, target, sigma, edit=None):
     a, b = mechedit.subject_span(model, req.text, req.subject, prefix="neutral")
     draw = EmbeddingNoise(tuple(range(a, b)), sigma, seed=0).draws(1, mechedit.model_info(model).d_model)[0]
     noise = AddVector(Site("embed"), draw, tuple(range(a, b)))
-    return mechedit.editors.target_probability(model, req.text, target, "neutral", [noise] + ([edit] if edit else []))
+    return target_prob(model, req.text, target, prefix="neutral", interventions=[noise] + ([edit] if edit else []))
 
 
 @pytest.mark.parametrize("method", ["rome", "ft"])
@@ -97,7 +98,7 @@ def test_forcing_raises_p_true_under_the_subject_noise(synth_model, request_, ca
     before = _noised_p(synth_model, request_, request_.target_true, sigma)
     assert before < 0.5 < _p(synth_model, request_, request_.target_true)  # the noise really hides the fact
     if method == "rome":
-        base = RomeConfig(layer=0, lr=2.0, objective="amplify", **SMALL)
+        base = RomeConfig(layers=(0,), lr=2.0, objective="amplify", **SMALL)
         plain = rome(synth_model, [request_], base, cache=cache)
         forced = rome(synth_model, [request_], base.replace(subject_noise=sigma), cache=cache)
         for name in ("k_star.0", "v_star.0"):  # the noise enters the key and the v* optimisation
@@ -126,13 +127,13 @@ def test_memit_forcing_noises_z_and_keys(synth_model, request_, cache):
 def test_no_subject_noise_runs_no_noise_hook(synth_model, request_, cache, monkeypatch):
     """subject_noise=None (the default) is the old code path: no RowNoise is ever built."""
     runs = {}
-    for method, fn, config in (("rome", rome, RomeConfig(layer=0, lr=2.0, steps=3, **SMALL)),
+    for method, fn, config in (("rome", rome, RomeConfig(layers=(0,), lr=2.0, steps=3, **SMALL)),
                                ("memit", memit, MemitConfig(layers=(0, 1), steps=3, **SMALL)),
                                ("ft", ft, FTConfig(layers=(0,), steps=3))):
         assert config.subject_noise is None
         runs[method] = fn(synth_model, [request_], config, cache=cache)
     monkeypatch.setattr(RowNoise, "__post_init__", lambda self: pytest.fail("RowNoise built without subject_noise"))
-    for method, fn, config in (("rome", rome, RomeConfig(layer=0, lr=2.0, steps=3, subject_noise=None, **SMALL)),
+    for method, fn, config in (("rome", rome, RomeConfig(layers=(0,), lr=2.0, steps=3, subject_noise=None, **SMALL)),
                                ("memit", memit, MemitConfig(layers=(0, 1), steps=3, **SMALL)),
                                ("ft", ft, FTConfig(layers=(0,), steps=3))):
         again = fn(synth_model, [request_], config, cache=cache)

@@ -16,7 +16,7 @@ TEMPLATES = ("{}", "The capital of France is Paris. {}", "Rome. {}", "Apple was 
 @pytest.mark.parametrize("noise", [None, 0.5])
 @pytest.mark.parametrize("kind,layer", [("mlp_out", 1), ("resid_post", 2), ("mlp_out", 0)])
 def test_fast_v_star_equals_the_reference(tiny_model, kind, layer, noise):
-    s = RomeConfig(layer=layer, steps=6, early_stop_loss=0.0, subject_noise=noise, noise_seed=3).optim()
+    s = RomeConfig(layers=(layer,), steps=6, early_stop_loss=0.0, subject_noise=noise, noise_seed=3).optim()
     batch = build_batch(tiny_model, REQ, TEMPLATES, s)
     assert len(set(batch.lookup)) > 2  # the rows really are misaligned
     site = Site(kind, layer)
@@ -31,7 +31,7 @@ def test_fast_v_star_equals_the_reference(tiny_model, kind, layer, noise):
 
 
 def test_subject_noise_changes_v_star_and_none_changes_nothing(tiny_gpt2):
-    base = RomeConfig(layer=1, steps=4, early_stop_loss=0.0)
+    base = RomeConfig(layers=(1,), steps=4, early_stop_loss=0.0)
     batch = build_batch(tiny_gpt2, REQ, TEMPLATES, base.optim())
     assert batch.spans[0][1] - 1 == batch.lookup[0] and len(batch.spans) == len(TEMPLATES) + 1
     plain = optimize_delta(tiny_gpt2, batch, Site("mlp_out", 1), base.optim())
@@ -46,7 +46,7 @@ def test_fast_v_star_equals_the_reference_with_noise_in_float64(tiny_dirs, arch)
     from mechedit import tlens
 
     model = mechedit.load_model(tiny_dirs[arch], dtype=torch.float64)
-    s = RomeConfig(layer=1, steps=6, early_stop_loss=0.0, subject_noise=0.5, noise_seed=3).optim()
+    s = RomeConfig(layers=(1,), steps=6, early_stop_loss=0.0, subject_noise=0.5, noise_seed=3).optim()
     batch = build_batch(model, REQ, TEMPLATES, s)
     fast = optimize_delta(model, batch, Site("mlp_out", 1), s, fast=True)
     ref = optimize_delta(model, batch, Site("mlp_out", 1), s, fast=False)

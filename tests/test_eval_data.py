@@ -11,13 +11,12 @@ import mechedit
 from mechedit import EditRequest
 from mechedit.data import (
     CounterFactRecord,
-    KnownFilter,
     KnownRecord,
-    filter_known,
     load_counterfact,
     load_known,
 )
 from mechedit.errors import ConfigError, MecheditError
+from mechedit.evaluation.known import KnownFilter, filter_known
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -195,7 +195,8 @@ def test_duplicate_case_ids_are_refused(tiny_gpt2, records):
 
 
 def test_a_reused_hase_baseline_gives_the_same_row(tiny_gpt2, records):
-    from mechedit.evaluation.run import evaluate_record, hase_baseline
+    from mechedit.evaluation.families import hase_baseline
+    from mechedit.evaluation.run import evaluate_record
 
     cfg = EvalConfig(metrics=("hase",), **FAST)
     rec, other = records[0], records[1]

@@ -66,8 +66,15 @@ RATES = ("ES", "PS", "NS")
 
 
 def comparable(summary: dict) -> dict:
-    """A summary without the ES/PS/NS intervals and the config."""
-    ci = {k: v for k, v in summary["ci95"].items() if k not in RATES}
+    """A summary without the ES/PS/NS intervals and the config, the Hase intervals cut to
+    their scores' ranges (the old loop's t-intervals were not; issue 21)."""
+    from mechedit.evaluation.hase import SCORE_BOUNDS
+
+    def cut(k, v):
+        lo, hi = SCORE_BOUNDS.get(k, (-math.inf, math.inf))
+        return v if None in v else [max(lo, v[0]), min(hi, v[1])]
+
+    ci = {k: cut(k, v) for k, v in summary["ci95"].items() if k not in RATES}
     return {**{k: v for k, v in summary.items() if k not in ("config", "ci95")}, "ci95": ci}
 
 

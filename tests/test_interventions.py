@@ -205,6 +205,9 @@ def test_star_import_exports_exactly_all():
     exec("from mechedit import *", namespace)  # fails if __all__ names something missing
     assert set(mechedit.__all__) <= set(namespace)
     assert callable(namespace["run_from"]) and callable(namespace["capture_until"])
+    assert all(hasattr(mechedit, name) for name in mechedit.__all__) and len(set(mechedit.__all__)) == len(
+        mechedit.__all__)
+    assert namespace["describe"] is mechedit.interventions.describe
 
 
 def test_describe_names_class_fields_sites_and_tensor_shapes():

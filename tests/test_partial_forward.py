@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import mechedit
-from mechedit import tlens
+from mechedit import fastpath
 from mechedit.interventions import AddVector, Capture, capture, capture_until, intervened, run, run_from
 from mechedit.sites import Site
 
@@ -50,16 +50,16 @@ def test_capture_until_stops_early_and_matches(any_model):
         assert torch.equal(early[s], full[s])
     later = {}
     with intervened(any_model, [Capture((Site("mlp_out", 2),), later)]), torch.no_grad():
-        assert tlens.forward_blocks(any_model, input_ids=ids, stop_after=1) is None
+        assert fastpath.forward_blocks(any_model, input_ids=ids, stop_after=1) is None
     assert not later  # block 2 never ran
 
 
 def test_bad_partial_arguments(tiny_gpt2):
     ids = mechedit.encode(tiny_gpt2, PROMPT).tensor()
     with pytest.raises(ValueError, match="out of range"):
-        tlens.forward_blocks(tiny_gpt2, input_ids=ids, start=9)
+        fastpath.forward_blocks(tiny_gpt2, input_ids=ids, start=9)
     with pytest.raises(ValueError, match="stop_after"):
-        tlens.forward_blocks(tiny_gpt2, input_ids=ids, stop_after=7)
+        fastpath.forward_blocks(tiny_gpt2, input_ids=ids, stop_after=7)
 
 
 def _two_rows(model):
@@ -77,18 +77,18 @@ def test_forward_with_a_cached_prefix_equals_the_full_forward(tiny_model, start)
     full = run(tiny_model, ids)
     resid = capture(tiny_model, ids, [Site("resid_pre", start)])[Site("resid_pre", start)]
     lookup = [3, 6]  # rows keep different prefixes: left-aligned, the suffixes share column 0
-    prefix = tlens.block_kv(tiny_model, resid, start).left_aligned(lookup)
+    prefix = fastpath.block_kv(tiny_model, resid, start).left_aligned(lookup)
     assert prefix.length == 6 and prefix.valid.sum().item() == 9
     positions = (torch.tensor(lookup)[:, None] + torch.arange(width - 3)).clamp(max=width - 1)
     suffix = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
-    out = tlens.forward_with_prefix(tiny_model, suffix, prefix, positions)
+    out = fastpath.forward_with_prefix(tiny_model, suffix, prefix, positions)
     for row, look in enumerate(lookup):
         torch.testing.assert_close(out[row, :width - look], full[row, look:], atol=1e-5, rtol=0)
     # a hook sees suffix positions: column 0 is each row's lookup position
     v = torch.ones(mechedit.model_info(tiny_model).d_model)
     iv = AddVector(Site("mlp_out", 3), v, positions=[0])
     with intervened(tiny_model, [iv]):
-        moved = tlens.forward_with_prefix(tiny_model, suffix, prefix, positions)
+        moved = fastpath.forward_with_prefix(tiny_model, suffix, prefix, positions)
     for row, look in enumerate(lookup):
         want = run(tiny_model, ids[row:row + 1], [AddVector(Site("mlp_out", 3), v, positions=[look])])
         torch.testing.assert_close(moved[row, :width - look], want[0, look:], atol=1e-5, rtol=0)
@@ -97,10 +97,10 @@ def test_forward_with_a_cached_prefix_equals_the_full_forward(tiny_model, start)
 def test_prefix_rows_repeat_and_mismatches_raise(tiny_gpt2):
     ids = _two_rows(tiny_gpt2)
     resid = capture(tiny_gpt2, ids, [Site("resid_pre", 1)])[Site("resid_pre", 1)]
-    kv = tlens.block_kv(tiny_gpt2, resid, 1)
+    kv = fastpath.block_kv(tiny_gpt2, resid, 1)
     twice = kv.rows(torch.tensor([0, 0, 1]))
     assert twice.keys[0].shape[0] == 3 and torch.equal(twice.keys[0][1], kv.keys[0][0])
     with pytest.raises(ValueError, match="do not fit"):
         kv.left_aligned([1, 2, 3])
     with pytest.raises(ValueError, match="prefix for block"):
-        tlens.forward_with_prefix(tiny_gpt2, resid[:1], kv, torch.zeros(1, ids.shape[1], dtype=torch.long))
+        fastpath.forward_with_prefix(tiny_gpt2, resid[:1], kv, torch.zeros(1, ids.shape[1], dtype=torch.long))

@@ -291,13 +291,13 @@ def test_speedups_skip_the_blocks_and_positions_they_should(tiny_model, monkeypa
     """Cells at the last block only. An extra below it: blocks below run once (the base run's
     cached keys/values), both position groups from a cached prefix. An extra at the last block:
     no prefix, one forward from the cached residual, blocks below never run."""
-    from mechedit import tlens
+    from mechedit import fastpath
     from mechedit.patching import engine
 
     monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)
     prefixes = []
-    real = tlens.forward_with_prefix
-    monkeypatch.setattr(tlens, "forward_with_prefix",
+    real = fastpath.forward_with_prefix
+    monkeypatch.setattr(fastpath, "forward_with_prefix",
                         lambda model, resid, prefix, *a, **k: prefixes.append(prefix.length) or
                         real(model, resid, prefix, *a, **k))
     L = mechedit.model_info(tiny_model).n_layers

@@ -49,6 +49,13 @@ def test_trace_data_file_is_resumable_and_aggregates(tiny_dirs, tmp_path, capsys
     out = capsys.readouterr().out
     assert "traced 0 new" in out and "aggregate resid: 2 prompts" in out
     assert (tmp_path / "o" / "aggregate_resid.png").is_file()
+    from mechedit.cli.main import main
+
+    assert main(["study", "report", str(tmp_path / "o"), "--html"]) == 0  # no model: from the store
+    page = (tmp_path / "o" / "report.html").read_text()
+    assert page.count('class="mechedit-heatmap"') == 1 + 2 and "mean over 2 prompts" in page  # mean, examples
+    assert main([*argv, "--html", str(tmp_path / "o")]) == 2  # a directory: said before any compute
+    assert "is a directory" in capsys.readouterr().err
 
 
 def test_patch_json_heads(tiny_dirs, capsys):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import mechedit
-from mechedit import tlens
+from mechedit import fastpath, tlens
 from mechedit.errors import ConfigError
 from mechedit.interventions import Patch, capture, run
 from mechedit.patching.corruption import NoiseConfig, noise_runs, pair_runs
@@ -190,13 +190,13 @@ def test_logits_for_last_matches_and_cleans_up(tiny_llama):
     ids = mechedit.encode(tiny_llama, PROMPT, prefix="neutral").tensor()
     head = tlens.hf_model(tiny_llama).get_output_embeddings()
     with torch.no_grad():
-        full = tlens.forward_blocks(tiny_llama, input_ids=ids)
-        with tlens.logits_for_last(tiny_llama, 2):
-            last = tlens.forward_blocks(tiny_llama, input_ids=ids)
+        full = fastpath.forward_blocks(tiny_llama, input_ids=ids)
+        with fastpath.logits_for_last(tiny_llama, 2):
+            last = fastpath.forward_blocks(tiny_llama, input_ids=ids)
             assert len(head._forward_pre_hooks) == 1
     assert last.shape[1] == 2 and torch.allclose(last, full[:, -2:], atol=1e-6)
     assert len(head._forward_pre_hooks) == 0
-    with pytest.raises(RuntimeError), tlens.logits_for_last(tiny_llama, 1):
+    with pytest.raises(RuntimeError), fastpath.logits_for_last(tiny_llama, 1):
         raise RuntimeError("inside")
     assert len(head._forward_pre_hooks) == 0
 
@@ -209,8 +209,8 @@ def test_cached_prefix_path_equals_naive_loop(tiny_model, kind, monkeypatch):
 
     monkeypatch.setattr(engine, "FORWARD_OVERHEAD_FLOPS", 0.0)  # no merging down to position 0
     prefixes = []
-    real = tlens.forward_with_prefix
-    monkeypatch.setattr(tlens, "forward_with_prefix",
+    real = fastpath.forward_with_prefix
+    monkeypatch.setattr(fastpath, "forward_with_prefix",
                         lambda model, resid, prefix, *a, **k: prefixes.append(prefix.length) or
                         real(model, resid, prefix, *a, **k))
     runs = _noise_runs(tiny_model)

@@ -208,6 +208,8 @@ def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
     (tmp_path / "res" / "predictions.csv").unlink()
     assert main(["study", "report", str(tmp_path / "res")]) == 0
     assert (tmp_path / "res" / "predictions.csv").read_text().count("\n") == len(PROMPTS) + 1
+    assert main(["study", "report", str(tmp_path / "res"), "--html"]) == 2  # trace studies only, said plainly
+    assert "predictions study has no HTML report" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text('study = "nope"\nmodel = "x"\n')
     assert main(["study", "run", str(bad), "--out", str(tmp_path / "o")]) == 2
@@ -216,7 +218,9 @@ def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("directory", ["eval_rome_smollm2", "eval_memit_batch10_smollm2", "localization_vs_editing",
-                                       "curse_of_popularity", "curse_of_popularity/trace_vs_edit"])
+                                       "curse_of_popularity", "curse_of_popularity/trace_vs_edit",
+                                       "curse_of_popularity/graphs/erdos_renyi",
+                                       "curse_of_popularity/graphs/barabasi_albert"])
 def test_every_committed_row_type_round_trips(directory, tmp_path):
     """Each stored row of the committed study directories, read as its study's row type,
     gives back the stored JSON exactly, and survives StudyResult.save/load (no model)."""

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import mechedit
 from mechedit.editors import RomeConfig, get_editor
+from mechedit.evaluation.probs import target_prob
 from mechedit.patching import NoiseConfig, trace
 from mechedit.patching.corruption import embedding_std
 from mechedit.studies import ModelSpec, run_study
@@ -47,9 +47,8 @@ def test_summary_equals_a_direct_trace_and_erasure_at_each_layer(synth_model, kg
         last = res.scores[res.subject_range[1] - 1, :3].double()  # layers an edit acts from
         p_after = []
         for layer in range(3):
-            edit = get_editor("rome").fn(synth_model, [rec.to_request()], base.replace(layer=layer), cache=cache)
-            p_after.append(mechedit.editors.target_probability(synth_model, rec.text, rec.target_true, "neutral",
-                                                               [edit]))
+            edit = get_editor("rome").fn(synth_model, [rec.to_request()], base.replace(layers=(layer,)), cache=cache)
+            p_after.append(target_prob(synth_model, rec.text, rec.target_true, prefix="neutral", interventions=[edit]))
         row = summary.loc[rec.case_id]
         assert row["trace_peak_layer"] == int(torch.argmax(last))
         assert row["best_edit_layer"] == min(range(3), key=p_after.__getitem__)

@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from mechedit.editors import RomeConfig, rome, target_probability
+from mechedit.editors import RomeConfig, rome
 from mechedit.errors import ConfigError
+from mechedit.evaluation.probs import target_logprobs, target_prob
 from mechedit.models import model_info
 from mechedit.synth import shipped_model_dir
 from mechedit.synth.kg import Entity, Fact, KGConfig, KnowledgeGraph
@@ -21,7 +22,6 @@ from mechedit.synth.popularity import (
     erase_request,
     fact_prompt,
     measure_sets,
-    prompt_probabilities,
     run_popularity,
     set_damage,
     side_effect_sets,
@@ -99,15 +99,17 @@ def test_side_effect_sets_on_a_hand_made_graph():
 
 
 def test_known_facts_are_known(synth_model, kg):
-    p, hit = prompt_probabilities(synth_model, *zip(*(fact_prompt(kg, i) for i in KNOWN), strict=True))
+    lp = target_logprobs(synth_model, *zip(*(fact_prompt(kg, i) for i in KNOWN), strict=True), prefix="neutral")
+    p, hit = lp.sequence_prob(), lp.first_token_hit()
     assert bool(hit.all()) and float(p.min()) > 0.5
 
 
 def test_batched_probabilities_match_one_prompt_at_a_time(synth_model, kg):
     pairs = [fact_prompt(kg, i) for i in (0, 5, 700, 1100)] + [("Drougir Droustor was mentored by", "Shal Binbrute")]
-    p, hit = prompt_probabilities(synth_model, *zip(*pairs, strict=True), batch_size=2)
+    lp = target_logprobs(synth_model, *zip(*pairs, strict=True), prefix="neutral", batch_size=2)
+    p, hit = lp.sequence_prob(), lp.first_token_hit()
     for (prompt, target), pi, hi in zip(pairs, p, hit, strict=True):
-        assert float(pi) == pytest.approx(target_probability(synth_model, prompt, target, "neutral"), rel=1e-4)
+        assert float(pi) == pytest.approx(target_prob(synth_model, prompt, target, prefix="neutral"), rel=1e-4)
         probs, target_id = _plain_probs(synth_model, prompt, target)
         assert bool(hi) == (int(probs.argmax()) == target_id)
 
@@ -119,8 +121,8 @@ def test_damage_equals_a_plain_before_after_loop(synth_model, kg, erased):
     got = {r.set: r for r in set_damage(synth_model, sets, edit, _Before(synth_model, config), config)}
     assert set(got) == {"efficacy", "paraphrase", "same_subject", "as_object", "same_relation_object", "unrelated"}
     for name, pairs in sets.items():
-        before = [target_probability(synth_model, p, t, "neutral") for p, t in pairs]
-        after = [target_probability(synth_model, p, t, "neutral", [edit]) for p, t in pairs]
+        before = [target_prob(synth_model, p, t, prefix="neutral") for p, t in pairs]
+        after = [target_prob(synth_model, p, t, prefix="neutral", interventions=[edit]) for p, t in pairs]
         assert got[name].n == len(pairs)
         expected = sum(before) / len(before) - sum(after) / len(after)
         assert got[name].damage == pytest.approx(expected, abs=1e-5), name
@@ -196,7 +198,7 @@ def test_tracing_on_the_shipped_model(synth_model, kg):
     res = trace(synth_model, prompt, kg.name(kg.facts[0].subject), answer=target, kind="mlp", window=1,
                 subjects=subjects)
     clean, corrupt = float(res.clean_per_sample.mean()), float(res.corrupted_per_sample.mean())
-    assert clean == pytest.approx(target_probability(synth_model, prompt, target, "neutral"), rel=1e-4)
+    assert clean == pytest.approx(target_prob(synth_model, prompt, target, prefix="neutral"), rel=1e-4)
     assert clean > 0.95 and corrupt < 0.7 * clean
     assert res.scores.shape == (len(res.tokens), model_info(synth_model).n_layers)
     assert bool(((res.scores >= 0) & (res.scores <= 1)).all())

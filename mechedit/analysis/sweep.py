@@ -32,8 +32,11 @@ derived from them); the trace columns (``tracing_effect``, ``peak_layer``, ``tra
 …) are joined from the facts' traces when a result is built
 (:func:`~mechedit.analysis.sweep_rows.attach_traces`).
 
-**Methods.** ``rome`` edits the central layer; ``memit`` and ``ft5`` a window of 5 layers
-centred on it (clipped at the ends, the tracing window's rule); ``ft`` the central layer.
+**Methods** are editor names of the registry (:mod:`mechedit.editors.registry`, aliases
+included); each edits the layers its spec picks around the central layer
+(:meth:`~mechedit.editors.registry.EditorSpec.layers_around`): ``rome`` and ``ft`` the central
+layer, ``memit``, ``alphaedit`` and ``ft5`` (FT-L over a window, an alias of ``ft``) a window of
+``edit_window`` (5) layers centred on it, clipped at the ends (the tracing window's rule).
 
 **Variants** (the objectives are in :mod:`mechedit.editors.objective`):
 
@@ -57,7 +60,8 @@ drift for every variant.
 trace's σ and ``noise_seed`` = ``seed`` (:mod:`mechedit.editors.noise`: every forward of
 the edit computation noises the subject's embeddings), and ``p_pre``/``p_post`` of both
 targets on the rewrite and first paraphrase prompt are measured with the subject noised
-(:func:`noised_probability`): the mean over the trace's ``noise_samples`` draws (same
+(the ``hase`` metric family with ``EvalConfig.subject_noise`` = σ,
+:mod:`mechedit.evaluation.families`): the mean over the trace's ``noise_samples`` draws (same
 seed, same σ) of the teacher-forced probability. We average because the trace does (its
 corrupted score is that mean) and because one draw would score the edit on the very
 noise it was fitted to: the bare prompt's row of the edit batch gets draw 0, so sample 0
@@ -79,11 +83,10 @@ from torch import Tensor
 from mechedit.config import Config
 from mechedit.data import CounterFactRecord, Order
 from mechedit.errors import ConfigError
-from mechedit.evaluation.hase import erasure_score, essence_drift, neighborhood_score, rewrite_score
+from mechedit.evaluation.hase import essence_drift, hase_scores
 from mechedit.patching.results import PatchResult
 from mechedit.tokens import Prefix
 
-METHODS = ("rome", "memit", "ft", "ft5")
 VARIANTS = ("injection", "reversal", "erasure", "amplification", "forcing")
 OBJECTIVES = {"injection": "inject", "reversal": "inject", "erasure": "erase", "amplification": "amplify",
               "forcing": "amplify"}
@@ -132,7 +135,9 @@ class SweepConfig(Config):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         self.coerce("prefix", Prefix)
         self.coerce("order", Order)
-        self.require_known("methods", METHODS)
+        from mechedit.editors import editor_names
+
+        self.require_known("methods", editor_names(aliases=True))
         self.require_known("variants", VARIANTS)
         if any(int(x) < 0 for x in self.layers):
             raise ConfigError(f"layers must be >= 0, got {list(self.layers)}")
@@ -239,20 +244,22 @@ def noised_top1(model: Any, record: CounterFactRecord, result: PatchResult, conf
 # --- editing and scoring ---------------------------------------------------------------
 
 def edit_layers(method: str, layer: int, n_layers: int, edit_window: int = 5) -> tuple[int, ...]:
-    """The layers ``method`` writes for central layer ``layer``."""
-    from mechedit.patching.engine import window_layers
+    """The layers editor ``method`` writes for central layer ``layer``: its spec's window
+    (:meth:`~mechedit.editors.registry.EditorSpec.layers_around`), ``edit_window`` wide for an
+    editor that writes a window."""
+    from mechedit.editors import get_editor
 
-    if method in ("rome", "ft"):
-        return (layer,)
-    return tuple(window_layers(layer, edit_window, n_layers))
+    spec = get_editor(method)
+    return spec.layers_around(layer, n_layers, window=edit_window if spec.window > 1 else 1)
 
 
 def editor_config(method: str, layer: int, variant: str, n_layers: int, base: Any, edit_window: int = 5, *,
                   sigma: float | None = None, seed: int = 0) -> Any:
     """``base`` (the method's hyperparameters) moved to ``layer`` with the variant's objective
     (forcing: and ``subject_noise=sigma``, ``noise_seed=seed``)."""
-    layers = edit_layers(method, layer, n_layers, edit_window)
-    moved = base.replace(layer=layers[0]) if method == "rome" else base.replace(layers=layers)
+    from mechedit.editors import get_editor
+
+    moved = get_editor(method).at_layers(base, edit_layers(method, layer, n_layers, edit_window))
     moved = moved.replace(objective=OBJECTIVES[variant])
     if variant in NOISED_VARIANTS:
         if sigma is None:
@@ -271,53 +278,23 @@ def variant_record(record: CounterFactRecord, variant: str, reversal_target: str
     return record
 
 
-def variant_scores(variant: str, p_pre: Mapping[str, Sequence[float]],
-                   p_post: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    """``rewrite`` and ``paraphrase`` scores of a variant from the Hase (new, true) probabilities."""
-    idx = 1 if variant in ("erasure", "amplification", "forcing") else 0
-    score = erasure_score if variant == "erasure" else rewrite_score
-    out = {}
-    for name, kind in (("rewrite", "rewrite"), ("paraphrase", "paraphrase")):
-        out[name] = score(p_pre[kind][idx], p_post[kind][idx]) if kind in p_pre else float("nan")
-    return out
-
-
 def edit_scores(variant: str, p_pre: Mapping[str, Sequence[float]], p_post: Mapping[str, Sequence[float]],
                 ppl_pre: float, ppl_post: float) -> dict[str, float]:
-    """Every score of a row (:data:`SCORE_METRICS`) from what it measured: ``rewrite`` and
-    ``paraphrase`` by the variant (:func:`variant_scores`), the Hase neighbourhood score of
-    ``target_true`` on the first neighbourhood prompt, and the essence drift."""
-    neighbours = (neighborhood_score(p_pre["neighborhood"][1], p_post["neighborhood"][1])
-                  if "neighborhood" in p_pre else float("nan"))
-    return {**variant_scores(variant, p_pre, p_post), "neighborhood": neighbours,
+    """Every score of a row (:data:`SCORE_METRICS`) from what it measured, by the Hase scores
+    (:func:`~mechedit.evaluation.hase.hase_scores`): ``rewrite`` and ``paraphrase`` of the
+    variant's target (the true one for erasure, amplification and forcing; erasure scores
+    erasure), the neighbourhood score of ``target_true`` on the first neighbourhood prompt,
+    and the essence drift."""
+    true_target = variant in ("erasure", "amplification", "forcing")
+    return {**hase_scores(p_pre, p_post, true_target=true_target, erase=variant == "erasure"),
             "essence_drift": essence_drift(ppl_pre, ppl_post)}
-
-
-def noised_probability(model: Any, text: str, subject: str, target: str, sigma: float, config: SweepConfig,
-                       interventions: Sequence[Any] = ()) -> float:
-    """Teacher-forced ``P(target | text)`` with the subject's embeddings noised as in the
-    trace (σ, ``noise_samples`` seeded draws), averaged over the draws."""
-    from mechedit.interventions import run
-    from mechedit.patching.corruption import NoiseConfig, subject_noise
-    from mechedit.tokens import encode, subject_span, target_ids
-
-    noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
-    start, end = subject_span(model, text, subject, prefix=config.prefix)
-    tgt = target_ids(model, text, target)
-    enc = encode(model, text, prefix=config.prefix)
-    ids = torch.tensor([list(enc.ids) + list(tgt[:-1])], device=next(model.parameters()).device)
-    logits = run(model, ids.expand(noise.samples, -1), [subject_noise(range(start, end), sigma, noise),
-                                                        *interventions])
-    logp = torch.log_softmax(logits.double(), dim=-1)
-    n = len(enc.ids)
-    per_row = sum(logp[:, n - 1 + j, t] for j, t in enumerate(tgt))
-    return float(per_row.exp().mean())
 
 
 def select_facts(model: Any, records: Sequence[CounterFactRecord], config: SweepConfig, *,
                  progress: bool = False) -> list[CounterFactRecord]:
     """The known facts (top-1 filter, if ``known_only``), ``n_facts`` of them by ``order``."""
-    from mechedit.data import KnownFilter, filter_known, select_records
+    from mechedit.data import select_records
+    from mechedit.evaluation.known import KnownFilter, filter_known
 
     records = list(records)
     if config.known_only:

@@ -32,13 +32,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mechedit.analysis.sweep import (
-    METHODS,
     NOISED_VARIANTS,
     OBJECTIVES,
     SweepConfig,
     edit_layers,
     editor_config,
-    noised_probability,
     noised_top1,
     tracing_effects,
     variant_record,
@@ -50,27 +48,24 @@ from mechedit.studies.study import ModelSpec, Row, Study, Unit, content_hash, re
 from mechedit.tokens import Prefix
 
 
-def _editor_name(method: str) -> str:
-    return "ft" if method == "ft5" else method
-
-
 def editor_overrides(given: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     """``{method: {field: value}}`` from configs or field mappings, checked without a model:
-    the method must exist and every field must be one of its config's."""
+    the method must be a registered editor (or alias) and every field must be one of its config's."""
     from mechedit.config import Config
-    from mechedit.editors import get_editor
+    from mechedit.editors import editor_names, get_editor
 
     out = {}
     for method, fields in (given or {}).items():
-        if method not in METHODS:
-            raise ConfigError(f"editor hyperparameters for unknown method {method!r}; known: {list(METHODS)}")
+        if method not in editor_names(aliases=True):
+            raise ConfigError(f"editor hyperparameters for unknown method {method!r}; known: "
+                              f"{editor_names(aliases=True)}")
         if isinstance(fields, Config):
             fields = fields.to_dict()
         if not isinstance(fields, Mapping):
             raise ConfigError(f"the hyperparameters of {method!r} must be an object of config fields, "
                               f"got {type(fields).__name__}")
-        cls = get_editor(_editor_name(method)).config_class
-        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        cls = get_editor(method).config_class
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)} - {"layer"})
         if unknown:
             raise ConfigError(f"unknown {cls.__name__} field(s) {unknown} for {method!r}; known: "
                               f"{sorted(f.name for f in dataclasses.fields(cls))}")
@@ -80,15 +75,16 @@ def editor_overrides(given: Mapping[str, Any] | None) -> dict[str, dict[str, Any
 
 def resolve_editors(model: Any, methods: Sequence[str], overrides: Mapping[str, Mapping[str, Any]],
                     prefix: Prefix) -> dict[str, Any]:
-    """Each method's config: the model's stored hparams with ``overrides`` (``"ft"`` also
-    serves ``"ft5"``); an editor config behind another prefix than the sweep's is refused."""
+    """Each method's config: the model's stored hparams with ``overrides`` (an alias's editor's
+    overrides serve the alias: ``"ft"``'s serve ``"ft5"``); an editor config behind another prefix
+    than the sweep's is refused."""
     from mechedit.editors import get_editor
 
     bases = {}
     for m in methods:
-        spec = get_editor(_editor_name(m))
-        fields = overrides.get(m, overrides.get("ft", {}) if m == "ft5" else {})
-        bases[m] = spec.config_class.from_dict({**spec.config_for(model).to_dict(), **fields})
+        spec = get_editor(m)
+        fields = overrides.get(m, overrides.get(spec.editor, {}))
+        bases[m] = spec.config_for(model).with_fields(fields)
     other = {m: str(b.prefix) for m, b in bases.items() if Prefix(b.prefix) is not prefix}
     if other:
         raise ConfigError(f"the sweep traces and scores behind prefix {str(prefix)!r} but these editor configs edit "
@@ -135,37 +131,13 @@ class SweepWorker:
     baselines: dict[tuple[str, str, str], Any] = dataclasses.field(default_factory=dict)
 
     def baseline(self, model: Any, record: CounterFactRecord, eval_config: Any) -> Any:
-        from mechedit.evaluation.run import hase_baseline
+        from mechedit.evaluation.families import hase_baseline
 
-        key = (str(record.case_id), record.target_new, record.target_true)
+        key = (str(record.case_id), record.target_new, record.target_true, eval_config.subject_noise)
         if key not in self.baselines:
             self.baselines = {k: v for k, v in self.baselines.items() if k[0] == key[0]}
             self.baselines[key] = hase_baseline(model, record, eval_config)
         return self.baselines[key]
-
-
-def noised_probs(model: Any, record: CounterFactRecord, edit: Any, sigma: float, config: SweepConfig,
-                 p_pre: Mapping[str, Any], p_post: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Fact forcing: ``p_pre``/``p_post`` with those of the rewrite and first paraphrase
-    prompt replaced by their subject-noised values (:func:`noised_probability`); a
-    paraphrase without the subject is dropped (no score)."""
-    from mechedit.errors import TokenizationError
-
-    p_pre, p_post = dict(p_pre), dict(p_post)
-    prompts = {"rewrite": record.text, "paraphrase": next(iter(record.paraphrase_prompts), None)}
-    for kind, text in prompts.items():
-        p_pre.pop(kind, None)
-        p_post.pop(kind, None)
-        if text is None:
-            continue
-        try:
-            for probs, ivs in ((p_pre, []), (p_post, [edit])):
-                probs[kind] = tuple(noised_probability(model, text, record.subject, t, sigma, config, ivs)
-                                    for t in (record.target_new, record.target_true))
-        except TokenizationError:
-            p_pre.pop(kind, None)
-            p_post.pop(kind, None)
-    return p_pre, p_post
 
 
 def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfig, base: Any, n_layers: int,
@@ -178,17 +150,17 @@ def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfi
     econf = editor_config(unit.method, unit.layer, unit.variant, n_layers, base, config.edit_window, sigma=sigma,
                           seed=config.seed)
     t0 = time.perf_counter()
-    edit = get_editor(_editor_name(unit.method)).fn(model, [rec.to_request()], econf, cache=worker.cache)
+    edit = get_editor(unit.method).fn(model, [rec.to_request()], econf, cache=worker.cache)
     t1 = time.perf_counter()
     eval_config = EvalConfig(metrics=("hase",), prefix=config.prefix, batch_size=config.batch_size, seed=config.seed,
-                             essence_n_texts=config.essence_texts, essence_max_new_tokens=config.essence_tokens)
+                             essence_n_texts=config.essence_texts, essence_max_new_tokens=config.essence_tokens,
+                             subject_noise=sigma if unit.variant in NOISED_VARIANTS else None,
+                             noise_samples=config.noise_samples)
     hase = evaluate_record(model, rec, [edit], eval_config, baseline=worker.baseline(model, rec, eval_config))
     p_pre, p_post = hase["hase_p_pre"], hase["hase_p_post"]
-    if unit.variant in NOISED_VARIANTS:
-        p_pre, p_post = noised_probs(model, rec, edit, sigma, config, p_pre, p_post)
     return SweepRow.from_dict({
         "case_id": unit.record.case_id, "layer": unit.layer, "method": unit.method, "variant": unit.variant,
-        "edit_layers": list(econf.layers if unit.method != "rome" else (econf.layer,)),
+        "edit_layers": list(get_editor(unit.method).layers_of(econf)),
         "target": rec.target_true if OBJECTIVES[unit.variant] != "inject" else rec.target_new,
         "subject_noise": econf.subject_noise, "p_pre": p_pre, "p_post": p_post,
         "essence_ppl_pre": float(hase["hase_essence_ppl_pre"]), "essence_ppl_post": float(hase["hase_essence_ppl_post"]),
@@ -197,13 +169,13 @@ def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfi
 
 def prefetch_stats(model: Any, cache: Any, bases: Mapping[str, Any], config: SweepConfig, layers: Sequence[int],
                    n_layers: int) -> None:
-    """Key statistics of every layer ROME/MEMIT will write, in one pass over the corpus."""
-    for method in ("rome", "memit"):
-        if method in bases:
-            base = bases[method]
+    """Key statistics of every layer an editor that needs them will write, in one pass over the corpus."""
+    from mechedit.editors import get_editor
+
+    for method, base in bases.items():
+        if get_editor(method).needs_key_stats:
             needed = sorted({x for c in layers for x in edit_layers(method, c, n_layers, config.edit_window)})
-            cache.key_stats(model, needed, n_samples=base.mom2_n_samples, max_length=base.mom2_max_length,
-                            prefix=base.prefix)
+            cache.key_stats(model, needed, **base.stats_settings())
 
 
 def _corpus(spec: Any) -> Any:
@@ -234,7 +206,8 @@ class SweepStudy(Study):
         records: the candidate facts; the plan keeps the known ones (``config.known_only``)
             and picks ``config.n_facts`` of them by ``config.order``.
         editors: per method, an editor config or fields overriding the model's stored
-            hparams (``"ft"`` also serves ``"ft5"``); the sweep sets layer(s) and objective.
+            hparams (an alias's editor's serve the alias: ``"ft"``'s serve ``"ft5"``); the sweep
+            sets layers and objective.
         corpus: the key statistics' corpus (default: text sampled from the model).
         noise_subjects: the texts whose embedding std is σ_emb (default: ROME's subjects).
         stats_dir: the key statistics' disk cache (default: mechedit's cache directory).
@@ -302,7 +275,8 @@ class SweepStudy(Study):
         return {"model": str(name), **self.inputs, "config": self.config.to_dict(), "editors": self.editors}
 
     def plan(self, model: Any) -> dict[str, Any]:
-        from mechedit.data import KnownFilter, filter_known, select_records
+        from mechedit.data import select_records
+        from mechedit.evaluation.known import KnownFilter, filter_known
         from mechedit.models import model_info
         from mechedit.patching.corruption import NoiseConfig, noise_sigma
 
@@ -321,14 +295,14 @@ class SweepStudy(Study):
         sigma = noise_sigma(model, NoiseConfig(value=c.noise_multiple, samples=c.noise_samples), self.noise_subjects)
         return {"n_layers": n_layers, "layers": list(layers), "sigma": sigma, "n_records": len(self.records),
                 "n_known": len(known) if c.known_only else None,
-                "editors": {m: b.to_dict() for m, b in bases.items()}, "facts": [r.to_dict() for r in facts]}
+                "editors": {m: b.identity() for m, b in bases.items()}, "facts": [r.to_dict() for r in facts]}
 
     def use_plan(self, plan: Mapping[str, Any]) -> None:
         from mechedit.editors import get_editor
 
         self._plan = dict(plan)
         self.facts = [CounterFactRecord.from_dict(d) for d in plan["facts"]]
-        self.bases = {m: get_editor(_editor_name(m)).config_class.from_dict(d) for m, d in plan["editors"].items()}
+        self.bases = {m: get_editor(m).config_class.from_dict(d) for m, d in plan["editors"].items()}
         self.n_layers, self.layers, self.sigma = int(plan["n_layers"]), tuple(plan["layers"]), float(plan["sigma"])
 
     def _trace_key(self, record: CounterFactRecord) -> str:
@@ -338,6 +312,8 @@ class SweepStudy(Study):
             "noise_multiple": c.noise_multiple, "seed": c.seed, "prefix": str(c.prefix)})
 
     def _row_key(self, unit: RowUnit) -> str:
+        from mechedit.editors import get_editor
+
         c, m = self.config, unit.method
         econf = editor_config(m, unit.layer, unit.variant, self.n_layers, self.bases[m], c.edit_window,
                               sigma=self.sigma, seed=c.seed)
@@ -347,8 +323,8 @@ class SweepStudy(Study):
             scoring.update(noise_samples=c.noise_samples, noise_multiple=c.noise_multiple, sigma=self.sigma)
         return unit_key(f"{_label(unit.record.case_id)}|{unit.layer}|{m}|{unit.variant}", {
             "record": unit.record.to_dict(), "layer": unit.layer, "method": m, "variant": unit.variant,
-            "editor": econf.to_dict(), "scoring": scoring, "reversal_target": unit.reversal_target,
-            "corpus": self.inputs["corpus"] if m in ("rome", "memit") else None})
+            "editor": econf.identity(), "scoring": scoring, "reversal_target": unit.reversal_target,
+            "corpus": self.inputs["corpus"] if get_editor(m).needs_key_stats else None})
 
     def units(self, table: str, done: Mapping[str, Mapping[str, Row]]) -> Sequence[Unit]:
         if table == "traces":

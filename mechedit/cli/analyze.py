@@ -25,7 +25,8 @@ from mechedit.errors import MecheditError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from mechedit.analysis.sweep import METHODS, VARIANTS, SweepConfig
+    from mechedit.analysis.sweep import VARIANTS, SweepConfig
+    from mechedit.editors import editor_names
 
     p = sub.add_parser("analyze", help="analyses built on tracing and editing")
     inner = p.add_subparsers(dest="analysis", required=True)
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--layers", default=None, help="comma-separated central edit layers (default: --layer-step)")
     q.add_argument("--layer-step", type=positive_int, default=None,
                    help=f"every K-th layer plus the last (default {d.layer_step})")
-    q.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)} "
+    q.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(editor_names(aliases=True))} "
                    f"(default {','.join(d.methods)})")
     q.add_argument("--variants", default=None, help=f"comma-separated subset of {','.join(VARIANTS)} "
                    f"(default {','.join(d.variants)})")

@@ -77,6 +77,28 @@ def check_out_dir(path: str | os.PathLike | None, flag: str = "--out") -> Path |
     return p
 
 
+def check_html_arg(path: str | os.PathLike | None, flag: str = "--html") -> Path | None:
+    """``--html FILE``: a file path whose directory is, or can be created as, writable."""
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise OutputError(f"{flag} {p} is a directory; pass a file name such as {p / 'report.html'}")
+    check_out_dir(p.parent, flag)
+    return p
+
+
+def write_html(path: Path, text: str) -> None:
+    """Write an HTML report atomically (its directory created) and say where it went."""
+    import sys
+
+    from mechedit.studies.files import atomic_write_text
+
+    path.expanduser().parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path.expanduser(), text)
+    print(f"HTML report -> {path}", file=sys.stderr)
+
+
 def read_hparams(value: str | None, flag: str = "--hparams") -> dict[str, Any]:
     """``--hparams``: a JSON file, or inline JSON text starting with ``{``; it must hold an object."""
     if value is None:

@@ -41,6 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="another prompt to show (may contain {} for the subject); repeatable")
     p.add_argument("--hparams", help="JSON file (or inline JSON) with config fields to override")
     p.add_argument("--stats-samples", type=positive_int, help="texts in the key statistics (default from hparams)")
+    p.add_argument("--key-stats", action="append", default=[], metavar="PATH",
+                   help="precomputed key statistics E[kk^T] to use (a .safetensors file with its .json provenance, "
+                        "or a directory of them, as --save-key-stats writes); repeatable")
+    p.add_argument("--save-key-stats", metavar="DIR", help="write the key statistics the edit used to DIR")
     p.add_argument("--top-k", type=positive_int, default=5, help="tokens shown per prompt (5)")
     p.add_argument("--save", metavar="DIR", help="write the edit (deltas + provenance) to DIR")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -54,32 +58,32 @@ def _changes(spec: Any, args: argparse.Namespace, hparams: dict[str, Any]) -> di
     if layers is not None:
         if spec.single_layer and len(layers) != 1:
             raise ConfigError(f"{spec.name} edits one layer; use --layer L")
-        changes["layer" if spec.single_layer else "layers"] = layers[0] if spec.single_layer else list(layers)
+        changes["layers"] = list(layers)
     if args.objective is not None:
         changes["objective"] = args.objective
     if args.subject_noise is not None:
         changes["subject_noise"] = args.subject_noise
     if args.noise_seed is not None:
         changes["noise_seed"] = args.noise_seed
-    default = spec.config_class()
+    if not spec.needs_key_stats and (args.stats_samples is not None or args.key_stats or args.save_key_stats):
+        raise ConfigError(f"--method {spec.name} uses no key statistics, so --stats-samples / --key-stats / "
+                          "--save-key-stats do not apply")
     if args.stats_samples is not None:
-        if not hasattr(default, "mom2_n_samples"):
-            raise ConfigError(f"--method {spec.name} uses no key statistics, so --stats-samples does not apply")
         changes["mom2_n_samples"] = args.stats_samples
-    spec.config_class.from_dict({**default.to_dict(), **changes})  # a bad field or value fails here
+    spec.config_class().with_fields(changes)  # a bad field or value fails here
     return changes
 
 
 def _report(model: Any, text: str, args: argparse.Namespace, prefix: Any, ivs: list) -> dict[str, Any]:
-    from mechedit.editors import target_probability
+    from mechedit.evaluation.probs import target_prob
     from mechedit.interventions import intervened
     from mechedit.predict import predict
 
     with intervened(model, ivs):
         pred = predict(model, text, top_k=args.top_k, prefix=prefix)
-        probs = {"p_new": target_probability(model, text, args.target_new, prefix)}
+        probs = {"p_new": target_prob(model, text, args.target_new, prefix=prefix)}
         if args.target_true:
-            probs["p_true"] = target_probability(model, text, args.target_true, prefix)
+            probs["p_true"] = target_prob(model, text, args.target_true, prefix=prefix)
     return {"top": [{"token": t, "prob": p} for t, p in zip(pred.tokens, pred.probs, strict=True)], **probs}
 
 
@@ -104,24 +108,36 @@ def _check(args: argparse.Namespace) -> tuple[Any, list[str]]:
     if any(not c.strip() for c in args.check):
         raise ConfigError("--check is empty; give a prompt to show (it may contain {} for the subject)")
     check_out_dir(args.save, "--save")
+    check_out_dir(args.save_key_stats, "--save-key-stats")
+    from mechedit.editors.stats import stats_files
+
+    for path in args.key_stats:
+        stats_files(path)  # a missing or empty path fails now
     return request, [request.text] + [c.replace("{}", args.subject) for c in args.check]
 
 
 def run(args: argparse.Namespace) -> int:
     from mechedit import encode
-    from mechedit.editors import EditorCache, get_editor
+    from mechedit.editors import EditorCache, get_editor, load_key_stats, save_key_stats
 
     request, texts = _check(args)  # a mistake fails in the first second, before the model loads
     spec = get_editor(args.method)
     changes = _changes(spec, args, read_hparams(args.hparams))
     model = load_model_arg(args.model, args)
-    config = spec.config_class.from_dict({**spec.config_for(model).to_dict(), **changes})
+    config = spec.config_for(model).with_fields(changes)
     request.validate(model, prefix=config.prefix)  # subject found, targets tokenise, prompt fits the context
     for text in texts:
         encode(model, text, prefix=config.prefix)
-    edit = spec.fn(model, [request], config, cache=EditorCache(progress=not args.json))
+    cache = EditorCache(progress=not args.json)
+    if args.key_stats:
+        cache.use_key_stats(model, [st for p in args.key_stats for st in load_key_stats(p, model)],
+                            **config.stats_settings())
+    edit = spec.fn(model, [request], config, cache=cache)
     if args.save:
         edit.save(args.save)
+    if args.save_key_stats:
+        save_key_stats(cache.key_stats(model, spec.layers_of(config), **config.stats_settings()).values(),
+                       args.save_key_stats)
     rows = [{"prompt": t, "before": _report(model, t, args, config.prefix, _noise(model, t, args, config)),
              "after": _report(model, t, args, config.prefix, [edit, *_noise(model, t, args, config)])}
             for t in texts]

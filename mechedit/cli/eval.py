@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from mechedit.cli.common import add_device_arg, check_out_dir, positive_int, resolve_device
-from mechedit.data import KnownFilter
+from mechedit.evaluation.known import KnownFilter
 from mechedit.evaluation.run import EvalConfig
 from mechedit.evaluation.study import BUILTIN_METHODS, EvalStudyConfig, no_edit, resolve_editor
 
@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=None, help="layer the editor writes (editor default if absent)")
     p.add_argument("--stats-samples", type=int, default=None,
                    help="texts in the editor's key statistics (default: its hparams, e.g. 512 for ROME)")
+    p.add_argument("--key-stats", action="append", default=[], metavar="PATH",
+                   help="precomputed key statistics to edit with (a .safetensors file with its .json, or a directory "
+                        "of them, as mechedit edit --save-key-stats writes); repeatable")
     p.add_argument("--n", type=positive_int, default=None,
                    help="evaluate N records (after --filter): a seeded sample spread over relations (see --order)")
     p.add_argument("--order", choices=["stratified", "file"], default=str(_default(s, "order")),
@@ -115,7 +118,8 @@ def run(args: argparse.Namespace) -> int:
 
     config = study_config(args)
     executor = make_executor(args.executor, workers=args.workers, address=args.address)
-    study = EvalStudy(ModelSpec(args.model, resolve_device(args.device)), config)  # resolves the editor
+    study = EvalStudy(ModelSpec(args.model, resolve_device(args.device)), config,  # resolves the editor
+                      key_stats=args.key_stats)
     out = check_out_dir(args.out)
     check_study_dir(out, study)  # another study or other settings: refused now, before any loading
     records, report = study.data()

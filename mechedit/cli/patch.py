@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", choices=["logit_diff", "logprob", "prob", "normalized", "kl"],
                    help="default logit_diff with --wrong, else logprob; normalized rescales that one")
     p.add_argument("--direction", choices=["denoise", "noise"], default="denoise")
+    p.add_argument("--method", choices=["exact", "atp", "atp*"], default="exact",
+                   help="exact: one run per cell (default); atp: attribution patching (linear estimate); atp*: AtP*")
     p.add_argument("--window", type=positive_int, default=1, help="layers per cell for mlp_out/attn_out/head")
     p.add_argument("--out", type=Path, help="directory for the result JSON + safetensors + PNG")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -62,7 +64,8 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=rows * info.n_layers, desc=f"patch {args.site}", unit="cell", leave=False,
               disable=None) as bar:
         result = patch(model, args.clean, args.corrupted, args.answer, wrong=args.wrong, kind=args.site,
-                       window=args.window, metric=metric, direction=args.direction, progress=bar.update)
+                       window=args.window, metric=metric, direction=args.direction, progress=bar.update,
+                       method=args.method)
     if args.out is not None:
         from mechedit.cli.trace import _write
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict(), indent=1))
     else:
-        print(f"{result.kind} ({result.metric}, {result.direction}): clean {result.clean_score:.4f}, "
+        how = "" if result.method == "exact" else f", {result.method}"
+        print(f"{result.kind} ({result.metric}, {result.direction}{how}): clean {result.clean_score:.4f}, "
               f"corrupted {result.corrupted_score:.4f}; grid {tuple(result.scores.shape)} (rows × layers)")
     return 0

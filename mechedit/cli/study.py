@@ -24,7 +24,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mechedit.cli.common import add_device_arg, check_out_dir, positive_int
+from mechedit.cli.common import add_device_arg, check_html_arg, check_out_dir, positive_int, write_html
 from mechedit.errors import ConfigError, MecheditError
 
 RUN_FIELDS = ("study", "out", "executor", "workers", "address", "device", "threads", "num_gpus")
@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=run_cmd, device=None)
     q = inner.add_parser("report", help="rebuild a study directory's tables and figures (no model)")
     q.add_argument("dir", type=Path, help="a directory a study has written (it holds study.json)")
+    q.add_argument("--html", nargs="?", type=Path, const=Path("report.html"), metavar="FILE",
+                   help="also write a self-contained HTML report (trace studies; default DIR/report.html, "
+                        "a relative FILE is inside DIR)")
     q.set_defaults(func=report_cmd)
     ls = inner.add_parser("list", help="the registered studies")
     ls.set_defaults(func=list_cmd)
@@ -107,8 +110,16 @@ def report_cmd(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.dir} has no study.json: it is not a study directory (run the study first)")
     meta = json.loads(path.read_text())
     study = get_study(meta.get("study", "?")).from_spec(meta["settings"])
+    html = getattr(args, "html", None)
+    if html is not None:
+        if not callable(getattr(study, "html_report", None)):
+            raise ConfigError(f"--html: the {study.name} study has no HTML report (trace studies have one); its "
+                              f"tables and figures are in {args.dir}")
+        html = check_html_arg(html if html.is_absolute() else args.dir / html)
     result = load_study_rows(args.dir, study)
     study.report(result, args.dir, _command())
+    if html is not None:
+        write_html(html, study.html_report(result, _command()))
     print(f"{study.name}: report of {sum(len(r) for r in result.typed().rows.values())} stored units -> {args.dir}",
           file=sys.stderr)
     return 0

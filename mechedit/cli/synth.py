@@ -125,7 +125,7 @@ def _register_popularity(steps: argparse._SubParsersAction) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name),
                        help=f"default {getattr(d, name)}")
     p.add_argument("--hparams", default=None,
-                   help='JSON (inline or a file) of per-method overrides, e.g. \'{"rome": {"layer": 1}}\'')
+                   help='JSON (inline or a file) of per-method overrides, e.g. \'{"rome": {"layers": [1]}}\'')
     add_executor_args(p)
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=run_popularity_cmd)

@@ -17,11 +17,13 @@ from typing import Any
 from mechedit.cli.common import (
     add_device_arg,
     add_executor_args,
+    check_html_arg,
     check_out_dir,
     load_model_arg,
     make_executor_arg,
     positive_int,
     resolve_device,
+    write_html,
 )
 from mechedit.errors import ConfigError, DataError
 
@@ -47,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--distribution", choices=["gaussian", "uniform", "student_t"], default=d.noise.distribution)
     p.add_argument("--seed", type=int, default=d.noise.seed, help="noise seed (same draws for every cell)")
     p.add_argument("--metric", choices=["prob", "logprob", "kl"], default=d.metric)
+    p.add_argument("--method", choices=["exact", "atp", "atp*"], default="exact",
+                   help="exact: one run per cell (default); atp: attribution patching, a linear estimate from one "
+                        "forward and one backward; atp*: AtP*'s GradDrop ranking score (docs/patching.md)")
     p.add_argument("--data", type=Path, help="trace every record of a known_1000-format JSON file")
     p.add_argument("--limit", type=positive_int, help="with --data: only the first N records")
     p.add_argument("--answer-from", choices=["fact", "top1"], default=d.answer_from,
@@ -56,6 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregate", action="store_true", help="with --data: average-effect plots into --out")
     p.add_argument("--out", type=Path, help="directory for one JSON + PNG per kind (per record with --data)")
     p.add_argument("--json", action="store_true", help="print the result(s) as JSON")
+    p.add_argument("--html", type=Path, metavar="FILE",
+                   help="write a self-contained HTML report (heatmaps with hover values, token-class curves, "
+                        "settings; no network needed to read it): of the prompt's kinds, or with --data of the "
+                        "dataset's averages")
     add_executor_args(p)
     p.set_defaults(func=run)
 
@@ -70,9 +79,12 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         raise ConfigError("--aggregate works with --data")
     if args.limit is not None and args.data is None:
         raise ConfigError("--limit works with --data")
+    if args.data is not None and args.method != "exact":
+        raise ConfigError(f"--method {args.method} traces one --prompt; --data traces with the exact engine")
     if args.data is None and (args.executor != "local" or args.workers != 1 or args.address):
         raise ConfigError("--executor, --workers and --address work with --data (one prompt runs here)")
     check_out_dir(args.out)
+    check_html_arg(args.html)
     make_executor_arg(args)  # --workers > 1 needs ray: said before the records are read
     if args.data is None:
         if not args.prompt:
@@ -104,8 +116,13 @@ def run(args: argparse.Namespace) -> int:
         if args.out is not None:
             _write(res, args.out / kind)
         if not args.json:
-            print(f"{res.kind}: clean {res.clean_score:.4f}, corrupted {res.corrupted_score:.4f}, "
+            how = "" if res.method == "exact" else f" ({res.method})"
+            print(f"{res.kind}{how}: clean {res.clean_score:.4f}, corrupted {res.corrupted_score:.4f}, "
                   f"best cell {_best(res)} (answer {res.answer!r}, noise std {res.noise_std:.4f})", flush=True)
+    if args.html is not None:
+        from mechedit.patching.html import trace_page
+
+        write_html(args.html, trace_page(results, command=_command()))
     if args.json:
         dicts = [_json(r) for r in results]
         print(json.dumps(dicts[0] if len(dicts) == 1 else dicts, indent=1))
@@ -122,7 +139,14 @@ def _trace_one(model: Any, prompt: str, subject: str, answer: str | None, kind: 
     total = len(encode(model, prompt, prefix="neutral")) * model_info(model).n_layers
     with tqdm(total=total, desc=f"trace {kind}", unit="cell", leave=False, disable=None) as bar:
         return trace(model, prompt, subject, answer=answer, kind=kind, window=args.window, noise=noise,
-                     sigma=sigma, metric=args.metric, progress=bar.update)
+                     sigma=sigma, metric=args.metric, progress=bar.update, method=args.method)
+
+
+def _command() -> str:
+    import shlex
+    import sys
+
+    return "mechedit " + shlex.join(sys.argv[1:])
 
 
 def _json(result: Any) -> dict:
@@ -170,6 +194,8 @@ def _trace_data(args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
                           "use another --out for the new file")
     result = run_study(study, args.out, executor=executor, workers=args.workers)
     report = study.report(result, args.out, "mechedit " + shlex.join(sys.argv[1:]), aggregate=args.aggregate)
+    if args.html is not None and report.stored:
+        write_html(args.html, study.html_report(result, "mechedit " + shlex.join(sys.argv[1:])))
     plan, skipped = study.planned, result.provenance.get("skipped") or {}
     not_known = (plan.known or {}).get("not_top1_ids", [])
     if not_known:

@@ -7,18 +7,27 @@ See ``docs/editing.md``.
 """
 
 from mechedit.editors.cache import EditorCache
+from mechedit.editors.config import EditorConfig, KeyStatsConfig, VStarConfig
 from mechedit.editors.context import ContextTemplateCache, make_templates, sample_texts
-from mechedit.editors.edit import Edit, EditDiagnostics, load_edit, target_probability
+from mechedit.editors.edit import Edit, EditDiagnostics, load_edit
 from mechedit.editors.ft import FTConfig, ft
 from mechedit.editors.memit import MemitConfig, memit, memit_solve
 from mechedit.editors.objective import Objective
-from mechedit.editors.registry import EditorSpec, editor_names, get_editor
+from mechedit.editors.registry import (
+    EditorSpec,
+    editor_names,
+    get_editor,
+    register_alias,
+    register_editor,
+    unregister_editor,
+)
 from mechedit.editors.rome import RomeConfig, rank_one_update, rome
-from mechedit.editors.stats import Corpus, KeyStats, key_second_moments
+from mechedit.editors.stats import Corpus, KeyStats, key_second_moments, load_key_stats, save_key_stats
 
 __all__ = [
-    "ContextTemplateCache", "Corpus", "Edit", "EditDiagnostics", "EditorCache", "EditorSpec", "FTConfig",
-    "KeyStats", "MemitConfig", "Objective", "RomeConfig", "editor_names", "ft", "get_editor", "key_second_moments",
-    "load_edit", "make_templates", "memit", "memit_solve", "rank_one_update", "rome", "sample_texts",
-    "target_probability",
+    "ContextTemplateCache", "Corpus", "Edit", "EditDiagnostics", "EditorCache", "EditorConfig", "EditorSpec",
+    "FTConfig", "KeyStats", "KeyStatsConfig", "MemitConfig", "Objective", "RomeConfig", "VStarConfig",
+    "editor_names", "ft", "get_editor", "key_second_moments", "load_edit", "load_key_stats", "make_templates",
+    "memit", "memit_solve", "rank_one_update", "register_alias", "register_editor", "rome", "sample_texts",
+    "save_key_stats", "unregister_editor",
 ]

@@ -28,8 +28,9 @@ key ``k₀`` and the model's outputs on that knowledge are unchanged.
   mean; zero for one batch — pass ``c_prev`` to edit sequentially). ``ΔW = P(KR − A ΔW)/α``,
   so ``ΔW`` lies in the range of ``P`` exactly.
 * **Cache.** The projector is computed from the cached statistics and kept beside them in the
-  :class:`EditorCache` (:meth:`EditorCache.derived`), keyed by the statistics' key and the
-  threshold, with its own provenance (:class:`NullSpace`: threshold, the statistics'
+  :class:`EditorCache` (:meth:`EditorCache.derived`), in memory and on disk next to the
+  statistics' files (``…-alphaedit_null_space-….safetensors`` + ``.json``), keyed by a digest of
+  the statistics (provenance and moment) and the threshold, with its own provenance (:class:`NullSpace`: threshold, the statistics'
   provenance and digest, null dimension).
 
 The paper's Table 1 (Llama3-8B, 2,000 sequential CounterFact edits in batches of 100):
@@ -46,6 +47,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -90,6 +92,23 @@ class NullSpace:
     @property
     def dim(self) -> int:
         return int(self.provenance["null_dim"])
+
+    def save(self, path: Path) -> None:
+        """``path.safetensors`` (the projector) and ``path.json`` (layer and provenance)."""
+        from safetensors.torch import save_file
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"projector": self.projector.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
+        path.with_suffix(".json").write_text(json.dumps({"layer": self.layer, **self.provenance}, indent=2,
+                                                        sort_keys=True, default=str))
+
+    @classmethod
+    def load(cls, path: Path) -> NullSpace:
+        from safetensors.torch import load_file
+
+        meta = json.loads(path.with_suffix(".json").read_text())
+        layer = int(meta.pop("layer"))
+        return cls(layer, load_file(str(path.with_suffix(".safetensors")))["projector"], meta)
 
 
 def null_space_projector(moment: Float[Tensor, "d_mlp d_mlp"], threshold: float
@@ -139,8 +158,8 @@ def _solver(c_prev: Mapping[int, Tensor] | None, seen: dict[int, Tensor]):
     def make(model: Any, config: AlphaEditConfig, cache: EditorCache) -> tuple[LayerSolve, dict[str, Any]]:
         spaces = {layer: cache.derived(model, layer, ("alphaedit.null_space", config.nullspace_threshold),
                                        lambda st: null_space(st, config.nullspace_threshold),
-                                       n_samples=config.mom2_n_samples, max_length=config.mom2_max_length,
-                                       prefix=config.prefix) for layer in sorted(config.layers)}
+                                       load=NullSpace.load, **config.stats_settings())
+                  for layer in sorted(config.layers)}
 
         def solve(layer: int, keys: Tensor, resid: Tensor) -> Tensor:
             seen[layer] = keys.detach()

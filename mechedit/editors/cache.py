@@ -3,13 +3,17 @@
 Editors take ``cache=EditorCache(...)`` as a keyword; without one they build a fresh
 cache (templates are then sampled again, statistics still come from the disk cache).
 Keep one :class:`EditorCache` per session to edit many facts without recomputing.
-Precomputed statistics are an input too: ``cache.use_key_stats(model, [KeyStats.load(path)], ...)``
-(``KeyStats.save`` writes them with their provenance).
+Precomputed statistics are an input too: ``cache.use_key_stats(model, load_key_stats(path, model),
+**config.stats_settings())`` (``save_key_stats`` / ``KeyStats.save`` write them with their
+provenance; ``mechedit edit --key-stats PATH`` / ``--save-key-stats DIR`` from the shell).
+What an editor derives from the statistics (AlphaEdit's null-space projector) is kept
+beside them, in memory and, when the value can save itself, on disk (:meth:`EditorCache.derived`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit.editors.context import ContextTemplateCache
-from mechedit.editors.stats import Corpus, KeyStats, key_second_moments
+from mechedit.editors.stats import Corpus, KeyStats, default_stats_dir, key_second_moments, stats_digest
 from mechedit.models import model_info
 from mechedit.tokens import Prefix
 
@@ -75,14 +79,36 @@ class EditorCache:
             self._derived = {k: v for k, v in self._derived.items() if k[0] != key}
 
     def derived(self, model: Any, layer: int, what: tuple[Hashable, ...], compute: Callable[[KeyStats], T], *,
-                n_samples: int, max_length: int, prefix: Prefix | str) -> T:
+                n_samples: int, max_length: int, prefix: Prefix | str,
+                load: Callable[[Path], T] | None = None) -> T:
         """``compute(statistics of layer)``, kept beside the statistics: keyed by their key and
-        ``what`` (a name and the parameters, e.g. ``("null_space", threshold)``)."""
+        ``what`` (a name and the parameters, e.g. ``("null_space", threshold)``).
+
+        With ``load`` (and a disk cache, ``stats_dir`` not False) the value is also kept on
+        disk beside the statistics: ``value.save(path)`` writes it, ``load(path)`` reads it back,
+        at a path named by ``what`` and a digest of the statistics (provenance and moment).
+        """
         stats = self.key_stats(model, [layer], n_samples=n_samples, max_length=max_length, prefix=prefix)[layer]
         key = ((*self._stats_key(model, n_samples, max_length, prefix), layer), what)
         if key not in self._derived:
-            self._derived[key] = compute(stats)
+            path = None if load is None or self.stats_dir is False else self._derived_path(stats, what)
+            if path is not None and path.with_suffix(".json").is_file():
+                self._derived[key] = load(path)
+            else:
+                self._derived[key] = compute(stats)
+                if path is not None:
+                    self._derived[key].save(path)  # type: ignore[attr-defined]
         return self._derived[key]
+
+    def _derived_path(self, stats: KeyStats, what: tuple[Hashable, ...]) -> Path:
+        """``{stats_dir}/{model}/layer{L}-{digest of the statistics}-{what}-{digest of what}`` (no dot:
+        the value's files add their suffixes)."""
+        root = Path(self.stats_dir) if self.stats_dir is not None else default_stats_dir()  # type: ignore[arg-type]
+        digest = stats_digest(stats)
+        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in str(what[0]))
+        params = hashlib.sha256(repr(what).encode()).hexdigest()[:12]
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(stats.provenance.get("model", "model")))
+        return root / safe / f"layer{stats.layer:03d}-{digest}-{name}-{params}"
 
     def _stats_key(self, model: Any, n_samples: int, max_length: int, prefix: Prefix | str) -> tuple:
         info = model_info(model)

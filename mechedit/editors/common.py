@@ -9,7 +9,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechedit.editors.edit import Edit, EditDiagnostics, target_probability
+from mechedit.editors.edit import Edit, EditDiagnostics
 from mechedit.editors.noise import prompt_noise, row_noise
 from mechedit.editors.objective import Objective
 from mechedit.errors import ConfigError
@@ -17,7 +17,7 @@ from mechedit.interventions import capture_until
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span
+from mechedit.tokens import Prefix, encode, pad_right, subject_span
 from mechedit.weights import WeightDelta
 
 
@@ -59,9 +59,7 @@ def subject_keys(model: Any, request: EditRequest, templates: Sequence[str], lay
         spans.append(subject_span(model, text, request.subject, prefix=prefix, occurrence=occ))
         rows.append(list(encode(model, text, prefix=prefix).ids))
     last = [end - 1 for _, end in spans]
-    ids = torch.full((len(rows), max(map(len, rows))), model_info(model).neutral_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
-        ids[i, : len(row)] = torch.tensor(row)
+    ids = pad_right(rows, model_info(model).neutral_token_id).ids
     sites = [Site("mlp_key", layer) for layer in layers]
     noise = row_noise(spans, subject_noise, noise_seed)
     acts = capture_until(model, ids.to(next(model.parameters()).device), sites, noise)
@@ -92,7 +90,10 @@ def request_probability(model: Any, request: EditRequest, objective: Objective, 
                         ) -> float:
     """``P(objective target | prompt)``, the subject noised (row 0's draw) if ``subject_noise`` is set."""
     noise = prompt_noise(model, request.text, request.subject, prefix, subject_noise, noise_seed)
-    return target_probability(model, request.text, objective.target(request), prefix, [*interventions, *noise])
+    from mechedit.evaluation.probs import target_prob
+
+    return target_prob(model, request.text, objective.target(request), prefix=prefix,
+                       interventions=[*interventions, *noise])
 
 
 def probabilities_before(model: Any, requests: Sequence[EditRequest], prefix: Prefix,

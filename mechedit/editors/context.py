@@ -7,7 +7,10 @@ statistics (:mod:`mechedit.editors.stats`) when no real corpus is reachable.
 
 Sampling is plain ancestral sampling (temperature 1, full vocabulary) from the neutral
 token, with a private ``torch.Generator``: the global RNG is never touched, and the same
-``(model, seed, n, n_tokens)`` always gives the same texts.
+``(model, seed, n, n_tokens)`` always gives the same texts. ``top_k=5`` samples from the
+5 most likely tokens instead, the rule of ROME's own template generator
+(``generate_fast(..., top_k=5)``); editors choose it with ``context_top_k``.
+Templates of your own are an editor input too (``context_templates`` in the config).
 
 Templates are kept in an explicit :class:`ContextTemplateCache` that the caller owns
 (see :class:`mechedit.editors.EditorCache`); there is no module-level cache.
@@ -33,15 +36,17 @@ def _model_key(model: Any) -> tuple[str, str | None]:
 
 @torch.no_grad()
 def sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size: int = 32,
-                 progress: bool = False) -> list[str]:
+                 top_k: int | None = None, progress: bool = False) -> list[str]:
     """``n`` texts of ``n_tokens`` sampled tokens each, started from the neutral token.
 
     Special tokens are dropped when decoding; the result depends only on the arguments
-    (batch rows draw from one seeded generator in order). ``progress``: a bar over the
-    sampling steps.
+    (batch rows draw from one seeded generator in order). ``top_k``: sample each token
+    from the ``top_k`` most likely ones (renormalised; None = the full vocabulary).
+    ``progress``: a bar over the sampling steps.
     """
-    if n < 1 or n_tokens < 1 or batch_size < 1:
-        raise ConfigError(f"sample_texts needs n, n_tokens, batch_size >= 1, got {n}, {n_tokens}, {batch_size}")
+    if n < 1 or n_tokens < 1 or batch_size < 1 or (top_k is not None and top_k < 1):
+        raise ConfigError(f"sample_texts needs n, n_tokens, batch_size (and top_k if given) >= 1, got {n}, "
+                          f"{n_tokens}, {batch_size}, {top_k}")
     info = model_info(model)
     hf = tlens.hf_model(model)
     device = next(hf.parameters()).device
@@ -57,6 +62,9 @@ def sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size
                 res = hf(input_ids=ids, past_key_values=past, use_cache=True)
                 past = res.past_key_values
                 probs = torch.softmax(res.logits[:, -1].double().cpu(), dim=-1)
+                if top_k is not None:
+                    kth = probs.topk(min(top_k, probs.shape[-1]), dim=-1).values[:, -1:]
+                    probs = torch.where(probs >= kth, probs, torch.zeros_like(probs))
                 ids = torch.multinomial(probs, 1, generator=gen).to(device)
                 out.append(ids)
                 steps.update(1)
@@ -65,10 +73,11 @@ def sample_texts(model: Any, n: int, n_tokens: int, *, seed: int = 0, batch_size
     return texts
 
 
-def make_templates(model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0,
+def make_templates(model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0, top_k: int | None = None,
                    progress: bool = False) -> tuple[str, ...]:
     """ROME's context templates: ``"{}"`` plus, per ``(n_tokens, count)``, ``count``
-    sampled texts of ``n_tokens`` tokens, each followed by ``". {}"``.
+    sampled texts of ``n_tokens`` tokens (from the ``top_k`` most likely tokens if given),
+    each followed by ``". {}"``.
 
     Braces are removed from the sampled text so that ``template.format(prompt)`` is safe.
     """
@@ -76,7 +85,7 @@ def make_templates(model: Any, lengths: tuple[tuple[int, int], ...], *, seed: in
     status(f"sampling {sum(c for _, c in lengths)} context templates from {model_info(model).name} "
            "(once per EditorCache)", progress and bool(lengths))
     for i, (n_tokens, count) in enumerate(lengths):
-        for text in sample_texts(model, count, n_tokens, seed=seed + i, batch_size=max(1, count),
+        for text in sample_texts(model, count, n_tokens, seed=seed + i, batch_size=max(1, count), top_k=top_k,
                                  progress=progress):
             clean = " ".join(text.replace("{", "").replace("}", "").split())
             out.append(f"{clean}. {{}}")
@@ -89,11 +98,12 @@ class ContextTemplateCache:
 
     _store: dict[tuple, tuple[str, ...]] = field(default_factory=dict, repr=False)
 
-    def get(self, model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0,
+    def get(self, model: Any, lengths: tuple[tuple[int, int], ...], *, seed: int = 0, top_k: int | None = None,
             progress: bool = False) -> tuple[str, ...]:
-        key = (_model_key(model), tuple(map(tuple, lengths)), int(seed))
+        key = (_model_key(model), tuple(map(tuple, lengths)), int(seed), top_k)
         if key not in self._store:
-            self._store[key] = make_templates(model, tuple(map(tuple, lengths)), seed=seed, progress=progress)
+            self._store[key] = make_templates(model, tuple(map(tuple, lengths)), seed=seed, top_k=top_k,
+                                              progress=progress)
         return self._store[key]
 
     def __len__(self) -> int:

@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
@@ -196,14 +195,3 @@ def load_edit(directory: str | Path) -> Edit:
                 version=meta["version"])
 
 
-def target_probability(model: Any, text: str, target: str, prefix: Any, interventions: Any = ()) -> float:
-    """Teacher-forced ``P(target | text)`` (product over the target's tokens)."""
-    from mechedit.interventions import run
-    from mechedit.tokens import encode, target_ids
-
-    tgt = target_ids(model, text, target)
-    enc = encode(model, text, prefix=prefix)
-    ids = torch.tensor([list(enc.ids) + list(tgt[:-1])], device=next(model.parameters()).device)
-    logp = torch.log_softmax(run(model, ids, interventions)[0].double(), dim=-1)
-    n = len(enc.ids)
-    return float(sum(logp[n - 1 + j, t] for j, t in enumerate(tgt)).exp())

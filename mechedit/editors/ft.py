@@ -23,38 +23,33 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from mechedit import tlens
+from mechedit import fastpath
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, validate
 from mechedit.editors.config import EditorConfig, check
 from mechedit.editors.edit import Edit, key_delta_hooks
 from mechedit.editors.noise import row_noise
 from mechedit.editors.objective import Objective
-from mechedit.editors.registry import register_editor
+from mechedit.editors.registry import register_alias, register_editor
 from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span, target_ids
+from mechedit.tokens import Prefix, encode, pad_right, subject_span, target_ids
 
 
 @dataclasses.dataclass(frozen=True)
 class FTConfig(EditorConfig):
     """FT-L hyperparameters (ROME's FT-L defaults for GPT-2 XL, layer aside)."""
 
-    layers: tuple[int, ...] = (0,)
     steps: int = 25
     lr: float = 5e-4
     linf: float = 5e-4  # every entry of ΔW stays in [-linf, linf]
-    prefix: Prefix | str = Prefix.NEUTRAL  # a str is converted on construction
-    objective: Objective | str = Objective.INJECT  # inject / erase / amplify (a str is converted)
 
     method: ClassVar[str] = "ft"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
-              f"layers must be distinct ints >= 0, got {self.layers}")
         check(self.steps >= 1 and self.lr > 0 and self.linf > 0, "steps >= 1, lr > 0 and linf > 0")
 
 
@@ -80,10 +75,7 @@ def _batch(model: Any, requests: Sequence[EditRequest], prefix: Prefix,
             pos.append(len(ids) - 1 + j)
             tok.append(int(t))
         rows.append(ids + list(tgt[:-1]))
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), model_info(model).neutral_token_id, dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(row)
+    ids = pad_right(rows, model_info(model).neutral_token_id).ids
     return ids, r_idx, pos, tok, spans
 
 
@@ -111,8 +103,8 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
         cap = Capture((Site("resid_post", last),), detach=False)
         with torch.enable_grad():
             with intervened(model, [_TrainableDeltas(deltas), cap]):
-                tlens.forward_blocks(model, resid=resid, start=start, stop_after=last)
-            logits = tlens.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
+                fastpath.forward_blocks(model, resid=resid, start=start, stop_after=last)
+            logits = fastpath.unembed(model, cap.store[Site("resid_post", last)][r_idx, pos])
             lp = torch.log_softmax(logits.float(), -1)[torch.arange(len(tok)), tok]
             loss = config.objective.token_loss(lp).mean()
         losses.append(float(loss.detach()))
@@ -126,3 +118,6 @@ def ft(model: Any, requests: Sequence[EditRequest], config: FTConfig | None = No
                 d.clamp_(-config.linf, config.linf)
     return finish(model, "ft", requests, {ly: d.detach() for ly, d in deltas.items()}, config, config.prefix,
                   [losses], p_before, objective=config.objective)
+
+
+register_alias("ft5", "ft", window=5, description="FT-L over a window of 5 layers around the centre layer")

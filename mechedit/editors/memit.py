@@ -31,55 +31,34 @@ from torch import Tensor
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
-from mechedit.editors.config import EditorConfig, check
+from mechedit.editors.config import KeyStatsConfig, VStarConfig, check
 from mechedit.editors.edit import Edit
 from mechedit.editors.noise import prompt_noise
-from mechedit.editors.objective import Objective
 from mechedit.editors.registry import register_editor
-from mechedit.editors.vstar import OptimSettings, build_batch, optimize_delta
+from mechedit.editors.vstar import build_batch, optimize_delta
 from mechedit.interventions import capture_until
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span
+from mechedit.tokens import encode, subject_span
 from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
 
 
 @dataclasses.dataclass(frozen=True)
-class MemitConfig(EditorConfig):
-    """MEMIT hyperparameters (published GPT-2 XL defaults)."""
+class MemitConfig(VStarConfig, KeyStatsConfig):
+    """MEMIT hyperparameters (published GPT-2 XL defaults): the v* part
+    (:class:`~mechedit.editors.config.VStarConfig`, for z), the key statistics
+    (:class:`~mechedit.editors.config.KeyStatsConfig`) and λ."""
 
     layers: tuple[int, ...] = (13, 14, 15, 16, 17)
     mom2_update_weight: float = 20000.0  # λ
-    steps: int = 20
-    lr: float = 0.5
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5
     clamp_norm_factor: float = 0.75
-    early_stop_loss: float = 0.05
-    kl_prompt: str = "{} is a"
     context_lengths: tuple[tuple[int, int], ...] = ((5, 10), (10, 10))
-    context_seed: int = 0
-    prefix: Prefix | str = Prefix.NEUTRAL  # a str is converted on construction
-    mom2_n_samples: int = 1000
-    mom2_max_length: int = 128
-    fast: bool = True
-    objective: Objective | str = Objective.INJECT  # inject / erase / amplify (a str is converted)
 
     method: ClassVar[str] = "memit"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(len(self.layers) >= 1 and len(set(self.layers)) == len(self.layers) and min(self.layers) >= 0,
-              f"layers must be distinct ints >= 0, got {self.layers}")
         check(self.mom2_update_weight >= 0, "mom2_update_weight (λ) must be >= 0")
-        check(self.steps >= 1 and self.lr > 0 and self.clamp_norm_factor > 0, "steps >= 1, lr > 0, clamp > 0")
-        check(self.kl_factor >= 0 and self.weight_decay >= 0, "kl_factor and weight_decay must be >= 0")
-        check(self.kl_prompt.count("{}") == 1, f"kl_prompt needs one '{{}}', got {self.kl_prompt!r}")
-        check(all(len(p) == 2 and p[0] >= 1 and p[1] >= 0 for p in self.context_lengths),
-              "context_lengths are (n_tokens >= 1, count >= 0) pairs")
-
-    def optim(self) -> OptimSettings:
-        return OptimSettings.from_config(self)
 
 
 def memit_solve(
@@ -163,7 +142,7 @@ def memit_edit(model: Any, requests: Sequence[EditRequest], config: MemitConfig,
     p_before = probabilities_before(model, requests, config.prefix, config.objective,
                                     subject_noise=config.subject_noise, noise_seed=config.noise_seed)
     solve, extra = make_solve(model, config, cache)  # before z: a solve that cannot be built fails early
-    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed, progress=cache.progress)
+    templates = config.templates(model, cache)
     z, losses = memit_targets(model, requests, templates, config, progress=cache.progress)
     deltas = memit_deltas(model, requests, templates, z, config, solve)
     return finish(model, method, requests, deltas, config, config.prefix, losses, p_before,
@@ -172,8 +151,7 @@ def memit_edit(model: Any, requests: Sequence[EditRequest], config: MemitConfig,
 
 def memit_solver(model: Any, config: MemitConfig, cache: EditorCache) -> tuple[LayerSolve, dict[str, Any]]:
     """MEMIT's solve: :func:`memit_solve` with the layer's ``C`` and ``λ = mom2_update_weight``."""
-    stats = cache.key_stats(model, sorted(config.layers), n_samples=config.mom2_n_samples,
-                            max_length=config.mom2_max_length, prefix=config.prefix)
+    stats = cache.key_stats(model, sorted(config.layers), **config.stats_settings())
 
     def solve(layer: int, keys: Tensor, resid: Tensor) -> Tensor:
         return memit_solve(stats[layer].moment, keys, resid, config.mom2_update_weight)

@@ -36,56 +36,35 @@ from torch import Tensor
 
 from mechedit.editors.cache import EditorCache
 from mechedit.editors.common import finish, probabilities_before, subject_keys, validate
-from mechedit.editors.config import EditorConfig, check
+from mechedit.editors.config import KeyStatsConfig, VStarConfig, check
 from mechedit.editors.edit import Edit
-from mechedit.editors.objective import Objective
 from mechedit.editors.registry import register_editor
-from mechedit.editors.vstar import DeltaResult, OptimSettings, build_batch, optimize_delta
+from mechedit.editors.vstar import DeltaResult, build_batch, optimize_delta
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix
 from mechedit.weights import WeightDelta, edited_weights, mlp_out_weight
 
 RomeKey = Literal["consistent", "original"]
 
 
 @dataclasses.dataclass(frozen=True)
-class RomeConfig(EditorConfig):
-    """ROME hyperparameters; defaults are the published GPT-2 XL values except ``layer``."""
+class RomeConfig(VStarConfig, KeyStatsConfig):
+    """ROME hyperparameters; defaults are the published GPT-2 XL values except the layer.
 
-    layer: int = 5
-    steps: int = 20
-    lr: float = 0.5
-    kl_factor: float = 0.0625
-    weight_decay: float = 0.5
-    clamp_norm_factor: float = 4.0
-    early_stop_loss: float = 0.05
-    kl_prompt: str = "{} is a"
-    context_lengths: tuple[tuple[int, int], ...] = ((10, 5),)  # (tokens, count): 5 texts of 10 tokens
-    context_seed: int = 0
+    ``layers`` holds exactly one layer; the v* and context-template fields are
+    :class:`~mechedit.editors.config.VStarConfig`'s, the key statistics'
+    :class:`~mechedit.editors.config.KeyStatsConfig`'s.
+    """
+
+    layers: tuple[int, ...] = (5,)
     key: RomeKey = "consistent"
-    prefix: Prefix | str = Prefix.NEUTRAL  # a str is converted on construction
-    mom2_n_samples: int = 1000  # texts in the key statistics
-    mom2_max_length: int = 128
-    fast: bool = True  # only blocks >= layer per v* step (False: the full-forward reference)
-    objective: Objective | str = Objective.INJECT  # inject / erase / amplify (a str is converted)
 
     method: ClassVar[str] = "rome"
+    single_layer: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(isinstance(self.layer, int) and self.layer >= 0, f"layer must be an int >= 0, got {self.layer!r}")
-        check(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        check(self.lr > 0 and self.clamp_norm_factor > 0, "lr and clamp_norm_factor must be > 0")
-        check(self.kl_factor >= 0 and self.weight_decay >= 0, "kl_factor and weight_decay must be >= 0")
         check(self.key in ("consistent", "original"), f"key must be 'consistent' or 'original', got {self.key!r}")
-        check(self.kl_prompt.count("{}") == 1, f"kl_prompt needs one '{{}}', got {self.kl_prompt!r}")
-        check(all(len(p) == 2 and p[0] >= 1 and p[1] >= 0 for p in self.context_lengths),
-              "context_lengths are (n_tokens >= 1, count >= 0) pairs")
-        check(self.mom2_n_samples >= 1 and self.mom2_max_length >= 1, "mom2 sizes must be >= 1")
-
-    def optim(self) -> OptimSettings:
-        return OptimSettings.from_config(self)
 
 
 def rank_one_update(
@@ -112,7 +91,7 @@ def rank_one_update(
 def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCache) -> tuple[Tensor, DeltaResult,
                                                                                               Tensor, Tensor]:
     layer = config.layer
-    templates = cache.templates.get(model, config.context_lengths, seed=config.context_seed, progress=cache.progress)
+    templates = config.templates(model, cache)
     keys = subject_keys(model, request, templates, [layer], config.prefix, subject_noise=config.subject_noise,
                         noise_seed=config.noise_seed)[layer]
     k_star = keys.mean(0)
@@ -122,8 +101,7 @@ def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCach
                          progress=cache.progress)
     w = mlp_out_weight(model, layer).detach()
     v_star = (k.double() @ w.double() + res.delta.double()).float()
-    c = cache.second_moment(model, layer, n_samples=config.mom2_n_samples, max_length=config.mom2_max_length,
-                            prefix=config.prefix)
+    c = cache.second_moment(model, layer, **config.stats_settings())
     return rank_one_update(c, k_star, k, w, v_star), res, k_star, v_star
 
 

@@ -37,14 +37,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from mechedit import __version__
-from mechedit.editors.samples import cached_sample_texts
+from mechedit.editors.samples import cached_sample_texts, weights_fingerprint
 from mechedit.errors import ConfigError, ModelNotAvailableError
 from mechedit.interventions import capture_until
 from mechedit.models import cache_dir as mechedit_cache_dir
 from mechedit.models import model_info
 from mechedit.progress import status
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode
+from mechedit.tokens import Prefix, encode, pad_right
 
 CorpusKind = Literal["model_samples", "texts", "text_file", "hf_dataset"]
 _FORMAT = 1  # bump when the cached layout or the accumulation changes
@@ -141,21 +141,73 @@ class KeyStats:
     n_tokens: int
     provenance: dict[str, Any]
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path | str) -> None:
+        """``path.safetensors`` (the moment) and ``path.json`` (the provenance: model and its
+        weights fingerprint, layer, corpus, sample count, max length, token count, …)."""
         from safetensors.torch import save_file
 
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"moment": self.moment.detach().cpu().contiguous()}, str(path.with_suffix(".safetensors")))
         meta = {**self.provenance, "n_tokens": self.n_tokens, "layer": self.layer}
         path.with_suffix(".json").write_text(json.dumps(meta, indent=2, sort_keys=True))
 
     @classmethod
-    def load(cls, path: Path) -> "KeyStats":
+    def load(cls, path: Path | str) -> "KeyStats":
         from safetensors.torch import load_file
 
+        path = Path(path)
         meta = json.loads(path.with_suffix(".json").read_text())
         moment = load_file(str(path.with_suffix(".safetensors")))["moment"]
         return cls(int(meta["layer"]), moment, int(meta["n_tokens"]), meta)
+
+
+def stats_digest(stats: KeyStats) -> str:
+    """A digest of a statistic: its provenance and the bytes of its moment."""
+    h = hashlib.sha256(json.dumps(stats.provenance, sort_keys=True, default=str).encode())
+    h.update(stats.moment.detach().double().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def stats_files(path: Path | str) -> list[Path]:
+    """The statistics at ``path``: one file (``X.safetensors`` with ``X.json`` beside it, either
+    named) or every such pair in a directory; none found is a :class:`ConfigError`."""
+    p = Path(path).expanduser()
+    stems = sorted({q.with_suffix("") for q in p.glob("*.safetensors")}) if p.is_dir() else [p.with_suffix("")]
+    found = [s for s in stems if s.with_suffix(".json").is_file() and s.with_suffix(".safetensors").is_file()]
+    if not found:
+        raise ConfigError(f"no key statistics at {p}: give a .safetensors file with its .json beside it, or a "
+                          "directory of them (written by KeyStats.save / mechedit edit --save-key-stats)")
+    return found
+
+
+def load_key_stats(path: Path | str, model: Any = None) -> list[KeyStats]:
+    """The statistics at ``path`` (:func:`stats_files`); with ``model``, each is checked to be of
+    this model: its ``d_mlp`` and, where recorded, its weights fingerprint."""
+    out = [KeyStats.load(s) for s in stats_files(path)]
+    if model is not None:
+        info, fp = model_info(model), None
+        for st in out:
+            if tuple(st.moment.shape) != (info.d_mlp, info.d_mlp):
+                raise ConfigError(f"key statistics {st.provenance.get('model')!r} layer {st.layer} are "
+                                  f"{tuple(st.moment.shape)}, not ({info.d_mlp}, {info.d_mlp}): another model's")
+            if "model_fingerprint" in st.provenance:
+                fp = fp or weights_fingerprint(model)
+                if st.provenance["model_fingerprint"] != fp:
+                    raise ConfigError(f"key statistics of layer {st.layer} were computed on other weights "
+                                      f"({st.provenance.get('model')!r}, fingerprint "
+                                      f"{st.provenance['model_fingerprint']}, not {fp}); recompute them")
+    return out
+
+
+def save_key_stats(stats: Iterable[KeyStats], directory: Path | str) -> list[Path]:
+    """Write each statistic to ``directory/layer{L:03d}.safetensors`` + ``.json`` (:meth:`KeyStats.save`)."""
+    paths = []
+    for st in stats:
+        path = Path(directory).expanduser() / f"layer{st.layer:03d}"
+        st.save(path)
+        paths.append(path.with_suffix(".safetensors"))
+    return paths
 
 
 def provenance(model: Any, layer: int, corpus: Corpus, n_samples: int, max_length: int,
@@ -230,9 +282,9 @@ def key_second_moments(
                f"({n_samples} texts of {corpus.name}); {where}", progress)
         sums, n_tok = accumulate(model, missing, corpus, n_samples=n_samples, max_length=max_length,
                                  batch_size=batch_size, prefix=prefix, progress=progress)
+        extra = {"n_tokens": n_tok, "model_fingerprint": weights_fingerprint(model), "mechedit_version": __version__}
         for layer in missing:
-            stats = KeyStats(layer, sums[layer] / n_tok, n_tok, {**provs[layer], "n_tokens": n_tok,
-                                                                 "mechedit_version": __version__})
+            stats = KeyStats(layer, sums[layer] / n_tok, n_tok, {**provs[layer], **extra})
             if root is not None:
                 stats.save(_cache_path(root, provs[layer]))
             found[layer] = stats
@@ -271,12 +323,8 @@ def accumulate(model: Any, layers: Sequence[int], corpus: Corpus, *, n_samples: 
     bar = tqdm(total=n_samples, desc=f"key statistics, layers {list(layers)}", unit="text", disable=not progress)
     try:
         for batch in _batches(model, corpus.texts(model, progress), n_samples, max_length, batch_size, prefix):
-            width = max(map(len, batch))
-            ids = torch.full((len(batch), width), info.neutral_token_id, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.bool)
-            for i, row in enumerate(batch):  # right padding: causal, so real tokens are unaffected
-                ids[i, : len(row)] = torch.tensor(row)
-                mask[i, : len(row)] = True
+            padded = pad_right(batch, info.neutral_token_id)
+            ids, mask = padded.ids, padded.mask
             acts = capture_until(model, ids.to(device), sites)
             for layer, site in zip(layers, sites, strict=True):
                 k = acts[site][mask.to(device)].double()

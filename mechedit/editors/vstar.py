@@ -18,9 +18,9 @@ project δ back onto the ball ‖δ‖ ≤ ``clamp_norm_factor`` · ‖v₀‖.
 **Speed.** Blocks below the site do not depend on δ, so the residual entering the
 site's block is computed once for the whole batch of templates. Nor do positions before
 a row's subject (causal model): their keys and values at the blocks above are computed
-once too (:func:`mechedit.tlens.block_kv`), and every step runs only the blocks from the
+once too (:func:`mechedit.fastpath.block_kv`), and every step runs only the blocks from the
 site's on, only on each row's positions from the subject's last token on
-(:func:`mechedit.tlens.forward_with_prefix`), stops after the last block and unembeds
+(:func:`mechedit.fastpath.forward_with_prefix`), stops after the last block and unembeds
 only the positions the loss reads. With ``subject_noise`` set (fact forcing,
 :mod:`mechedit.editors.noise`) the one forward that captures that residual carries the
 noise, so the cached keys/values and suffixes are the noised ones, and the reference
@@ -40,7 +40,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from mechedit import tlens
+from mechedit import fastpath
 from mechedit.editors.noise import row_noise
 from mechedit.editors.objective import Objective
 from mechedit.interventions import Capture, capture_until, intervened, run
@@ -48,7 +48,7 @@ from mechedit.models import model_info
 from mechedit.progress import bar
 from mechedit.requests import EditRequest
 from mechedit.sites import Site
-from mechedit.tokens import Prefix, encode, subject_span, target_ids
+from mechedit.tokens import Prefix, encode, pad_right, subject_span, target_ids
 
 
 @dataclass(frozen=True)
@@ -111,11 +111,7 @@ def build_batch(model: Any, request: EditRequest, templates: tuple[str, ...], s:
     rows.append(ids)
     spans.append(span)
     lookup = [end - 1 for _, end in spans]
-    width = max(map(len, rows))
-    pad = model_info(model).neutral_token_id
-    tensor = torch.full((len(rows), width), pad, dtype=torch.long)
-    for i, row in enumerate(rows):  # right padding: causal attention, real tokens unaffected
-        tensor[i, : len(row)] = torch.tensor(row)
+    tensor = pad_right(rows, model_info(model).neutral_token_id).ids
     return TemplateBatch(tensor, tuple(lookup), tuple(t_rows), tuple(t_pos), tuple(t_tok),
                          len(templates), len(rows) - 1, tuple(spans))
 
@@ -182,7 +178,7 @@ class Suffixes:
     nothing is read).
     """
 
-    prefix: tlens.PrefixKV
+    prefix: fastpath.PrefixKV
     resid: Float[Tensor, "batch suffix d_model"]
     positions: Int[Tensor, "batch suffix"]
 
@@ -199,7 +195,7 @@ def suffixes(model: Any, batch: TemplateBatch, resid: Tensor, start: int) -> Suf
     width = suffix_width(batch)
     lookup = torch.tensor(batch.lookup, device=resid.device)
     positions = (lookup[:, None] + torch.arange(width, device=resid.device)).clamp(max=resid.shape[1] - 1)
-    prefix = tlens.block_kv(model, resid, start).left_aligned(batch.lookup)
+    prefix = fastpath.block_kv(model, resid, start).left_aligned(batch.lookup)
     gathered = resid.gather(1, positions[..., None].expand(-1, -1, resid.shape[-1]))
     return Suffixes(prefix, gathered, positions)
 
@@ -209,10 +205,10 @@ def _logits_fast(model: Any, suf: Suffixes, batch: TemplateBatch, delta: Tensor,
     cap = Capture((Site("resid_post", last),), detach=False)
     add = AddAtRows(site, delta, (0,) * len(batch.lookup))  # column 0 = every row's lookup
     with intervened(model, [add, cap]):
-        tlens.forward_with_prefix(model, suf.resid, suf.prefix, suf.positions, stop_after=last)
+        fastpath.forward_with_prefix(model, suf.resid, suf.prefix, suf.positions, stop_after=last)
     rows, pos = _rows_positions(batch)
     cols = [p - batch.lookup[r] for r, p in zip(rows, pos, strict=True)]
-    return tlens.unembed(model, cap.store[Site("resid_post", last)][rows, cols])
+    return fastpath.unembed(model, cap.store[Site("resid_post", last)][rows, cols])
 
 
 def _logits_reference(model: Any, batch: TemplateBatch, interventions: list[Any]) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 
 from mechedit.errors import ConfigError
 from mechedit.interventions import Intervention, intervened
-from mechedit.tokens import Prefix, encode
+from mechedit.tokens import Prefix, encode, pad_right
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ def generate(
             chunk = list(range(lo, min(lo + batch_size, len(encoded))))
             gens = [torch.Generator().manual_seed(int(seed) * 1_000_003 + i) for i in chunk]
             lens = torch.tensor([len(encoded[i]) for i in chunk])
-            ids = torch.zeros(len(chunk), int(lens.max()) + max_new_tokens, dtype=torch.long)
-            for b, i in enumerate(chunk):
-                ids[b, : len(encoded[i])] = torch.tensor(encoded[i].ids)
+            ids = pad_right([encoded[i].ids for i in chunk], 0, width=int(lens.max()) + max_new_tokens).ids
             rows = torch.arange(len(chunk))
             for _ in range(max_new_tokens):
                 # each row's real tokens are ids[b, :lens[b]]; what follows is padding, which a

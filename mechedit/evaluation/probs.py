@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -32,7 +32,7 @@ from torch import Tensor
 
 from mechedit.errors import ConfigError
 from mechedit.interventions import Intervention, intervened
-from mechedit.tokens import Prefix, encode, target_ids
+from mechedit.tokens import Prefix, encode, pad_right, target_ids
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,14 @@ class TargetLogProbs:
 
     ``logprobs[b, i]`` is ``log p(t_i | prompt_b, t_<i)`` for ``i < lengths[b]``;
     ``mask`` marks the real entries. Computed in float64 from float32 logits.
+    ``top1[b]``: the model's most probable next token after prompt ``b`` (the known-fact
+    filter's test, ``top1 == the target's first token``, :meth:`first_token_hit`).
     """
 
     logprobs: Float[Tensor, "batch max_target"]
     mask: Bool[Tensor, "batch max_target"]
+    top1: Int[Tensor, " batch"] | None = None  # the most probable token where the target's first one is read
+    first: Int[Tensor, " batch"] | None = None  # the target's first token
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
@@ -64,6 +68,12 @@ class TargetLogProbs:
     def sequence_prob(self) -> Float[Tensor, " batch"]:
         """Hase et al.'s full-sequence probability: the product of token probabilities."""
         return torch.exp(self.sum_logprob())
+
+    def first_token_hit(self) -> Bool[Tensor, " batch"]:
+        """Whether each row's top-1 next token after the prompt is the target's first token."""
+        if self.top1 is None or self.first is None:
+            raise ConfigError("these log-probabilities carry no top-1 tokens")
+        return self.top1 == self.first
 
     def row(self, b: int) -> list[float]:
         return [float(x) for x in self.logprobs[b, : int(self.lengths[b])]]
@@ -100,20 +110,41 @@ def gather_target_logprobs(
     return torch.where(mask, out, torch.zeros_like(out))
 
 
+@runtime_checkable
+class RowIntervention(Protocol):
+    """An intervention that differs from row to row of the scored rows (e.g. noise on each
+    row's own subject span, :class:`~mechedit.interventions.RowNoise`).
+
+    ``for_rows(rows)`` is the intervention of a batch holding ``rows`` (indices into all
+    the rows of the call, in order); it must give a row the same effect in any batch.
+    """
+
+    def for_rows(self, rows: Sequence[int]) -> Intervention: ...
+
+
+def _for_batch(interventions: Sequence[Any], rows: range) -> list[Intervention]:
+    return [iv.for_rows(rows) if isinstance(iv, RowIntervention) else iv for iv in interventions]
+
+
 def sequence_logprobs(
     model: Any,
     prompt_ids: Sequence[Sequence[int]],
     continuation_ids: Sequence[Sequence[int]],
     *,
-    interventions: Iterable[Intervention] = (),
+    interventions: Iterable[Intervention | RowIntervention] = (),
     batch_size: int = 32,
     pad_id: int = 0,
+    progress: bool | str = False,
 ) -> TargetLogProbs:
     """Teacher-forced log-probabilities of each continuation after its prompt (token ids).
 
     ``prompt_ids`` already include any prefix. Rows are processed ``batch_size`` at a
     time, right-padded with ``pad_id`` (which cannot affect the result, see module doc).
+    ``interventions`` apply to every row; a :class:`RowIntervention` among them is cut
+    to each batch's rows. ``progress``: a tqdm bar over the batches (a string: its label).
     """
+    from tqdm.auto import tqdm
+
     if len(prompt_ids) != len(continuation_ids):
         raise ConfigError(f"{len(prompt_ids)} prompts but {len(continuation_ids)} continuations")
     if batch_size < 1:
@@ -125,23 +156,23 @@ def sequence_logprobs(
     device = next(model.parameters()).device
     max_len = max((len(c) for c in continuation_ids), default=1)
     out = torch.zeros(len(prompt_ids), max_len, dtype=torch.float64)
-    with intervened(model, interventions), torch.no_grad():
-        for lo in range(0, len(prompt_ids), batch_size):
-            ps, cs = prompt_ids[lo:lo + batch_size], continuation_ids[lo:lo + batch_size]
-            width = max(len(p) + len(c) for p, c in zip(ps, cs, strict=True))
-            ids = torch.full((len(ps), width), pad_id, dtype=torch.long)
-            for b, (p, c) in enumerate(zip(ps, cs, strict=True)):
-                full = list(p) + list(c)
-                ids[b, : len(full)] = torch.tensor(full, dtype=torch.long)
-            ids = ids.to(device)
+    top1 = torch.zeros(len(prompt_ids), dtype=torch.long)
+    label = progress if isinstance(progress, str) else "teacher-forced scoring"
+    for lo in tqdm(range(0, len(prompt_ids), batch_size), desc=label, unit="batch", disable=not progress,
+                   leave=False):
+        rows = range(lo, min(lo + batch_size, len(prompt_ids)))
+        ps, cs = [prompt_ids[i] for i in rows], [continuation_ids[i] for i in rows]
+        ids = pad_right([[*p, *c] for p, c in zip(ps, cs, strict=True)], pad_id).ids.to(device)
+        with intervened(model, _for_batch(interventions, rows)), torch.no_grad():
             logits = model(ids)
-            starts = torch.tensor([len(p) for p in ps], device=device)
-            lengths = torch.tensor([len(c) for c in cs], device=device)
-            lp = gather_target_logprobs(logits.float(), ids, starts, lengths).cpu()
-            out[lo:lo + len(ps), : lp.shape[1]] = lp
+        starts = torch.tensor([len(p) for p in ps], device=device)
+        lengths = torch.tensor([len(c) for c in cs], device=device)
+        lp = gather_target_logprobs(logits.float(), ids, starts, lengths).cpu()
+        out[lo:lo + len(ps), : lp.shape[1]] = lp
+        top1[lo:lo + len(ps)] = logits[torch.arange(len(ps), device=device), starts - 1].argmax(-1).cpu()
     lengths_all = torch.tensor([len(c) for c in continuation_ids])
     mask = torch.arange(max_len)[None, :] < lengths_all[:, None]
-    return TargetLogProbs(out, mask)
+    return TargetLogProbs(out, mask, top1, torch.tensor([int(c[0]) for c in continuation_ids], dtype=torch.long))
 
 
 def target_logprobs(
@@ -149,9 +180,10 @@ def target_logprobs(
     prompts: Sequence[str],
     targets: Sequence[str],
     *,
-    interventions: Iterable[Intervention] = (),
+    interventions: Iterable[Intervention | RowIntervention] = (),
     prefix: Prefix | str = Prefix.NONE,
     batch_size: int = 32,
+    progress: bool | str = False,
 ) -> TargetLogProbs:
     """Per-token log-probabilities of ``targets[i]`` after ``prompts[i]`` (strings).
 
@@ -162,7 +194,8 @@ def target_logprobs(
         raise ConfigError(f"{len(prompts)} prompts but {len(targets)} targets")
     p_ids = [encode(model, p, prefix=prefix).ids for p in prompts]
     t_ids = [target_ids(model, p, t) for p, t in zip(prompts, targets, strict=True)]
-    return sequence_logprobs(model, p_ids, t_ids, interventions=interventions, batch_size=batch_size)
+    return sequence_logprobs(model, p_ids, t_ids, interventions=interventions, batch_size=batch_size,
+                             progress=progress)
 
 
 def target_probs(
@@ -171,13 +204,65 @@ def target_probs(
     targets: Sequence[str],
     *,
     convention: str = "rome",
-    interventions: Iterable[Intervention] = (),
+    interventions: Iterable[Intervention | RowIntervention] = (),
     prefix: Prefix | str = Prefix.NONE,
     batch_size: int = 32,
 ) -> Float[Tensor, " batch"]:
     """One probability per (prompt, target): ``"rome"`` = exp(-mean NLL), ``"hase"`` = product."""
-    if convention not in ("rome", "hase"):
-        raise ConfigError(f"unknown probability convention {convention!r}; choose 'rome' or 'hase'")
+    _check_convention(convention)
     lp = target_logprobs(model, prompts, targets, interventions=interventions, prefix=prefix,
                          batch_size=batch_size)
     return lp.mean_nll_prob() if convention == "rome" else lp.sequence_prob()
+
+
+def _check_convention(convention: str) -> None:
+    if convention not in ("rome", "hase"):
+        raise ConfigError(f"unknown probability convention {convention!r}; choose 'rome' or 'hase'")
+
+
+def target_prob(model: Any, prompt: str, target: str, *, prefix: Prefix | str = Prefix.NONE,
+                interventions: Iterable[Intervention] = (), convention: str = "hase") -> float:
+    """``P(target | prompt)`` of one pair (:func:`target_probs`; by default the full-sequence product)."""
+    return float(target_probs(model, [prompt], [target], convention=convention, interventions=interventions,
+                              prefix=prefix)[0])
+
+
+def noised_target_probs(
+    model: Any,
+    prompts: Sequence[str],
+    subjects: Sequence[str],
+    targets: Sequence[str],
+    *,
+    sigma: float,
+    samples: int,
+    seed: int = 0,
+    prefix: Prefix | str = Prefix.NONE,
+    interventions: Iterable[Intervention] = (),
+    convention: str = "hase",
+    batch_size: int = 32,
+) -> Float[Tensor, " batch"]:
+    """``P(target | prompt)`` with the subject's token embeddings noised, averaged over draws.
+
+    Each prompt is scored ``samples`` times; draw ``s`` adds Gaussian noise of standard
+    deviation ``sigma`` to the embeddings of the prompt's subject (first occurrence): row
+    ``s`` of the seeded stream of causal tracing with the same seed and σ
+    (:func:`~mechedit.patching.corruption.subject_noise` on a batch of ``samples`` rows), in
+    whatever batch the row lands (:class:`~mechedit.interventions.RowNoise`). A prompt
+    without its subject raises :class:`~mechedit.errors.TokenizationError`.
+    """
+    from mechedit.interventions import RowNoise
+    from mechedit.tokens import subject_span
+
+    _check_convention(convention)
+    if samples < 1:
+        raise ConfigError(f"samples must be >= 1, got {samples}")
+    if not prompts:
+        return torch.zeros(0, dtype=torch.float64)
+    spans = [subject_span(model, p, s, prefix=prefix) for p, s in zip(prompts, subjects, strict=True)]
+    rows = [i for i in range(len(prompts)) for _ in range(samples)]
+    noise = RowNoise(tuple(spans[i] for i in rows), float(sigma), int(seed),
+                     tuple((s, samples) for _ in prompts for s in range(samples)))
+    lp = target_logprobs(model, [prompts[i] for i in rows], [targets[i] for i in rows],
+                         interventions=[noise, *interventions], prefix=prefix, batch_size=batch_size)
+    p = lp.mean_nll_prob() if convention == "rome" else lp.sequence_prob()
+    return p.view(len(prompts), samples).mean(-1)

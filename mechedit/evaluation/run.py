@@ -22,7 +22,8 @@ whose key is already in the store are skipped, so a killed run restarted with th
 store continues where it stopped, and a record is never counted twice. The key of a
 record is content-derived, ``case_id@hash`` (:class:`~mechedit.evaluation.study.EvalStudy`).
 
-What a row holds (:class:`~mechedit.evaluation.study.EvalRow`), per :class:`EvalConfig` ``metrics``:
+What a row holds (:class:`~mechedit.evaluation.study.EvalRow`), per :class:`EvalConfig` ``metrics``
+(names of metric families, :mod:`.metrics`; the built-ins are in :mod:`.families`):
 
 * ``counterfact``: ES, PS, NS, EM, PM, NM of the case (:mod:`.counterfact`) and the
   per-prompt probabilities behind them (ROME convention, after the edit);
@@ -44,34 +45,24 @@ attribute prompts. Pass ``references=`` to use other texts (e.g. real snippets).
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import Any
 
 from mechedit.config import Config
 from mechedit.data import CounterFactRecord
 from mechedit.errors import ConfigError
-from mechedit.evaluation.counterfact import case_scores
-from mechedit.evaluation.generation import generate
-from mechedit.evaluation.hase import (
-    erasure_score,
-    essence_drift,
-    neighborhood_score,
-    perplexity,
-    rewrite_score,
-)
-from mechedit.evaluation.probs import sequence_logprobs, target_logprobs
+from mechedit.evaluation.families import HaseBaseline
+from mechedit.evaluation.metrics import EVAL_METRICS, RecordScoring, check_metrics, get_metric
 from mechedit.evaluation.summary import Summary, summarize
-from mechedit.evaluation.text import ngram_entropy, tfidf_cosine
 from mechedit.interventions import Intervention
 from mechedit.store import ResultStore
 from mechedit.tokens import Prefix
 
 log = logging.getLogger(__name__)
 
-Metric = Literal["counterfact", "hase", "fluency"]
-METRICS: tuple[str, ...] = get_args(Metric)
+#: the metric families (:mod:`.metrics`; a registered family joins them)
+METRICS = EVAL_METRICS
 #: ``editor(model, requests, editor_config) -> Intervention | None``
 Editor = Callable[[Any, list[Any], Any], Intervention | None]
 References = Callable[[CounterFactRecord], Sequence[str]]
@@ -89,9 +80,13 @@ class EvalConfig(Config):
     ROME). Generations sample from the top ``gen_top_k`` tokens (ROME: 5) unless
     ``gen_greedy``; the generator of a record is seeded from ``seed`` and its case id,
     so a resumed run reproduces the texts of an uninterrupted one.
+    ``metrics``: names of registered metric families (:mod:`.metrics`).
+    ``subject_noise``: σ of Gaussian noise on the subject's embeddings when the families
+    that take it (``hase``: fact forcing, :mod:`.families`) score the prompts holding the
+    subject, averaged over ``noise_samples`` draws seeded with ``seed``; None: no noise.
     """
 
-    metrics: tuple[str, ...] = ("counterfact",)  # each a Metric; checked in __post_init__
+    metrics: tuple[str, ...] = ("counterfact",)  # registered family names; checked in __post_init__
     prefix: Prefix | str | None = None  # None: the prefix the edit was computed behind (score_prefix)
     batch_size: int = 32
     gen_max_new_tokens: int = 100
@@ -101,19 +96,35 @@ class EvalConfig(Config):
     essence_n_texts: int = 3
     essence_max_new_tokens: int = 30
     seed: int = 0
+    subject_noise: float | None = None
+    noise_samples: int = 10
 
     def __post_init__(self) -> None:
         metrics = (self.metrics,) if isinstance(self.metrics, str) else tuple(self.metrics)
-        bad = [m for m in metrics if m not in METRICS]
-        if bad or not metrics:
-            raise ConfigError(f"unknown or no metrics {bad or metrics}; choose from {list(METRICS)}")
+        check_metrics(metrics)
         object.__setattr__(self, "metrics", tuple(dict.fromkeys(metrics)))
+        self.require_positive("noise_samples")
+        if self.subject_noise is not None:
+            takers = [m for m in EVAL_METRICS if "noised_subject" in get_metric(m).needs]
+            if not set(metrics) & set(takers):
+                raise ConfigError(f"EvalConfig.subject_noise is set but none of the metrics {list(metrics)} scores a "
+                                  f"noised subject; add one that does ({takers}) or leave subject_noise None")
+            if not self.subject_noise >= 0:
+                raise ConfigError(f"EvalConfig.subject_noise must be >= 0 or None, got {self.subject_noise}")
         if self.prefix is not None:
             self.coerce("prefix", Prefix)
         self.require_positive("batch_size", "gen_max_new_tokens", "gen_top_k", "essence_n_texts",
                               "essence_max_new_tokens")
         if self.n_gen_prompts is not None and self.n_gen_prompts < 1:
             raise ConfigError(f"EvalConfig.n_gen_prompts must be >= 1 or None, got {self.n_gen_prompts}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields; the subject-noise fields only when the noise is on, so the keys of
+        runs stored before they existed stay the same."""
+        d = super().to_dict()
+        if self.subject_noise is None:
+            del d["subject_noise"], d["noise_samples"]
+        return d
 
 
 def default_references(record: CounterFactRecord) -> list[str]:
@@ -126,64 +137,6 @@ def default_references(record: CounterFactRecord) -> list[str]:
 
 def record_key(record: CounterFactRecord) -> str:
     return str(record.case_id)
-
-
-def _record_seed(seed: int, record: CounterFactRecord) -> int:
-    return zlib.crc32(f"{seed}:{record.case_id}".encode()) & 0x7FFFFFFF
-
-
-@dataclass(frozen=True)
-class HaseBaseline:
-    """What the Hase metrics measure on the *unedited* model for one record: the
-    full-sequence probabilities of the (new, true) targets on every prompt and the
-    essence texts with their perplexity. It does not depend on the edit, so a caller
-    that scores many edits of one record (the localization sweep) computes it once
-    (:func:`hase_baseline`) and passes it to :func:`evaluate_record`.
-    """
-
-    key: tuple[Any, ...]
-    p_pre: tuple[float, ...]
-    essence_prompt_ids: tuple[tuple[int, ...], ...]
-    essence_new_ids: tuple[tuple[int, ...], ...]
-    essence_ppl_pre: float
-
-
-def _baseline_key(record: CounterFactRecord, config: EvalConfig) -> tuple[Any, ...]:
-    """What a baseline depends on besides the model: the case, its targets, the settings."""
-    return (str(record.case_id), record.target_new, record.target_true, str(config.prefix), config.batch_size,
-            config.seed, config.essence_n_texts, config.essence_max_new_tokens, config.gen_top_k, config.gen_greedy)
-
-
-def _kinds(record: CounterFactRecord) -> dict[str, list[str]]:
-    return {"rewrite": [record.text], "paraphrase": list(record.paraphrase_prompts),
-            "neighborhood": list(record.neighborhood_prompts)}
-
-
-def _both_targets(model: Any, record: CounterFactRecord, config: EvalConfig,
-                  interventions: Sequence[Intervention]) -> Any:
-    """Log-probabilities of ``target_new`` then ``target_true`` after every prompt of the
-    record (rewrite, paraphrases, neighbours), in one batch: pre and post use this same
-    batch, so with no edit they are equal bit for bit."""
-    prompts = [p for ps in _kinds(record).values() for p in ps]
-    targets = [record.target_new] * len(prompts) + [record.target_true] * len(prompts)
-    return target_logprobs(model, prompts * 2, targets, interventions=interventions, prefix=config.prefix,
-                           batch_size=config.batch_size)
-
-
-def hase_baseline(model: Any, record: CounterFactRecord, config: EvalConfig) -> HaseBaseline:
-    """The unedited model's side of the Hase metrics for ``record`` (see :class:`HaseBaseline`),
-    behind ``config.prefix`` (None: the neutral prefix, what every editor computes behind
-    by default)."""
-    if config.prefix is None:
-        config = config.replace(prefix=Prefix.NEUTRAL)
-    pre = _both_targets(model, record, config, ()).sequence_prob().tolist()
-    gen_prompts = list(record.generation_prompts)[: config.essence_n_texts] or [f"{record.subject} is"]
-    gens = generate(model, gen_prompts, max_new_tokens=config.essence_max_new_tokens, prefix=config.prefix,
-                    seed=_record_seed(config.seed + 1, record), top_k=config.gen_top_k, greedy=config.gen_greedy)
-    p_ids, c_ids = tuple(g.prompt_ids for g in gens), tuple(g.new_ids for g in gens)
-    ess = sequence_logprobs(model, p_ids, c_ids, batch_size=config.batch_size)
-    ppl = perplexity([x for b in range(len(gens)) for x in ess.row(b)])
-    return HaseBaseline(_baseline_key(record, config), tuple(pre), p_ids, c_ids, ppl)
 
 
 def edit_prefix(interventions: Sequence[Intervention]) -> Prefix | None:
@@ -226,8 +179,8 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
     if made is not None and made != prefix:
         log.warning("case %s: edit computed behind prefix %r, scored behind %r as asked; the scores behind %r "
                     "are in at_edit_prefix", record.case_id, str(made), str(prefix), str(made))
-        at_made = config.replace(prefix=made, metrics=tuple(m for m in config.metrics if m != "fluency") or
-                                 ("counterfact",))
+        kept = tuple(m for m in config.metrics if "generation" not in get_metric(m).needs)
+        at_made = config.replace(prefix=made, metrics=kept or ("counterfact",))
         other = _record_scores(model, record, interventions, at_made, references, None)
         row["at_edit_prefix"] = {k: v for k, v in other.items() if isinstance(v, float)}
     return row
@@ -235,68 +188,13 @@ def evaluate_record(model: Any, record: CounterFactRecord, interventions: Sequen
 
 def _record_scores(model: Any, record: CounterFactRecord, interventions: Sequence[Intervention],
                    config: EvalConfig, references: References, baseline: HaseBaseline | None) -> dict[str, Any]:
-    """The metrics of :func:`evaluate_record` behind ``config.prefix`` (already resolved)."""
+    """The metrics of :func:`evaluate_record` behind ``config.prefix`` (already resolved):
+    each family of ``config.metrics`` in turn, sharing one :class:`~.metrics.RecordScoring`."""
+    scoring = RecordScoring(model, record, interventions, config, references, baseline)
     row: dict[str, Any] = {}
-    kinds = _kinds(record)
-    if "counterfact" in config.metrics or "hase" in config.metrics:
-        post = _both_targets(model, record, config, interventions)
-        n = sum(len(ps) for ps in kinds.values())
-        rome, full = post.mean_nll_prob().tolist(), post.sequence_prob().tolist()
-        split, lo = {}, 0
-        for kind, ps in kinds.items():
-            split[kind] = (slice(lo, lo + len(ps)), slice(n + lo, n + lo + len(ps)))
-            lo += len(ps)
-    if "counterfact" in config.metrics:
-        pairs = {k: (rome[a], rome[b]) for k, (a, b) in split.items()}
-        row.update(case_scores(pairs["rewrite"], pairs["paraphrase"], pairs["neighborhood"]))
-        row["probs"] = {f"{k}_{t}": v for k, (a, b) in pairs.items() for t, v in (("new", a), ("true", b))}
-    if "hase" in config.metrics:
-        if baseline is None:
-            baseline = hase_baseline(model, record, config)
-        elif baseline.key != _baseline_key(record, config):
-            raise ConfigError(f"this Hase baseline was computed for {baseline.key}, not for "
-                              f"{_baseline_key(record, config)} (case, targets, settings); compute it with "
-                              "hase_baseline(model, record, config) for the record and config you evaluate")
-        row.update(_hase(kinds, split, list(baseline.p_pre), full))
-        row.update(_essence(model, baseline, interventions, config))
-    if "fluency" in config.metrics:
-        gen_prompts = list(record.generation_prompts)[: config.n_gen_prompts] or [record.text]
-        gens = generate(model, gen_prompts, max_new_tokens=config.gen_max_new_tokens,
-                        interventions=interventions, prefix=config.prefix, seed=_record_seed(config.seed, record),
-                        top_k=config.gen_top_k, greedy=config.gen_greedy)
-        texts = [g.text for g in gens]
-        row["GE"] = ngram_entropy(texts)
-        row["RS"] = tfidf_cosine(" ".join(texts), " ".join(references(record)))
-        row["generations"] = texts
+    for name in config.metrics:
+        row.update(get_metric(name).score(scoring))
     return row
-
-
-def _hase(kinds: dict[str, list[str]], split: dict[str, tuple[slice, slice]], full_pre: list[float],
-          full_post: list[float]) -> dict[str, Any]:
-    """Hase scores from full-sequence probabilities of the first prompt of each kind."""
-    names = [k for k, ps in kinds.items() if ps]
-    p_pre = {k: (full_pre[split[k][0].start], full_pre[split[k][1].start]) for k in names}
-    p_post = {k: (full_post[split[k][0].start], full_post[split[k][1].start]) for k in names}
-    out: dict[str, Any] = {"hase_p_pre": p_pre, "hase_p_post": p_post}
-    nan = float("nan")
-    out["hase_rewrite"] = rewrite_score(p_pre["rewrite"][0], p_post["rewrite"][0])
-    out["hase_erasure"] = erasure_score(p_pre["rewrite"][1], p_post["rewrite"][1])
-    out["hase_paraphrase"] = (rewrite_score(p_pre["paraphrase"][0], p_post["paraphrase"][0])
-                              if "paraphrase" in names else nan)
-    out["hase_neighborhood"] = (neighborhood_score(p_pre["neighborhood"][1], p_post["neighborhood"][1])
-                                if "neighborhood" in names else nan)
-    return out
-
-
-def _essence(model: Any, baseline: HaseBaseline, interventions: Sequence[Intervention],
-             config: EvalConfig) -> dict[str, Any]:
-    """Perplexity of the unedited model's own texts about the subject, before vs after."""
-    post = sequence_logprobs(model, baseline.essence_prompt_ids, baseline.essence_new_ids,
-                             interventions=interventions, batch_size=config.batch_size)
-    ppl_pre = baseline.essence_ppl_pre
-    ppl_post = perplexity([x for b in range(len(baseline.essence_new_ids)) for x in post.row(b)])
-    return {"hase_essence_ppl_pre": ppl_pre, "hase_essence_ppl_post": ppl_post,
-            "hase_essence_drift": essence_drift(ppl_pre, ppl_post)}
 
 
 @dataclass(frozen=True)

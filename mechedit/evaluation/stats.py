@@ -33,8 +33,13 @@ class Stat:
         return cls(**d)
 
 
-def mean_ci(values: Sequence[float | int | None], confidence: float = 0.95) -> Stat:
-    """Mean, population std and the t-interval of ``values`` (NaNs are dropped)."""
+def mean_ci(values: Sequence[float | int | None], confidence: float = 0.95, *,
+            bounds: tuple[float, float] = (-math.inf, math.inf)) -> Stat:
+    """Mean, population std and the t-interval of ``values`` (NaNs are dropped).
+
+    ``bounds``: the range the quantity lives in (e.g. ``(0, 1)`` for a score that cannot
+    leave it); the interval is cut to it, so it never claims values the score cannot take.
+    """
     from scipy import stats
 
     x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
@@ -45,7 +50,8 @@ def mean_ci(values: Sequence[float | int | None], confidence: float = 0.95) -> S
     if n < 2:
         return Stat(mean, std, math.nan, math.nan, n)
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * float(x.std(ddof=1)) / math.sqrt(n)
-    return Stat(mean, std, mean - half, mean + half, n)
+    low, high = bounds
+    return Stat(mean, std, max(low, mean - half), min(high, mean + half), n)
 
 
 def proportion_ci(values: Sequence[float | int | None], confidence: float = 0.95, *, n_boot: int = 4000,

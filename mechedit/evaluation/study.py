@@ -28,6 +28,7 @@ data file whose planned records changed is refused.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mechedit.config import Choice, Config, to_jsonable
-from mechedit.data import CounterFactRecord, KnownFilter, KnownMode, LoadReport, Order
+from mechedit.data import CounterFactRecord, LoadReport, Order
 from mechedit.errors import ConfigError, DataError
+from mechedit.evaluation.known import KnownFilter, KnownMode
 from mechedit.evaluation.run import (
     EvalConfig,
     References,
@@ -82,11 +84,11 @@ def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m
     spec = get_editor(name)
     config = spec.config_for(model_name)
     if layer is not None:
-        if not hasattr(config, "layer"):
+        if not spec.single_layer:
             raise ConfigError(f"editor {name!r} edits a range of layers; set them in its hparams, not --layer")
-        config = config.replace(layer=layer)
+        config = spec.at_layers(config, [layer])
     if stats_samples is not None:
-        if not hasattr(config, "mom2_n_samples"):
+        if not spec.needs_key_stats:
             raise ConfigError(f"editor {name!r} uses no key statistics, so --stats-samples does not apply")
         if stats_samples < 1:
             raise ConfigError(f"--stats-samples must be >= 1, got {stats_samples}")
@@ -99,7 +101,7 @@ def resolve_editor(name: str, layer: int | None, model_name: str = "smollm2-135m
 
 class EvalFilter(Choice):
     NONE = "none"  # every record
-    KNOWN = "known"  # only the facts the unedited model knows (data.filter_known)
+    KNOWN = "known"  # only the facts the unedited model knows (evaluation.known.filter_known)
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,8 @@ class EvalRow(Row):
     ``probs``: P(new)/P(true) per prompt (ROME's exp(−mean NLL)), the basis of ES…NM;
     ``hase_p_pre``/``hase_p_post``: full-sequence P(new), P(true) of the first prompt of
     each kind; ``at_edit_prefix``: the scores behind the edit's own prefix when another was
-    asked for; ``batch``/``batch_ids``: the batch (with ``batch > 1``).
+    asked for; ``batch``/``batch_ids``: the batch (with ``batch > 1``); ``extra``: the scores
+    of metric families registered outside the package (stored only when there are any).
     """
 
     case_id: int | str
@@ -199,9 +202,24 @@ class EvalRow(Row):
     batch_ids: Sequence[int | str] | None = None
     edit_seconds: float = 0.0
     eval_seconds: float = 0.0
+    extra: dict[str, Any] | None = None
 
     TIMING_FIELDS: ClassVar[tuple[str, ...]] = ("edit_seconds", "eval_seconds")
-    _NESTED: ClassVar[tuple[str, ...]] = ("probs", "hase_p_pre", "hase_p_post", "at_edit_prefix")
+    _NESTED: ClassVar[tuple[str, ...]] = ("probs", "hase_p_pre", "hase_p_post", "at_edit_prefix", "extra")
+
+    @classmethod
+    def from_scores(cls, scores: Mapping[str, Any], **fields: Any) -> EvalRow:
+        """A row from :func:`~mechedit.evaluation.run.evaluate_record`'s scores: those that are
+        no field of the row go to ``extra``."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = {k: v for k, v in scores.items() if k not in names}
+        return cls(**fields, **{k: v for k, v in scores.items() if k in names}, extra=extra or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["extra"] is None:  # rows stored before families could be added keep their layout
+            del d["extra"]
+        return d
 
     def __post_init__(self) -> None:
         # one form, as JSON gives it back (lists inside dicts, tuples for sequences): a fresh
@@ -256,12 +274,15 @@ class EvalStudy(Study):
 
     def __init__(self, model: ModelSpec, config: EvalStudyConfig, *,
                  records: Sequence[CounterFactRecord] | None = None, editor: Any = None, editor_config: Any = None,
-                 references: References = default_references, editor_spec: Mapping[str, Any] | None = None) -> None:
+                 references: References = default_references, editor_spec: Mapping[str, Any] | None = None,
+                 key_stats: Sequence[str | Path] = ()) -> None:
         """``records``: the records (default: loaded from ``config.data`` when first needed).
         ``editor``/``editor_config``: any editor (a plain function runs on the local executor
         only); default: ``config.method`` from the registry with ``model.name``'s hparams and
         ``config.layer``/``stats_samples``. ``editor_spec``: the stored ``settings()["editor"]``
-        of a directory (:meth:`from_spec`), which fixes the editor config."""
+        of a directory (:meth:`from_spec`), which fixes the editor config. ``key_stats``:
+        files or directories of precomputed key statistics (:func:`mechedit.editors.load_key_stats`)
+        the editor uses instead of computing them; they enter the settings and keys."""
         self.model, self.config, self.references = model, config, references
         self._data: tuple[list[CounterFactRecord], LoadReport] | None = None
         if records is not None:
@@ -271,7 +292,9 @@ class EvalStudy(Study):
             editor, editor_config = _registry_editor(config, model.name, editor_spec)
         self.editor, self.editor_config = editor, editor_config
         self.editor_desc = dict(editor_spec) if editor_spec is not None else {
-            "name": editor_name(editor), "config": to_jsonable(editor_config)}
+            "name": editor_name(editor), "config": _stored_form(editor_config)}
+        if key_stats and editor_spec is None:
+            self.editor_desc["key_stats"] = _key_stats_desc(self.editor, key_stats)
         self._plan: Mapping[str, Any] = {}
         self._by_id: dict[str, CounterFactRecord] | None = None
 
@@ -320,7 +343,8 @@ class EvalStudy(Study):
                            prefix=score_prefix(c.eval, [], made_with)[0])
 
     def plan(self, model: Any) -> dict[str, Any]:
-        from mechedit.data import filter_known, select_records
+        from mechedit.data import select_records
+        from mechedit.evaluation.known import filter_known
 
         records, report = self.data()
         if not records:
@@ -381,7 +405,16 @@ class EvalStudy(Study):
     def setup(self, model: Any) -> _WorkerState:
         from mechedit.editors import EditorCache, EditorSpec
 
-        return _WorkerState(cache=EditorCache() if isinstance(self.editor, EditorSpec) else None)
+        if not isinstance(self.editor, EditorSpec):
+            return _WorkerState()
+        cache = EditorCache()
+        given = self.editor_desc.get("key_stats") or []
+        if given:
+            from mechedit.editors import load_key_stats
+
+            stats = [st for g in given for st in load_key_stats(g["path"], model)]
+            cache.use_key_stats(model, stats, **self.editor_config.stats_settings())
+        return _WorkerState(cache=cache)
 
     def run(self, model: Any, state: _WorkerState, table: str, unit: Unit) -> EvalRow:
         u: EvalUnit = unit.payload
@@ -397,9 +430,9 @@ class EvalStudy(Study):
                                  self.references, made_with=getattr(self.editor_config, "prefix", None))
         batch = {} if self.config.batch == 1 else {"batch": u.batch,
                                                    "batch_ids": tuple(by_id[i].case_id for i in u.batch_ids)}
-        return EvalRow(case_id=rec.case_id, subject=rec.subject, target_new=rec.target_new,
-                       target_true=rec.target_true, editor=self.editor_desc["name"], **batch, **scores,
-                       edit_seconds=state.edit_seconds, eval_seconds=time.perf_counter() - t0)
+        return EvalRow.from_scores(scores, case_id=rec.case_id, subject=rec.subject, target_new=rec.target_new,
+                                   target_true=rec.target_true, editor=self.editor_desc["name"], **batch,
+                                   edit_seconds=state.edit_seconds, eval_seconds=time.perf_counter() - t0)
 
     def _edit(self, model: Any, requests: list[Any], state: _WorkerState) -> Intervention | None:
         from mechedit.editors import EditorSpec
@@ -445,6 +478,28 @@ class EvalStudy(Study):
         lines += [f"| {name} | {mean} | {ci} |" for name, mean, ci in table_rows(summary)]
         atomic_write_text(Path(out) / "summary.md", "\n".join(lines) + "\n")
         return summary
+
+
+def _key_stats_desc(editor: Any, paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """What identifies given key statistics in the settings: each file's path, layer and digest."""
+    from mechedit.editors import EditorSpec
+    from mechedit.editors.stats import KeyStats, stats_digest, stats_files
+
+    if not (isinstance(editor, EditorSpec) and editor.needs_key_stats):
+        raise ConfigError(f"editor {editor_name(editor)!r} uses no key statistics, so --key-stats does not apply")
+    out = []
+    for path in paths:
+        for f in stats_files(path):
+            st = KeyStats.load(f)
+            out.append({"path": str(f.resolve()), "layer": st.layer, "digest": stats_digest(st)})
+    return out
+
+
+def _stored_form(editor_config: Any) -> Any:
+    """An editor config as keys and settings hold it (:meth:`EditorConfig.identity`)."""
+    from mechedit.editors.config import EditorConfig
+
+    return editor_config.identity() if isinstance(editor_config, EditorConfig) else to_jsonable(editor_config)
 
 
 def _registry_editor(config: EvalStudyConfig, model_name: str,

@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mechedit.evaluation.counterfact import summarize_counterfact
-from mechedit.evaluation.hase import summarize_hase
 from mechedit.evaluation.stats import Stat, mean_ci
 from mechedit.studies.study import Row
 
@@ -62,9 +60,10 @@ class Summary:
 
 
 def _measured(row: Mapping[str, Any] | Row) -> Mapping[str, Any]:
+    """The measured fields of a row, the scores of families outside the package (``extra``) among them."""
     if isinstance(row, Row):
-        return {k: v for k, v in row.to_dict().items() if v is not None}
-    return row
+        row = {k: v for k, v in row.to_dict().items() if v is not None}
+    return {**{k: v for k, v in row.items() if k != "extra"}, **(row.get("extra") or {})}
 
 
 def _num(x: float) -> float | None:
@@ -75,21 +74,21 @@ def _float(x: Any) -> float:
     return math.nan if x is None else float(x)
 
 
+#: where the built-in families stand in a summary (``summary.json`` order since they existed)
+_ORDER = {"counterfact": 0, "fluency": 1, "hase": 2}
+
+
 def summarize(rows: Sequence[Mapping[str, Any] | Row], metrics: Sequence[str] = ("counterfact",),
               config: Mapping[str, Any] | None = None) -> Summary:
     """Summarise evaluation rows (one per case) for the given metric groups: dicts as
     stored, or typed rows (:class:`~mechedit.evaluation.study.EvalRow`, whose fields that
     were not measured are None)."""
+    from mechedit.evaluation.metrics import get_metric
+
     rows = [_measured(r) for r in rows]
     stats: dict[str, Stat] = {}
-    if "counterfact" in metrics:
-        stats.update(summarize_counterfact(rows))
-    if "fluency" in metrics:
-        stats["GE"] = mean_ci([r["GE"] for r in rows if "GE" in r])
-        stats["RS"] = mean_ci([r["RS"] for r in rows if "RS" in r])
-    if "hase" in metrics:
-        for k, v in summarize_hase(rows).items():
-            stats[k] = v if isinstance(v, Stat) else Stat(v, math.nan, math.nan, math.nan, len(rows))
+    for name in sorted(metrics, key=lambda m: _ORDER.get(m, len(_ORDER))):  # the built-ins in their summary.json order, then the rest
+        stats.update(get_metric(name).summarize(rows))
     other = [r["at_edit_prefix"] for r in rows if r.get("at_edit_prefix")]
     if other:  # scored behind another prefix than the edits were made with: both are reported
         for k in sorted({k for o in other for k in o}):

@@ -24,16 +24,18 @@ import torch
 from mechedit.errors import ConfigError
 from mechedit.interventions import describe, run
 from mechedit.models import model_info
+from mechedit.patching.atp import Method, atp_grid
 from mechedit.patching.attached import check_interventions
 from mechedit.patching.corruption import Direction, NoiseConfig, Runs, noise_runs, noise_sigma, pair_runs
-from mechedit.patching.engine import PatchConfig, PatchKind, Sever, grid_cells, patch_many_cells, reference
+from mechedit.patching.engine import PATCH_KINDS, PatchConfig, Sever, grid_cells, patch_many_cells, reference
 from mechedit.patching.metrics import MetricConfig, normalize
 from mechedit.patching.results import PatchResult
+from mechedit.sites import SiteKind
 from mechedit.tokens import Prefix, encode, str_tokens, subject_span
 
 TraceKind = Literal["resid", "mlp", "attn"]
-TRACE_KINDS: dict[str, PatchKind] = {"resid": PatchKind.RESID_POST, "mlp": PatchKind.MLP_OUT,
-                                     "attn": PatchKind.ATTN_OUT}
+TRACE_KINDS: dict[str, SiteKind] = {"resid": SiteKind.RESID_POST, "mlp": SiteKind.MLP_OUT,
+                                     "attn": SiteKind.ATTN_OUT}
 
 
 def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRAL,
@@ -43,21 +45,30 @@ def top1_answer(model: Any, prompt: str, *, prefix: Prefix | str = Prefix.NEUTRA
     return (int(run(model, ids, interventions)[0, -1].argmax()),)
 
 
-def run_grid(model: Any, runs: Runs, config: PatchConfig, *,
-             progress: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-sample grid ``[row, layer, sample]`` and the clean / corrupted per-sample scores."""
-    return run_grids(model, [runs], config, progress=progress)[0]
+def run_grid(model: Any, runs: Runs, config: PatchConfig, *, progress: Callable[[int], None] | None = None,
+             method: Method | str = Method.EXACT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample grid ``[row, layer, sample]`` and the clean / corrupted per-sample scores.
+
+    ``method``: ``exact`` runs the engine; ``atp``/``atp*`` estimate it (:mod:`~mechedit.patching.atp`).
+    """
+    return run_grids(model, [runs], config, progress=progress, method=method)[0]
 
 
 def run_grids(model: Any, runs: Sequence[Runs], config: PatchConfig, *,
-              progress: Callable[[int], None] | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """:func:`run_grid` of several prompts, their cells sharing forwards (:func:`patch_many_cells`)."""
-    refs = [reference(model, r, config) for r in runs]
-    items = [(r, grid_cells(model, r, config)) for r in runs]
-    values = patch_many_cells(model, items, config, refs=refs, progress=progress)
+              progress: Callable[[int], None] | None = None,
+              method: Method | str = Method.EXACT) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`run_grid` of several prompts; exact cells share forwards (:func:`patch_many_cells`),
+    an estimate runs per prompt."""
+    if Method(method) is Method.EXACT:
+        refs = [reference(model, r, config) for r in runs]
+        items = [(r, grid_cells(model, r, config)) for r in runs]
+        values = patch_many_cells(model, items, config, refs=refs, progress=progress)
+        grids = [v.view(-1, model_info(model).n_layers, r.samples) for r, v in zip(runs, values, strict=True)]
+    else:
+        grids, refs = map(list, zip(*(atp_grid(model, r, config, method, progress=progress) for r in runs),
+                                    strict=True))
     out = []
-    for r, ref, v in zip(runs, refs, values, strict=True):
-        grid = v.view(-1, model_info(model).n_layers, r.samples)
+    for ref, grid in zip(refs, grids, strict=True):
         clean, corrupt = ref.clean_scores.cpu(), ref.corrupt_scores.cpu()
         if config.metric.name == "normalized":
             c, k = float(clean.mean()), float(corrupt.mean())
@@ -68,19 +79,19 @@ def run_grids(model: Any, runs: Sequence[Runs], config: PatchConfig, *,
 
 def trace(
     model: Any, prompt: str, subject: str, *, answer: str | Sequence[int] | None = None,
-    kind: TraceKind | PatchKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
+    kind: TraceKind | SiteKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
     sigma: float | None = None, subjects: Sequence[str] | None = None,
     metric: MetricConfig | str = "prob", direction: Direction | str = Direction.DENOISE,
     sever: Sever | None = None, prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
     progress: Callable[[int], None] | None = None, corruption: Any = None, samples: int | None = None,
-    interventions: Sequence[Any] = (),
+    interventions: Sequence[Any] = (), method: Method | str = Method.EXACT,
 ) -> PatchResult:
     """Causal trace of ``prompt``: noise the subject, restore each (position, layer).
 
     Args:
         answer: text (tokenised in context) or token ids; default the model's top-1
             (under ``interventions``).
-        kind: ``resid``/``mlp``/``attn`` (ROME) or any :class:`PatchKind`.
+        kind: ``resid``/``mlp``/``attn`` (ROME) or any :class:`SiteKind`.
         window: layers restored per cell for ``mlp``/``attn`` (ignored for ``resid``).
         noise: scale rule, distribution, samples, seed (default ROME's 3σ, 10 samples).
         sigma: use this σ instead of measuring it; ``subjects``: strings to measure σ_emb.
@@ -89,23 +100,26 @@ def trace(
             (default 1).
         interventions: extras applied in every forward (clean, corrupted, patched); see
             :mod:`~mechedit.patching.attached` for the rules.
+        method: ``exact`` (the engine), ``atp`` (attribution patching: one forward and one
+            backward, a linear estimate) or ``atp*`` (AtP*'s ranking score); see
+            :mod:`~mechedit.patching.atp`.
     """
     extras = tuple(interventions)
     check_interventions(corruption, extras)
     config = _trace_config(kind, window, direction, sever, metric, memory_mb)
     job = _TraceJob.build(model, prompt, subject, answer, config, noise, sigma, subjects, prefix, corruption,
                           samples, extras)
-    grid, clean, corrupt = run_grid(model, job.runs, config, progress=progress)
-    return job.result(model, config, grid, clean, corrupt)
+    grid, clean, corrupt = run_grid(model, job.runs, config, progress=progress, method=method)
+    return job.result(model, config, grid, clean, corrupt, Method(method))
 
 
 def trace_many(
     model: Any, records: Sequence[tuple[str, str, str | Sequence[int] | None]], *,
-    kind: TraceKind | PatchKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
+    kind: TraceKind | SiteKind | str = "resid", window: int = 10, noise: NoiseConfig | None = None,
     sigma: float | None = None, subjects: Sequence[str] | None = None, metric: MetricConfig | str = "prob",
     direction: Direction | str = Direction.DENOISE, sever: Sever | None = None,
     prefix: Prefix | str = Prefix.NEUTRAL, memory_mb: float = 1024.0,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], None] | None = None, method: Method | str = Method.EXACT,
 ) -> list[PatchResult]:
     """:func:`trace` of several ``(prompt, subject, answer)`` records, their cells sharing forwards.
 
@@ -113,7 +127,7 @@ def trace_many(
     every prompt's corrupted run is its own, seeded by ``noise.seed``; values to float
     rounding, since rows are batched differently). σ is measured once (over ``subjects``)
     unless given. The built-in noise only: a user's corruption or extras trace one prompt
-    per call.
+    per call. ``method`` as in :func:`trace` (an estimate runs prompt by prompt).
     """
     config = _trace_config(kind, window, direction, sever, metric, memory_mb)
     noise = noise or NoiseConfig()
@@ -121,8 +135,8 @@ def trace_many(
         sigma = noise_sigma(model, noise, subjects)
     jobs = [_TraceJob.build(model, prompt, subject, answer, config, noise, sigma, subjects, prefix, None, None, ())
             for prompt, subject, answer in records]
-    grids = run_grids(model, [job.runs for job in jobs], config, progress=progress)
-    return [job.result(model, config, *g) for job, g in zip(jobs, grids, strict=True)]
+    grids = run_grids(model, [job.runs for job in jobs], config, progress=progress, method=method)
+    return [job.result(model, config, *g, Method(method)) for job, g in zip(jobs, grids, strict=True)]
 
 
 def _trace_config(kind: Any, window: int, direction: Any, sever: Sever | None, metric: Any,
@@ -166,14 +180,14 @@ class _TraceJob:
         return cls(runs, prompt, span, ids, prefix, {**noise_labels, **_described(corruption, extras)})
 
     def result(self, model: Any, config: PatchConfig, grid: torch.Tensor, clean: torch.Tensor,
-               corrupt: torch.Tensor) -> PatchResult:
+               corrupt: torch.Tensor, method: Method = Method.EXACT) -> PatchResult:
         tokens = encode(model, self.prompt, prefix=self.prefix).ids
         return PatchResult(
             scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean, corrupted_per_sample=corrupt,
             tokens=tuple(str_tokens(model, tokens)), answer=_decode(model, self.ids), answer_ids=self.ids,
             kind=config.kind.value, metric=config.metric.label, direction=config.direction.value,
             model=model_info(model).name, prompt=self.prompt, subject_range=self.span, window=config.window,
-            sever=config.sever, **self.labels,
+            sever=config.sever, method=method.value, **self.labels,
         )
 
 
@@ -200,21 +214,23 @@ def _described(corruption: Any, extras: tuple[Any, ...]) -> dict[str, Any]:
 
 def patch(
     model: Any, clean: str, corrupted: str, answer: str | Sequence[int], *,
-    wrong: str | Sequence[int] | None = None, kind: PatchKind | str = PatchKind.RESID_PRE,
+    wrong: str | Sequence[int] | None = None, kind: SiteKind | str = SiteKind.RESID_PRE,
     window: int = 1, metric: MetricConfig | str = "logit_diff",
     direction: Direction | str = Direction.DENOISE, prefix: Prefix | str = Prefix.NEUTRAL,
     memory_mb: float = 1024.0, progress: Callable[[int], None] | None = None,
     corruption: Any = None, samples: int | None = None, interventions: Sequence[Any] = (),
+    method: Method | str = Method.EXACT,
 ) -> PatchResult:
     """Patch every (position, layer) — or (head, layer) for ``head_z`` — between two prompts.
 
     ``corruption``: an intervention applied to the corrupted run on top of the ``corrupted``
     prompt (pass ``corrupted=clean`` for a corruption by intervention only), with ``samples``
     rows (default 1). ``interventions``: extras applied in every forward (see
-    :mod:`~mechedit.patching.attached`).
+    :mod:`~mechedit.patching.attached`). ``method``: as in :func:`trace`.
     """
     extras = tuple(interventions)
     check_interventions(corruption, extras)
+    method = Method(method)
     if corruption is None and samples is not None:
         raise ConfigError("samples= goes with corruption=: a clean/corrupted pair has exactly one sample")
     config = PatchConfig(kind=_patch_kind(kind), window=window, direction=direction, metric=_metric(metric),
@@ -228,25 +244,26 @@ def patch(
     if corruption is not None:
         runs = replace(runs, noise=corruption, samples=1 if samples is None else samples)
     runs = replace(runs, interventions=extras)
-    grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress)
+    grid, clean_s, corrupt_s = run_grid(model, runs, config, progress=progress, method=method)
     tokens = str_tokens(model, encode(model, clean, prefix=prefix).ids)
     return PatchResult(
         scores=grid.mean(-1), per_sample=grid, clean_per_sample=clean_s, corrupted_per_sample=corrupt_s,
         tokens=tuple(tokens), answer=_decode(model, runs.answer), answer_ids=runs.answer,
         kind=config.kind.value, metric=config.metric.label, direction=config.direction.value,
         model=model_info(model).name, prompt=clean, corrupted_prompt=corrupted,
-        row_axis="head" if config.kind is PatchKind.HEAD_Z else "pos",
+        row_axis="head" if config.kind is SiteKind.HEAD_Z else "pos",
         wrong=_decode(model, runs.wrong) if runs.wrong else None, window=window, samples=runs.samples,
-        extra={"prefix": str(Prefix(prefix))}, **_described(corruption, extras),
+        extra={"prefix": str(Prefix(prefix))}, method=method.value, **_described(corruption, extras),
     )
 
 
-def _patch_kind(kind: Any) -> PatchKind:
-    aliases = {"head": PatchKind.HEAD_Z, "mlp": PatchKind.MLP_OUT, "attn": PatchKind.ATTN_OUT}
-    try:
-        return aliases.get(str(kind)) or PatchKind(kind)
-    except ValueError:
-        raise ConfigError(f"unknown kind {kind!r}; known: {[k.value for k in PatchKind] + list(aliases)}") from None
+def _patch_kind(kind: Any) -> SiteKind:
+    aliases = {"head": SiteKind.HEAD_Z, "mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
+    if str(kind) in aliases:
+        return aliases[str(kind)]
+    if kind not in PATCH_KINDS:
+        raise ConfigError(f"unknown kind {kind!r}; known: {[k.value for k in PATCH_KINDS] + list(aliases)}")
+    return SiteKind(kind)
 
 
 def _metric(metric: MetricConfig | str) -> MetricConfig:

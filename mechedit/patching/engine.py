@@ -18,8 +18,8 @@ far less work, and is tested equal to that naive loop:
    score is the base score.
 3. **Skip the positions no patch can change.** A cell patching position ``t`` leaves
    positions ``< t`` exactly as in the base run at every layer (causal model): their
-   keys and values come from the base run, cached once (:func:`mechedit.tlens.block_kv`),
-   and only positions ``t..`` run (:func:`mechedit.tlens.forward_with_prefix`). A cell
+   keys and values come from the base run, cached once (:func:`mechedit.fastpath.block_kv`),
+   and only positions ``t..`` run (:func:`mechedit.fastpath.forward_with_prefix`). A cell
    patching every position (``pos=None``, e.g. whole heads) runs every position.
 4. **Batch cells.** Cells with the same (first patched position, start layer) share one
    forward whose batch is ``cells × samples`` rows, chunked so a forward stays within a
@@ -27,7 +27,7 @@ far less work, and is tested equal to that naive loop:
    and position of its cells, as the cheapest tiling of the grid under a cost model says
    (:mod:`~mechedit.patching.tiling`, ``FORWARD_OVERHEAD_FLOPS``). Cells of several
    prompts may share forwards (:func:`patch_many_cells`), rows padded on the right.
-5. **Unembed only the answer positions** (:func:`mechedit.tlens.logits_for_last`).
+5. **Unembed only the answer positions** (:func:`mechedit.fastpath.logits_for_last`).
 
 Windows (ROME): for ``mlp_out``/``attn_out``/``head_z`` a cell centred at layer ``l``
 restores layers ``max(0, l - w//2) … min(L, l + ceil(w/2)) - 1``.
@@ -56,8 +56,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from mechedit import tlens
-from mechedit.config import Choice, Config
+from mechedit import fastpath
+from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, HookFn, intervened
 from mechedit.models import model_info
@@ -66,19 +66,8 @@ from mechedit.patching.corruption import Direction, Runs
 from mechedit.patching.metrics import MetricConfig, Targets, evaluate
 from mechedit.sites import Site, SiteKind
 
-
-class PatchKind(Choice):
-    """What a cell patches."""
-
-    RESID_PRE = "resid_pre"
-    RESID_POST = "resid_post"
-    MLP_OUT = "mlp_out"
-    ATTN_OUT = "attn_out"
-    HEAD_Z = "head_z"
-
-    @property
-    def is_resid(self) -> bool:
-        return self in (PatchKind.RESID_PRE, PatchKind.RESID_POST)
+#: the site kinds a cell can patch (one name for a site's kind and a patch's: :class:`SiteKind`)
+PATCH_KINDS = (SiteKind.RESID_PRE, SiteKind.RESID_POST, SiteKind.MLP_OUT, SiteKind.ATTN_OUT, SiteKind.HEAD_Z)
 
 
 Sever = Literal["mlp", "attn"]
@@ -89,7 +78,7 @@ _SEVER_KIND = {"mlp": SiteKind.MLP_OUT, "attn": SiteKind.ATTN_OUT}
 class PatchConfig(Config):
     """One patching experiment's settings (everything but the inputs)."""
 
-    kind: PatchKind | str = PatchKind.RESID_PRE  # a str is converted in __post_init__
+    kind: SiteKind | str = SiteKind.RESID_PRE  # one of PATCH_KINDS; a str is converted in __post_init__
     window: int = 1
     direction: Direction | str = Direction.DENOISE
     sever: Sever | None = None
@@ -97,7 +86,9 @@ class PatchConfig(Config):
     memory_mb: float = 1024.0
 
     def __post_init__(self) -> None:
-        self.coerce("kind", PatchKind)
+        if self.kind not in PATCH_KINDS:
+            raise ConfigError(f"PatchConfig.kind: invalid value {self.kind!r}; choose from {[k.value for k in PATCH_KINDS]}")
+        object.__setattr__(self, "kind", SiteKind(self.kind))
         self.coerce("direction", Direction)
         if isinstance(self.metric, dict):
             object.__setattr__(self, "metric", MetricConfig.from_dict(self.metric))
@@ -126,10 +117,6 @@ def window_layers(layer: int, window: int, n_layers: int) -> range:
     return range(max(0, layer - window // 2), min(n_layers, layer + math.ceil(window / 2)))
 
 
-def _site_kind(kind: PatchKind) -> SiteKind:
-    return SiteKind(kind.value)
-
-
 def patch_entries(cell: Cell, config: PatchConfig, n_layers: int) -> list[tuple[Site, Cell]]:
     """The (site, where) pairs a cell restores from the source run.
 
@@ -137,16 +124,16 @@ def patch_entries(cell: Cell, config: PatchConfig, n_layers: int) -> list[tuple[
     ``resid_pre@l+1`` (the same values, cached from the same runs), so the forward starts
     at block ``l + 1`` instead of recomputing block ``l`` under the patch.
     """
-    if config.kind is PatchKind.RESID_POST and cell.layer + 1 < n_layers:
+    if config.kind is SiteKind.RESID_POST and cell.layer + 1 < n_layers:
         return [(Site(SiteKind.RESID_PRE, cell.layer + 1), cell)]
     layers = [cell.layer] if config.kind.is_resid else window_layers(cell.layer, config.window, n_layers)
-    return [(Site(_site_kind(config.kind), j), cell) for j in layers]
+    return [(Site(config.kind, j), cell) for j in layers]
 
 
 def unread(cell: Cell, config: PatchConfig, runs: Runs, n_layers: int) -> bool:
     """True for the last block's output at a position whose logits are not read (every
     position but the answer's): no later block mixes positions, so the score is the base's."""
-    return (config.kind is PatchKind.RESID_POST and cell.layer == n_layers - 1 and cell.pos is not None
+    return (config.kind is SiteKind.RESID_POST and cell.layer == n_layers - 1 and cell.pos is not None
             and cell.pos < runs.seq_len - len(runs.answer))
 
 
@@ -154,7 +141,7 @@ def sever_sites(cell: Cell, config: PatchConfig, n_layers: int) -> list[Site]:
     """The component sites a severed-path cell holds at base values (all positions)."""
     if config.sever is None:
         return []
-    first = cell.layer if config.kind is PatchKind.RESID_PRE else cell.layer + 1
+    first = cell.layer if config.kind is SiteKind.RESID_PRE else cell.layer + 1
     return [Site(_SEVER_KIND[config.sever], j) for j in range(first, n_layers)]
 
 
@@ -186,7 +173,7 @@ class Reference:
 
 
 def needed_sites(config: PatchConfig, n_layers: int) -> list[Site]:
-    kinds = {SiteKind.RESID_PRE, _site_kind(config.kind)}
+    kinds = {SiteKind.RESID_PRE, config.kind}
     if config.sever is not None:
         kinds.add(_SEVER_KIND[config.sever])
     return [Site(k, j) for k in sorted(kinds) for j in range(n_layers)]
@@ -215,20 +202,20 @@ def reference(model: Any, runs: Runs, config: PatchConfig) -> Reference:
     )
 
 
-def _answer_logits(model: Any, k: int, interventions: list, *, prefix: tlens.PrefixKV | None = None,
+def _answer_logits(model: Any, k: int, interventions: list, *, prefix: fastpath.PrefixKV | None = None,
                    positions: Tensor | None = None, cols: Tensor | None = None, **forward: Any) -> Tensor:
     """Logits ``[batch, k, d_vocab]`` at the last ``k`` positions (only those are unembedded),
     or at columns ``cols[b]`` of row ``b`` (rows padded on the right).
 
     With ``prefix``, ``forward`` holds ``resid`` for the positions after it.
     """
-    only = tlens.logits_for_last(model, k) if cols is None else tlens.logits_at(model, cols)
+    only = fastpath.logits_for_last(model, k) if cols is None else fastpath.logits_at(model, cols)
     with intervened(model, interventions), torch.no_grad(), only:
         if prefix is None:
-            logits = tlens.forward_blocks(model, **forward)
+            logits = fastpath.forward_blocks(model, **forward)
         else:
             assert positions is not None
-            logits = tlens.forward_with_prefix(model, forward["resid"], prefix, positions)
+            logits = fastpath.forward_with_prefix(model, forward["resid"], prefix, positions)
     assert logits is not None
     return logits
 
@@ -420,7 +407,7 @@ def _patch_prompts(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], con
         progress(len(jobs) - len(todo))
     first = items[0][0]
     seq, k, n = max(runs.seq_len for runs, _ in items), len(first.answer), first.samples
-    kv: dict[int, tlens.PrefixKV] = {}
+    kv: dict[int, fastpath.PrefixKV] = {}
     cells = [cell for _, cell in jobs]
     for start, pos, idx in _chunks(model, cells, todo, config, seq, k, n, first.clean_ids.device,
                                    plans[0] if len(items) == 1 else None):
@@ -437,7 +424,7 @@ def _patch_prompts(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], con
 
 def _chunk_logits(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], config: PatchConfig,
                   refs: Sequence[Reference], plans: Sequence[attached.Plan], chunk: list[tuple[int, Cell]],
-                  start: int, pos: int, kv: dict[int, tlens.PrefixKV]) -> Tensor:
+                  start: int, pos: int, kv: dict[int, fastpath.PrefixKV]) -> Tensor:
     """Answer logits ``[rows, k, d_vocab]`` of one forward from block ``start``, positions ``pos..``."""
     direction, n = config.direction, items[0][0].samples
     seqs = [items[q][0].seq_len for q, _ in chunk]
@@ -454,7 +441,7 @@ def _chunk_logits(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], conf
         cols = last[:, None] - k + torch.arange(k, device=resid.device)
     if pos == 0:
         return _answer_logits(model, k, [*ivs, batch], cols=cols, resid=resid, start=start)
-    prefix = tlens.PrefixKV.cat([_base_kv(model, items, refs, plans, q, direction, kv).window(start, pos)
+    prefix = fastpath.PrefixKV.cat([_base_kv(model, items, refs, plans, q, direction, kv).window(start, pos)
                                  .rows(torch.arange(n, device=resid.device) % kv[q].valid.shape[0])
                                  for q, _ in chunk])
     positions = torch.arange(pos, pos + width, device=resid.device).expand(len(resid), -1)
@@ -466,12 +453,12 @@ def _right_pad(x: Tensor, width: int) -> Tensor:
 
 
 def _base_kv(model: Any, items: Sequence[tuple[Runs, Sequence[Cell]]], refs: Sequence[Reference],
-             plans: Sequence[attached.Plan], q: int, direction: Direction, kv: dict[int, tlens.PrefixKV]
-             ) -> tlens.PrefixKV:
+             plans: Sequence[attached.Plan], q: int, direction: Direction, kv: dict[int, fastpath.PrefixKV]
+             ) -> fastpath.PrefixKV:
     """Prompt ``q``'s base-run keys and values, every block and position (computed once)."""
     if q not in kv:
         with intervened(model, list(plans[q].interventions)):
-            kv[q] = tlens.block_kv(model, refs[q].base(direction)[Site(SiteKind.RESID_PRE, 0)], 0)
+            kv[q] = fastpath.block_kv(model, refs[q].base(direction)[Site(SiteKind.RESID_PRE, 0)], 0)
     return kv[q]
 
 
@@ -488,6 +475,6 @@ def _check_cell(cell: Cell, runs: Runs, model: Any) -> None:
 def grid_cells(model: Any, runs: Runs, config: PatchConfig) -> list[Cell]:
     """Every cell of the standard grid: (position, layer), or (head, layer) for head_z."""
     info = model_info(model)
-    if config.kind is PatchKind.HEAD_Z:
+    if config.kind is SiteKind.HEAD_Z:
         return [Cell(layer, None, h) for h in range(info.n_heads) for layer in range(info.n_layers)]
     return [Cell(layer, t) for t in range(runs.n_prompt) for layer in range(info.n_layers)]

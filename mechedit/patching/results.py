@@ -65,6 +65,7 @@ class PatchResult:
     extra: dict[str, Any] = field(default_factory=dict)
     corruption: str | None = None  # a user's corruption, described; None: the noise fields or the pair
     interventions: tuple[str, ...] = ()  # extra interventions applied in every forward, described
+    method: str = "exact"  # exact, atp or atp* (patching.atp); absent before issue 14: exact
 
     def __post_init__(self) -> None:
         if self.scores.ndim != 2 or self.per_sample.shape[:2] != self.scores.shape:
@@ -115,6 +116,7 @@ class PatchResult:
             "layer": np.tile(np.arange(layers), rows), "score": self.scores.reshape(-1).numpy(),
         })
         return df.assign(row_axis=self.row_axis, kind=self.kind, window=self.window, metric=self.metric,
+                         method=self.method,
                          direction=self.direction, clean_score=self.clean_score,
                          corrupted_score=self.corrupted_score, model=self.model, prompt=self.prompt)
 
@@ -225,9 +227,9 @@ def aggregate(results: list[PatchResult]) -> Aggregate:
 
     if not results:
         raise ConfigError("aggregate needs at least one result")
-    kinds = {(r.kind, r.metric, r.n_layers) for r in results}
+    kinds = {(r.kind, r.metric, r.n_layers, r.method) for r in results}
     if len(kinds) != 1:
-        raise ConfigError(f"cannot average results of different kinds/metrics/depths: {sorted(kinds)}")
+        raise ConfigError(f"cannot average results of different kinds/metrics/depths/methods: {sorted(kinds)}")
     stack = torch.stack([class_effects(r) for r in results])  # [prompt, class, layer]
     ok = ~torch.isnan(stack)
     n = ok.sum(0).double()

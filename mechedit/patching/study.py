@@ -243,6 +243,18 @@ class TraceStudy(Study):
         averaged = write_aggregates(rows, out, self.config.kinds) if aggregate else {}
         return TraceReport(len(rows), written, averaged)
 
+    def html_report(self, result: Any, command: str) -> str:
+        """One self-contained HTML page: averages per kind, example heatmaps, settings (no model)."""
+        from mechedit.patching.html import dataset_page
+
+        results = [r.patch_result() for r in result.rows["traces"] if isinstance(r, TraceRow)]
+        if not results:
+            raise DataError("this study has no stored traces yet: nothing to report")
+        plan = self.planned
+        return dataset_page(results, settings_={
+            "command": command, "model": self.model.name, **self.config.to_dict(), "sigma": plan.sigma,
+            "records": len(plan.records), "data_sha256": plan.data_sha256, "traced": len(results)})
+
 
 @dataclass(frozen=True)
 class TraceReport:
@@ -256,7 +268,8 @@ class TraceReport:
 def known_report(model: Any, records: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The known filter behind the tracing prefix: which records' answer is the model's top-1
     (``not_top1_ids``: those it is not). None when no record states an answer."""
-    from mechedit.data import KnownFilter, KnownRecord, filter_known
+    from mechedit.data import KnownRecord
+    from mechedit.evaluation.known import KnownFilter, filter_known
 
     facts = [KnownRecord(known_id=r.get("known_id", i), subject=r["subject"], attribute=r["attribute"],
                          template=r.get("template", ""), prompt=r["prompt"], relation_id=r.get("relation_id", ""))
@@ -281,7 +294,7 @@ def write_result(result: PatchResult, stem: Path) -> bool:
 
 def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) -> dict[str, int]:
     """``aggregate_KIND.csv``/``.png`` per kind with results; the number of prompts of each."""
-    from mechedit.patching.plots import average_effect_plot
+    from mechedit.patching.plots import average_effect_plot, kind_title
     from mechedit.patching.results import aggregate
 
     counts = {}
@@ -290,6 +303,7 @@ def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) 
         if results:
             agg = aggregate(results)
             atomic_write_text(out / f"aggregate_{kind}.csv", agg.to_dataframe().to_csv(index=False))
-            atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg))
+            title = f"{results[0].model} · {kind_title(results[0])} · mean over {len(results)} prompts"
+            atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg, title=title))
             counts[kind] = len(results)
     return counts

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from mechedit.config import Config
 from mechedit.errors import ConfigError
-from mechedit.synth.kg import RELATIONS, Fact, KnowledgeGraph
+from mechedit.synth.kg import Fact, KnowledgeGraph
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "born_in": ("{s} was born in {o}.", "{s} is a native of {o}.", "The birthplace of {s} is {o}.",
@@ -110,14 +110,22 @@ class Corpus:
                 "prompts": [asdict(p) for p in self.prompts], "frequency": self.frequency}
 
 
-def prompt_template(relation: str, template: int = 0) -> str:
-    """The template's text before the object, with ``{}`` for the subject (CounterFact form)."""
-    text = TEMPLATES[relation][template]
+def templates_of(relation: str, kg: KnowledgeGraph | None = None) -> tuple[str, ...]:
+    """A relation's phrasings: its own (a generated relation of ``kg``) or :data:`TEMPLATES`."""
+    own = kg.relation(relation).templates if kg is not None else ()
+    return own or TEMPLATES[relation]
+
+
+def prompt_template(relation: str, template: int = 0, kg: KnowledgeGraph | None = None) -> str:
+    """The template's text before the object, with ``{}`` for the subject (CounterFact form).
+
+    ``kg``: the graph, needed for the generated relations of a random-topology graph."""
+    text = templates_of(relation, kg)[template]
     return text.split("{o}")[0].rstrip().replace("{s}", "{}")
 
 
-def render(relation: str, template: int, subject: str, obj: str) -> str:
-    return TEMPLATES[relation][template].format(s=subject, o=obj)
+def render(relation: str, template: int, subject: str, obj: str, kg: KnowledgeGraph | None = None) -> str:
+    return templates_of(relation, kg)[template].format(s=subject, o=obj)
 
 
 def _template_sets(rng: random.Random, n_train: int) -> list[tuple[int, ...]]:
@@ -146,9 +154,9 @@ def build_corpus(kg: KnowledgeGraph, config: CorpusConfig = CorpusConfig()) -> C
         seen[f.relation] += 1
         for t in range(N_TEMPLATES):
             split: Split = "train" if t in train else "heldout"
-            prompts.append(FactPrompt(i, t, prompt_template(f.relation, t).format(subj), subj, obj, split))
+            prompts.append(FactPrompt(i, t, prompt_template(f.relation, t, kg).format(subj), subj, obj, split))
             if split == "train":
-                sentences.append(render(f.relation, t, subj, obj))
+                sentences.append(render(f.relation, t, subj, obj, kg))
                 freq.update((f.subject, f.object))
     pool = list(kg.entities)
     picks = rng.choices(pool, weights=[e.weight for e in pool], k=config.n_mentions)
@@ -181,9 +189,9 @@ def counterfact_records(kg: KnowledgeGraph, corpus: Corpus, *, seed: int = 0,
         heldout[p.fact].append(p.prompt)
     records = []
     for i, f in enumerate(kg.facts):
-        rel = RELATIONS[f.relation]
+        rel = kg.relation(f.relation)
         new = rng.choice([e for e in kg.of_type(rel.object_type) if e.id not in (f.object, f.subject)])
-        tmpl = prompt_template(f.relation)
+        tmpl = prompt_template(f.relation, kg=kg)
 
         def prompts_for(subjects: list[str], skip: str = f.subject, tmpl: str = tmpl) -> list[str]:
             others = [s for s in subjects if s != skip]
@@ -215,12 +223,12 @@ def known_records(kg: KnowledgeGraph, facts: list[int] | None = None,
     out = []
     for k, i in enumerate(range(len(kg.facts)) if facts is None else facts):
         f: Fact = kg.facts[i]
-        tmpl = prompt_template(f.relation)
+        tmpl = prompt_template(f.relation, kg=kg)
         subj, obj = kg.name(f.subject), kg.name(f.object)
         out.append({
             "known_id": k, "fact_index": i, "subject": subj, "attribute": obj, "template": tmpl,
             "prediction": (predictions or {}).get(i, " " + obj), "prompt": tmpl.format(subj),
-            "relation_id": RELATIONS[f.relation].pid,
+            "relation_id": kg.relation(f.relation).pid,
         })
     return out
 

@@ -31,20 +31,30 @@ from typing import Any, Literal
 from mechedit.config import Config
 from mechedit.errors import ConfigError
 
-EntityType = Literal["person", "city", "country", "company", "language", "sport"]
+EntityType = Literal["person", "city", "country", "company", "language", "sport", "entity"]
 Cardinality = Literal["one_to_one", "many_to_one"]
 ENTITY_TYPES: tuple[EntityType, ...] = ("person", "city", "country", "company", "language", "sport")
+UNTYPED: EntityType = "entity"  # the one type of a random-topology graph (:mod:`mechedit.synth.graphs`)
 
 
 @dataclass(frozen=True)
 class Relation:
-    """A typed, functional relation. ``pid`` is the closest Wikidata property (CounterFact ids)."""
+    """A typed, functional relation. ``pid`` is the closest Wikidata property (CounterFact ids).
+
+    ``templates``: the relation's phrasings for a generated relation (five, ``{s}`` the
+    subject, ``{o}`` last); empty for the relations of :data:`RELATIONS`, whose phrasings are
+    :data:`mechedit.synth.corpus.TEMPLATES`.
+    """
 
     id: str
     pid: str
     subject_type: EntityType
     object_type: EntityType
     cardinality: Cardinality
+    templates: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "templates", tuple(self.templates))
 
 
 RELATIONS: dict[str, Relation] = {r.id: r for r in (
@@ -131,11 +141,16 @@ class Fact:
 
 @dataclass(frozen=True)
 class KnowledgeGraph:
-    """Entities, relations and facts generated from a :class:`KGConfig`."""
+    """Entities, relations and facts generated from a :class:`KGConfig` (typed, Zipf) or a
+    :class:`mechedit.synth.graphs.GraphConfig` (untyped, Erdős–Rényi or Barabási–Albert).
 
-    config: KGConfig
+    ``relation_defs``: the relations of a generated graph (empty: the config's
+    :data:`RELATIONS`)."""
+
+    config: Any  # KGConfig | mechedit.synth.graphs.GraphConfig
     entities: tuple[Entity, ...]
     facts: tuple[Fact, ...]
+    relation_defs: tuple[Relation, ...] = ()
     _by_id: dict[str, Entity] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -152,12 +167,21 @@ class KnowledgeGraph:
 
     @property
     def relations(self) -> list[Relation]:
+        if self.relation_defs:
+            return list(self.relation_defs)
         return [RELATIONS[r] for r in self.config.relations]
+
+    def relation(self, relation_id: str) -> Relation:
+        """The relation of a fact (``fact.relation``)."""
+        for r in self.relation_defs:
+            if r.id == relation_id:
+                return r
+        return RELATIONS[relation_id]
 
     def with_corpus_freq(self, counts: dict[str, int]) -> "KnowledgeGraph":
         """A copy whose entities record how many corpus sentences mention them."""
         ents = tuple(replace(e, corpus_freq=int(counts.get(e.id, 0))) for e in self.entities)
-        return KnowledgeGraph(self.config, ents, self.facts)
+        return KnowledgeGraph(self.config, ents, self.facts, self.relation_defs)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -170,11 +194,13 @@ class KnowledgeGraph:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "KnowledgeGraph":
-        return cls(
-            KGConfig.from_dict(d["config"]),
-            tuple(Entity(**e) for e in d["entities"]),
-            tuple(Fact(**f) for f in d["facts"]),
-        )
+        entities, facts = tuple(Entity(**e) for e in d["entities"]), tuple(Fact(**f) for f in d["facts"])
+        if "topology" in d["config"]:  # a random-topology graph keeps its generated relations
+            from mechedit.synth.graphs import GraphConfig
+
+            relations = tuple(Relation(**{**r, "templates": tuple(r.get("templates", ()))}) for r in d["relations"])
+            return cls(GraphConfig.from_dict(d["config"]), entities, facts, relations)
+        return cls(KGConfig.from_dict(d["config"]), entities, facts)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -204,7 +230,8 @@ def _syllable(rng: random.Random) -> str:
     return rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
 
 
-def _new_name(rng: random.Random, taken: set[str], syllables: tuple[int, int] = (2, 3)) -> str:
+def new_name(rng: random.Random, taken: set[str], syllables: tuple[int, int] = (2, 3)) -> str:
+    """A pronounceable invented word of 4–9 letters, capitalised, not in ``taken`` (added to it)."""
     while True:
         name = "".join(_syllable(rng) for _ in range(rng.randint(*syllables))).capitalize()
         if 4 <= len(name) <= 9 and name.lower() not in taken and name.lower() not in _BLOCKED:
@@ -214,13 +241,13 @@ def _new_name(rng: random.Random, taken: set[str], syllables: tuple[int, int] = 
 
 def _names(config: KGConfig, rng: random.Random) -> dict[EntityType, list[str]]:
     taken: set[str] = set()
-    first = [_new_name(rng, taken, (1, 2)) for _ in range(config.n_first_names)]
+    first = [new_name(rng, taken, (1, 2)) for _ in range(config.n_first_names)]
     out: dict[EntityType, list[str]] = {}
     for etype in ENTITY_TYPES:
         if etype == "person":
-            out[etype] = [f"{rng.choice(first)} {_new_name(rng, taken)}" for _ in range(config.n_persons)]
+            out[etype] = [f"{rng.choice(first)} {new_name(rng, taken)}" for _ in range(config.n_persons)]
         else:
-            out[etype] = [_new_name(rng, taken) for _ in range(config.count(etype))]
+            out[etype] = [new_name(rng, taken) for _ in range(config.count(etype))]
     return out
 
 

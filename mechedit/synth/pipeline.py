@@ -34,7 +34,8 @@ from mechedit.synth.corpus import (
     known_records,
     write_json,
 )
-from mechedit.synth.kg import KGConfig, KnowledgeGraph, generate
+from mechedit.synth.graphs import GraphConfig, build_graph
+from mechedit.synth.kg import KGConfig, KnowledgeGraph
 from mechedit.synth.train import TrainConfig, TrainResult, predict_first_tokens, train
 
 log = logging.getLogger(__name__)
@@ -42,9 +43,12 @@ log = logging.getLogger(__name__)
 GRAPH_FILES = ("kg.json", "corpus_config.json")
 
 
-def build_kg_dir(kg_config: KGConfig, corpus_config: CorpusConfig, out: str | Path, *,
+def build_kg_dir(kg_config: KGConfig | GraphConfig, corpus_config: CorpusConfig, out: str | Path, *,
                  force: bool = False) -> Path:
-    """Write a graph directory; a complete one with the same configs is left as it is."""
+    """Write a graph directory; a complete one with the same configs is left as it is.
+
+    ``kg_config``: a typed Zipf graph (:class:`KGConfig`) or a random-topology one
+    (:class:`~mechedit.synth.graphs.GraphConfig`)."""
     out = Path(out)
     if (out / "counterfact.json").is_file() and not force:
         kg, corpus = load_kg_dir(out)
@@ -53,7 +57,7 @@ def build_kg_dir(kg_config: KGConfig, corpus_config: CorpusConfig, out: str | Pa
             return out
         raise ConfigError(f"{out} holds a different graph; pass force=True (--force) to overwrite it")
     out.mkdir(parents=True, exist_ok=True)
-    kg = generate(kg_config)
+    kg = build_graph(kg_config)
     corpus = build_corpus(kg, corpus_config)
     kg = kg.with_corpus_freq(corpus.frequency)
     kg.save(out / "kg.json")
@@ -118,7 +122,17 @@ def train_model_dir(kg_dir: str | Path, config: TrainConfig, out: str | Path, *,
 
 def rebuild_command(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, out: str = "OUT",
                     graph: str = "GRAPH") -> str:
-    """The two ``mechedit synth`` commands that rebuild a model directory (non-default flags only)."""
+    """The two commands that rebuild a model directory (non-default flags only).
+
+    A random-topology graph has no ``build-kg`` flags: its first command is the Python call."""
+    train_flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in config.to_dict().items()
+                          if v != TrainConfig().to_dict()[k])
+    if isinstance(kg.config, GraphConfig):
+        return (f"python -c \"from mechedit.synth.corpus import CorpusConfig; from mechedit.synth.graphs import "
+                f"GraphConfig; from mechedit.synth.pipeline import build_kg_dir; build_kg_dir(GraphConfig(**"
+                f"{kg.config.to_dict()}), CorpusConfig(**{corpus.config.to_dict()}), '{graph}')\"\n"
+                f"mechedit synth train --kg {graph} --out {out}{train_flags}")
+
     def flags(values: dict, defaults: dict, renames: dict[str, str] | None = None) -> str:
         renames = renames or {}
         return "".join(f" --{renames.get(k, k).replace('_', '-')} {v}" for k, v in values.items()
@@ -127,7 +141,6 @@ def rebuild_command(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, out
     kg_dict = {**kg.config.to_dict(), "relations": " ".join(kg.config.relations)}
     kg_flags = flags(kg_dict, {**KGConfig().to_dict(), "relations": " ".join(KGConfig().relations)})
     kg_flags += flags(corpus.config.to_dict(), CorpusConfig().to_dict(), {"seed": "corpus_seed"})
-    train_flags = flags(config.to_dict(), TrainConfig().to_dict())
     return (f"mechedit synth build-kg --seed {kg.config.seed}{kg_flags.replace(f' --seed {kg.config.seed}', '')}"
             f" --out {graph}\nmechedit synth train --kg {graph} --out {out}{train_flags}")
 

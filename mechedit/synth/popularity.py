@@ -37,20 +37,17 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
-from jaxtyping import Bool, Float
-from torch import Tensor
 
 from mechedit.config import Config
 from mechedit.errors import ConfigError
-from mechedit.interventions import run
+from mechedit.evaluation.probs import target_logprobs
 from mechedit.models import model_info
 from mechedit.requests import EditRequest
 from mechedit.studies.files import atomic_write_text
 from mechedit.studies.study import Row
 from mechedit.synth.corpus import N_TEMPLATES, Corpus, prompt_template
-from mechedit.synth.kg import RELATIONS, KnowledgeGraph
-from mechedit.tokens import Prefix, encode, target_ids
+from mechedit.synth.kg import KnowledgeGraph
+from mechedit.tokens import Prefix
 
 SIDE_EFFECT_SETS = ("same_subject", "as_object", "same_relation_object", "unrelated")
 MEASURE_SETS = ("efficacy", "paraphrase", *SIDE_EFFECT_SETS)
@@ -69,7 +66,8 @@ class PopularityConfig(Config):
         n_bins: popularity bins (equal-size groups of the candidate entities by degree).
         max_facts_per_set: cap on each side-effect set (seeded sample when larger).
         n_unrelated: size of the fixed unrelated-fact sample.
-        hparams: per-method overrides of config fields, e.g. ``{"rome": {"layer": 1}}``.
+        hparams: per-method overrides of config fields, e.g. ``{"rome": {"layers": [1]}}`` (the
+            former ``"layer": 1`` reads the same).
     """
 
     methods: tuple[str, ...] = ("rome", "memit", "ft")
@@ -103,8 +101,7 @@ class PopularityConfig(Config):
         for method, fields in self.hparams.items():
             if not isinstance(fields, dict):
                 raise ConfigError(f"hparams[{method!r}] must be an object of config fields, got {fields!r}")
-            cls = get_editor(method).config_class
-            cls.from_dict({**cls().to_dict(), "objective": "erase", **fields})
+            get_editor(method).config_class().with_fields({"objective": "erase", **fields})
 
 
 
@@ -127,7 +124,7 @@ def side_effect_sets(kg: KnowledgeGraph, fact: int, unrelated: Sequence[int]) ->
 def fact_prompt(kg: KnowledgeGraph, fact: int, template: int = 0) -> tuple[str, str]:
     """(prompt, object name) of a fact in one phrasing."""
     f = kg.facts[fact]
-    return prompt_template(f.relation, template).format(kg.name(f.subject)), kg.name(f.object)
+    return prompt_template(f.relation, template, kg).format(kg.name(f.subject)), kg.name(f.object)
 
 
 def unrelated_sample(kg: KnowledgeGraph, n: int, seed: int) -> list[int]:
@@ -160,36 +157,11 @@ def sample_entities(kg: KnowledgeGraph, known: Sequence[int], config: Popularity
 # --- measurement ----------------------------------------------------------------------
 
 
-def prompt_probabilities(model: Any, prompts: Sequence[str], targets: Sequence[str], *,
-                         prefix: Prefix | str = Prefix.NEUTRAL, interventions: Sequence[Any] = (),
-                         batch_size: int = 128) -> tuple[Float[Tensor, "n"], Bool[Tensor, "n"]]:
-    """Teacher-forced P(target | prompt) and whether the first target token is the top-1.
-
-    Right-padded batches (causal attention: real tokens are unaffected by the padding).
-    """
-    device = next(model.parameters()).device
-    pad = model_info(model).neutral_token_id
-    probs, hits = [], []
-    for s in range(0, len(prompts), batch_size):
-        rows = []
-        for p, t in zip(prompts[s:s + batch_size], targets[s:s + batch_size], strict=True):
-            rows.append((list(encode(model, p, prefix=prefix).ids), list(target_ids(model, p, t))))
-        ids = torch.full((len(rows), max(len(a) + len(b) - 1 for a, b in rows)), pad, dtype=torch.long)
-        for i, (a, b) in enumerate(rows):
-            ids[i, : len(a) + len(b) - 1] = torch.tensor(a + b[:-1])
-        logp = torch.log_softmax(run(model, ids.to(device), list(interventions)).double(), -1).cpu()
-        for i, (a, b) in enumerate(rows):
-            pos = torch.arange(len(a) - 1, len(a) - 1 + len(b))
-            probs.append(logp[i, pos, torch.tensor(b)].sum().exp())
-            hits.append(bool(logp[i, len(a) - 1].argmax() == b[0]))
-    return torch.stack(probs).float() if probs else torch.zeros(0), torch.tensor(hits, dtype=torch.bool)
-
-
 def known_facts(model: Any, kg: KnowledgeGraph, *, prefix: Prefix | str = Prefix.NEUTRAL,
                 batch_size: int = 128) -> list[int]:
     """Facts whose object's first token is the model's top-1 after the canonical prompt."""
     prompts, targets = zip(*(fact_prompt(kg, i) for i in range(len(kg.facts))), strict=True)
-    _, hit = prompt_probabilities(model, prompts, targets, prefix=prefix, batch_size=batch_size)
+    hit = target_logprobs(model, prompts, targets, prefix=prefix, batch_size=batch_size).first_token_hit()
     return [i for i in range(len(kg.facts)) if hit[i]]
 
 
@@ -215,8 +187,9 @@ class _Before:
         missing = sorted({p for p in pairs if p not in self.cache})
         if missing:
             prompts, targets = zip(*missing, strict=True)
-            p, hit = prompt_probabilities(self.model, prompts, targets, prefix=self.config.prefix,
-                                          batch_size=self.config.batch_size)
+            lp = target_logprobs(self.model, prompts, targets, prefix=self.config.prefix,
+                                 batch_size=self.config.batch_size)
+            p, hit = lp.sequence_prob(), lp.first_token_hit()
             self.cache.update({k: (float(p[i]), bool(hit[i])) for i, k in enumerate(missing)})
         return [self.cache[k] for k in pairs]
 
@@ -242,8 +215,9 @@ def set_damage(model: Any, sets: dict[str, list[tuple[str, str]]], edit: Any, be
     if not flat:
         return []
     prompts, targets = zip(*flat, strict=True)
-    p_after, hit_after = prompt_probabilities(model, prompts, targets, prefix=config.prefix,
-                                              interventions=[edit], batch_size=config.batch_size)
+    after = target_logprobs(model, prompts, targets, prefix=config.prefix, interventions=[edit],
+                            batch_size=config.batch_size)
+    p_after, hit_after = after.sequence_prob(), after.first_token_hit()
     b = before.get(flat)
     out, k = [], 0
     for name, pairs in sets.items():
@@ -266,15 +240,15 @@ def editor_configs(model: Any, config: PopularityConfig) -> dict[str, Any]:
     out = {}
     for m in config.methods:
         spec = get_editor(m)
-        out[m] = spec.config_for(model).replace(**{"objective": "erase", **config.hparams.get(m, {})})
+        out[m] = spec.config_for(model).with_fields({"objective": "erase", **config.hparams.get(m, {})})
     return out
 
 
 def erase_request(kg: KnowledgeGraph, fact: int) -> EditRequest:
     """An erasure request for a fact (``target_new`` is unused by ``erase``: another object)."""
     f = kg.facts[fact]
-    others = [e for e in kg.of_type(RELATIONS[f.relation].object_type) if e.id not in (f.object, f.subject)]
-    return EditRequest(prompt_template(f.relation), kg.name(f.subject), others[0].name, kg.name(f.object),
+    others = [e for e in kg.of_type(kg.relation(f.relation).object_type) if e.id not in (f.object, f.subject)]
+    return EditRequest(prompt_template(f.relation, kg=kg), kg.name(f.subject), others[0].name, kg.name(f.object),
                        case_id=fact)
 
 

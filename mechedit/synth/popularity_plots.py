@@ -62,3 +62,39 @@ def correlation_forest(result: PopularityResult, *, measure: str = "damage", pop
     ax.set_xlabel(f"Spearman ρ of {measure} with {popularity} (95% CI)")
     fig.tight_layout()
     return fig
+
+
+def topology_comparison(results: dict[str, PopularityResult], *, measure: str = "damage",
+                        popularity: str = "degree", sets: tuple[str, ...] = ("efficacy", "same_subject", "as_object",
+                                                                              "same_relation_object", "unrelated")):
+    """Damage vs popularity per topology side by side: one column per result (e.g. ER, BA),
+    one row per measured set; points are erasures, lines the means per popularity bin (the
+    bins the entities were sampled from) with 95% CIs, one colour per method."""
+    plt = _plt()
+    fig, axes = plt.subplots(len(sets), len(results), figsize=(4.2 * len(results), 2.6 * len(sets)),
+                             squeeze=False, sharey="row")
+    for j, (label, result) in enumerate(results.items()):
+        rows, binned = result.rows, result.binned
+        for i, name in enumerate(sets):
+            ax = axes[i, j]
+            for k, method in enumerate(result.config.methods):
+                g = rows[(rows["set"] == name) & (rows["method"] == method)]
+                ax.scatter(g[popularity], g[measure], s=6, alpha=0.3, color=f"C{k}")
+                b = binned[(binned["set"] == name) & (binned["method"] == method)
+                           & (binned["damage_measure"] == measure)]
+                x = [g[g["bin"] == v][popularity].median() for v in b["bin"]]
+                ax.errorbar(x, b["mean"], yerr=[b["mean"] - b["ci_lo"], b["ci_hi"] - b["mean"]], color=f"C{k}",
+                            marker="o", ms=3, capsize=2, label=method)
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_title(f"{label}: {name}", fontsize=9)
+            if i == len(sets) - 1:
+                ax.set_xlabel(f"entity {popularity}")
+            if j == 0:
+                ax.set_ylabel("drop in P(object)" if measure == "damage" else measure, fontsize=8)
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle(f"Erasure side effects vs {popularity} by topology (points: erasures; lines: bin means, 95% CI)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig

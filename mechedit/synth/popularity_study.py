@@ -103,7 +103,7 @@ class PopularityStudy(Study):
                                                                         batch_size=c.batch_size)
         return PopularityPlan(tuple(known), tuple(sample_entities(kg, known, c)),
                               tuple(unrelated_sample(kg, c.n_unrelated, c.seed)),
-                              {m: e.to_dict() for m, e in editor_configs(model, c).items()}).to_dict()
+                              {m: e.identity() for m, e in editor_configs(model, c).items()}).to_dict()
 
     def use_plan(self, plan: Mapping[str, Any]) -> None:
         self.planned = PopularityPlan.from_dict(plan)

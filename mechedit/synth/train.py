@@ -35,6 +35,7 @@ from mechedit.config import Config
 from mechedit.errors import ConfigError
 from mechedit.synth.corpus import GENERATION_TEMPLATES, MENTION_TEMPLATES, TEMPLATES, Corpus, FactPrompt
 from mechedit.synth.kg import KnowledgeGraph
+from mechedit.tokens import pad_right
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def build_tokenizer(kg: KnowledgeGraph, corpus: Corpus):
 
     texts = list(corpus.sentences) + [e.name for e in kg.entities] + list(MENTION_TEMPLATES)
     texts += [t for ts in TEMPLATES.values() for t in ts] + list(GENERATION_TEMPLATES)
+    texts += [t for r in kg.relations for t in r.templates]  # a random-topology graph's own relations
     words = sorted({w for t in texts for w in _WORD.findall(t.replace("{s}", "").replace("{o}", "")
                                                               .replace("{e}", ""))})
     vocab = {ENDOFTEXT: 0, UNK: 1, **{w: i + 2 for i, w in enumerate(words)}}
@@ -210,8 +212,7 @@ def predict_first_tokens(model, tokenizer, prompts: list[str], *, prefix: bool,
     model.eval()
     for i in range(0, len(ids), batch_size):
         chunk = ids[i: i + batch_size]
-        width = max(len(c) for c in chunk)
-        x = torch.tensor([c + [eot] * (width - len(c)) for c in chunk])
+        x = pad_right(chunk, eot).ids
         logits = model(x, attention_mask=torch.ones_like(x)).logits
         last = torch.tensor([len(c) - 1 for c in chunk])
         out.extend(logits[torch.arange(len(chunk)), last].argmax(-1).tolist())
