@@ -40,6 +40,7 @@ from mechedit.patching.corruption import embedding_std
 from mechedit.sites import Site
 from mechedit.studies import ModelSpec, load_study_rows, rows_equal, run_study
 from mechedit.synth import shipped_model_dir
+from mechedit.tokens import Prefix
 
 SMALL = dict(mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),))
 BASES = {"rome": RomeConfig(layers=(0,), lr=2.0, steps=8, **SMALL), "ft": FTConfig(linf=2e-2, lr=1e-2, steps=8)}
@@ -427,3 +428,23 @@ def test_workers_imply_ray_and_local_refuses_them():
     assert analyze._executor(parser.parse_args([*base, "--address", "auto"])) == "ray"
     assert analyze._executor(parser.parse_args([*base, "--executor", "local", "--workers", "2"])) == "local"
     assert analyze.sweep_config(parser.parse_args(base)) == SweepConfig()  # defaults: the config's, once
+
+
+def test_stats_samples_sets_the_key_statistics_of_every_method_that_uses_them(synth_model, tmp_path):
+    from mechedit.analysis.sweep_study import resolve_editors
+    from mechedit.cli import analyze
+
+    parser = argparse.ArgumentParser()
+    analyze.register(parser.add_subparsers(dest="command"))
+    base = ["analyze", "localization-vs-editing", "--out", "x", "--stats-samples", "16"]
+    args = parser.parse_args(base)
+    editors = analyze.editor_overrides(args, ("rome", "memit", "ft", "ft5"))
+    assert editors == {"rome": {"mom2_n_samples": 16}, "memit": {"mom2_n_samples": 16}}
+    configs = resolve_editors(synth_model, ("rome", "memit", "ft"), editors, Prefix.NEUTRAL)
+    assert configs["rome"].mom2_n_samples == configs["memit"].mom2_n_samples == 16
+    with pytest.raises(MecheditError, match="none of the methods ft, ft5 uses key statistics"):
+        analyze.editor_overrides(args, ("ft", "ft5"))
+    hp = tmp_path / "hp.json"
+    hp.write_text(json.dumps({"rome": {"mom2_n_samples": 64}}))
+    with pytest.raises(MecheditError, match="both set mom2_n_samples of rome"):
+        analyze.editor_overrides(parser.parse_args([*base, "--hparams", str(hp)]), ("rome",))

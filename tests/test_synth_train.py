@@ -81,3 +81,19 @@ def test_model_directory_opens_with_load_model(tmp_path):
     # a finished directory is not retrained
     again = train_model_dir(kg_dir, TINY, out, progress=False)
     assert again == result
+
+
+def test_training_leaves_the_callers_thread_count(monkeypatch):
+    """train() sets TrainConfig.num_threads for its own run only (a later test's float sums
+    depend on the count)."""
+    import torch
+
+    from mechedit.synth import train as train_mod
+
+    seen = []
+    monkeypatch.setattr(train_mod, "_train", lambda *a: seen.append(torch.get_num_threads()) or "done")
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    kg = generate(KG_CFG)
+    assert train_mod.train(kg, build_corpus(kg, CORPUS_CFG), train_mod.TrainConfig(num_threads=want)) == "done"
+    assert seen == [want] and torch.get_num_threads() == before

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--all-facts", action="store_true", help="do not filter to facts the model knows (top-1)")
     q.add_argument("--hparams", default=None,
                    help='JSON file {"rome": {"lr": 2.0}, ...}: fields overriding the stored hparams per method')
+    q.add_argument("--stats-samples", type=positive_int, default=None,
+                   help="texts in the key statistics of every method that uses them (default from the hparams; "
+                   "as in edit and eval)")
     q.add_argument("--seed", type=int, default=None, help=f"seed of the sample, noise and texts (default {d.seed})")
     q.add_argument("--executor", choices=["local", "ray"], default=None,
                    help="where units run: local (this process) or ray (--workers actors); default local, or ray "
@@ -107,6 +110,24 @@ def _hparams(path: str | None) -> dict[str, Any]:
     return d
 
 
+def editor_overrides(args: argparse.Namespace, methods: tuple[str, ...]) -> dict[str, Any]:
+    """``--hparams`` per method, with ``--stats-samples`` set in every method that uses key statistics."""
+    from mechedit.editors import get_editor
+
+    editors = _hparams(args.hparams)
+    if args.stats_samples is None:
+        return editors
+    with_stats = [m for m in methods if get_editor(m).needs_key_stats]
+    if not with_stats:
+        raise MecheditError(f"--stats-samples: none of the methods {', '.join(methods)} uses key statistics; "
+                            "leave the flag out")
+    for m in with_stats:
+        if "mom2_n_samples" in editors.get(m, {}):
+            raise MecheditError(f"--stats-samples and --hparams both set mom2_n_samples of {m}; give one")
+        editors[m] = {**editors.get(m, {}), "mom2_n_samples": args.stats_samples}
+    return editors
+
+
 def _executor(args: argparse.Namespace) -> str:
     """``--executor`` (default: ``ray`` when ``--workers`` > 1 or ``--address`` is given, else ``local``)."""
     if args.executor is not None:
@@ -150,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
     if args.data is None:
         raise MecheditError("--data is required (a CounterFact-schema JSON file), unless --report-only")
     config = sweep_config(args)  # fails on a bad option before anything is loaded
+    editors = editor_overrides(args, config.methods)
     from mechedit.analysis.report import write_report
     from mechedit.analysis.sweep_study import SweepStudy
     from mechedit.cli.common import resolve_device
@@ -161,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
     records, report = load_counterfact(args.data)
     require_records(records, report)
     study = SweepStudy(ModelSpec(args.model, device=resolve_device(args.device)), records, config,
-                       editors=_hparams(args.hparams))
+                       editors=editors)
     result = run_study(study, out, executor=executor, workers=args.workers, address=args.address,
                        progress=not args.quiet)
     stats = write_report(result, out, _command())

@@ -281,9 +281,18 @@ def train(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig = TrainConfig(
     With ``checkpoint_dir``, a checkpoint is written at every evaluation and a run
     finding one there resumes from it.
     """
+    before = torch.get_num_threads()
+    torch.set_num_threads(config.num_threads)  # for this run only: the caller's count comes back
+    try:
+        return _train(kg, corpus, config, checkpoint_dir, progress)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _train(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, checkpoint_dir: str | Path | None,
+           progress: bool):
     from tqdm.auto import tqdm
 
-    torch.set_num_threads(config.num_threads)
     tokenizer = build_tokenizer(kg, corpus)
     with_pre, without = _encode_sentences(tokenizer, list(corpus.sentences), config.n_positions)
     model = build_model(config, len(tokenizer)).train()
