@@ -134,13 +134,16 @@ def test_the_study_gives_the_rows_of_the_old_sweep_loop(synth_model, cache, tmp_
         for k in ("case_id", "layer", "method", "variant", "target"):
             assert got[k] == want[k], k
         assert list(got["edit_layers"]) == want["edit_layers"]
-        for k in ("rewrite", "paraphrase", "neighborhood", "essence_drift", "tracing_effect",
-                  "tracing_effect_last_subject"):
+        for k in ("rewrite", "paraphrase", "neighborhood", "essence_drift"):
             assert got[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True), (k, want)
+        # traces: the engine tiles cells into forwards by a cost model since (issue 14), so float32
+        # sums are batched differently than when these were recorded
+        for k in ("tracing_effect", "tracing_effect_last_subject"):
+            assert got[k] == pytest.approx(want[k], abs=1e-6, nan_ok=True), (k, want)
     for want, got in zip(gold["traces"], result.traces.to_dict("records"), strict=True):
         assert (got["reversal_target"], got["peak_layer"], got["valid"]) == (
             want["reversal_target"], want["peak_layer"], want["valid"])
-        np.testing.assert_allclose(got["effect_raw"], want["effect_raw"], atol=1e-9)
+        np.testing.assert_allclose(got["effect_raw"], want["effect_raw"], atol=1e-6)
 
 
 @pytest.mark.parametrize("method,variant,layer", [("rome", "injection", 0), ("ft5", "erasure", 1)])
