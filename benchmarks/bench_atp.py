@@ -46,7 +46,8 @@ def synth_facts(model: Any, n: int) -> list[dict[str, Any]]:
 
 
 def smollm2_facts(model: Any, n: int, path: Path, scan: int) -> list[dict[str, Any]]:
-    from mechedit.data import KnownFilter, KnownRecord, filter_known
+    from mechedit.data import KnownRecord
+    from mechedit.evaluation.known import KnownFilter, filter_known
 
     records = json.loads(path.read_text())[:scan]
     facts = [KnownRecord(**{k: r[k] for k in ("known_id", "subject", "attribute", "template", "prompt")})
