@@ -156,3 +156,58 @@ def test_records_that_cannot_be_traced_are_skipped_with_exit_2(tiny_dirs, tmp_pa
     assert [k.split("@")[0] for k in skipped] == ["7_mlp"] and "Toko Yasuda" in next(iter(skipped.values()))
     assert [r.record_id for r in _rows(out)] == ["0"] and (out / "0_mlp.json").is_file()
     assert "could not be traced" in capsys.readouterr().err
+
+
+#: the keys and settings of the exact run above, recorded before ``method``/``known_only`` were
+#: added to the study: exact directories keep them (and so resume)
+EXACT_KEYS = ["0_mlp@e2842d412b43", "1_mlp@14fb3330d35c"]
+EXACT_CONFIG_FIELDS = ["answer_from", "data", "kinds", "limit", "metric", "noise", "window"]
+
+
+def test_exact_keys_and_settings_are_those_recorded_before_the_method_setting(traced):
+    _, out = traced
+    assert [json.loads(x)["key"] for x in (out / "traces.jsonl").read_text().splitlines()] == EXACT_KEYS
+    config = json.loads((out / "study.json").read_text())["settings"]["config"]
+    assert sorted(config) == EXACT_CONFIG_FIELDS
+
+
+@pytest.mark.parametrize("method", ["atp", "atp*"])
+def test_an_atp_study_equals_direct_atp_traces_and_never_mixes_with_exact(tiny_llama, tiny_dirs, traced, tmp_path,
+                                                                         capsys, method):
+    data, exact = traced
+    out = tmp_path / "o"
+    assert main(_argv(tiny_dirs["llama"], data, out, "--method", method, "--aggregate")) == 0
+    capsys.readouterr()
+    sigma = 3.0 * embedding_std(tiny_llama, [r["subject"] for r in RECORDS])
+    kwargs = {"kind": "mlp", "window": 2, "noise": NoiseConfig(samples=2), "sigma": sigma, "method": method}
+    rows = _rows(out)
+    for rec, row in zip(RECORDS, rows, strict=True):
+        direct = trace(tiny_llama, rec["prompt"], rec["subject"], answer=rec["attribute"], **kwargs)
+        got = row.patch_result()
+        assert got.method == method and got.labels() == direct.labels()
+        for name in ("scores", "per_sample", "clean_per_sample", "corrupted_per_sample"):
+            torch.testing.assert_close(getattr(got, name), getattr(direct, name), atol=1e-6, rtol=0)
+    keys = [json.loads(x)["key"] for x in (out / "traces.jsonl").read_text().splitlines()]
+    assert [k.split("@")[0] for k in keys] == ["0_mlp", "1_mlp"] and not set(keys) & set(EXACT_KEYS)
+    assert (out / "aggregate_mlp.csv").read_text() == aggregate([r.patch_result() for r in rows]).to_dataframe(
+    ).to_csv(index=False)
+    for where, other in ((exact, method), (out, "exact")):  # resuming with the other method: one line, no rows
+        before = (where / "traces.jsonl").read_bytes()
+        assert main(_argv(tiny_dirs["llama"], data, where, "--method", other)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "needs another --out" in err[0], err
+        assert (where / "traces.jsonl").read_bytes() == before
+
+
+def test_known_only_traces_the_records_whose_answer_is_the_top1(tiny_llama, tiny_dirs, tmp_path):
+    from mechedit.patching.api import top1_answer
+
+    prompt = "The Colosseum is located in"
+    known = {"known_id": 5, "subject": "The Colosseum", "prompt": prompt, "attribute": tiny_llama.to_string(list(top1_answer(tiny_llama, prompt)))}
+    data = tmp_path / "known.json"
+    data.write_text(json.dumps([*RECORDS, known]))
+    out = tmp_path / "o"
+    assert main(_argv(tiny_dirs["llama"], data, out, "--known-only", "--method", "atp")) == 0
+    not_known = set(json.loads((out / "known.json").read_text())["not_top1_ids"])
+    assert [r.record_id for r in _rows(out)] == ["5"] and not_known == {"0", "1"}
+    assert json.loads((out / "study.json").read_text())["settings"]["config"]["known_only"] is True

@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --data: trace each record's own answer ('attribute', in context; default) or the "
                         "model's top-1 next token ('top1'). Records whose answer is not the model's top-1 are "
                         "listed in known.json either way")
+    p.add_argument("--known-only", action="store_true",
+                   help="with --data: trace only the records whose answer is the model's top-1 (the known filter, "
+                        "neutral prefix; known.json lists the others)")
+    p.add_argument("--threads", type=positive_int, help="with --data: torch threads (default: torch's)")
     p.add_argument("--aggregate", action="store_true", help="with --data: average-effect plots into --out")
     p.add_argument("--out", type=Path, help="directory for one JSON + PNG per kind (per record with --data)")
     p.add_argument("--json", action="store_true", help="print the result(s) as JSON")
@@ -79,8 +83,13 @@ def _check(args: argparse.Namespace) -> list[dict[str, Any]] | None:
         raise ConfigError("--aggregate works with --data")
     if args.limit is not None and args.data is None:
         raise ConfigError("--limit works with --data")
-    if args.data is not None and args.method != "exact":
-        raise ConfigError(f"--method {args.method} traces one --prompt; --data traces with the exact engine")
+    if args.known_only and args.data is None:
+        raise ConfigError("--known-only works with --data")
+    if args.known_only and args.answer_from != "fact":
+        raise ConfigError("--known-only keeps the records whose stated answer is the model's top-1; "
+                          "it needs --answer-from fact")
+    if args.threads is not None and args.data is None:
+        raise ConfigError("--threads works with --data")
     if args.data is None and (args.executor != "local" or args.workers != 1 or args.address):
         raise ConfigError("--executor, --workers and --address work with --data (one prompt runs here)")
     check_out_dir(args.out)
@@ -176,6 +185,17 @@ def _write(result: Any, stem: Path) -> None:
     plt.close(fig)
 
 
+def _check_method(out: Path, method: str) -> None:
+    """One line when ``out`` holds traces of another method (their rows never mix)."""
+    try:
+        old = json.loads((out / "study.json").read_text())["settings"]["config"].get("method", "exact")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return  # no study here, or not one mechedit wrote: the settings check says so
+    if old != method:
+        raise ConfigError(f"{out} holds traces made with --method {old}; --method {method} needs another --out "
+                          "(the methods' rows are never mixed in one directory)")
+
+
 def _trace_data(args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
     """``--data``: the ``trace`` study (module doc); exit 2 when records were skipped."""
     import shlex
@@ -185,9 +205,11 @@ def _trace_data(args: argparse.Namespace, noise: Any, kinds: list[str]) -> int:
     from mechedit.studies import ModelSpec, check_study_dir, run_study
 
     config = TraceConfig(data=str(args.data), limit=args.limit, kinds=tuple(kinds), window=args.window, noise=noise,
-                         metric=args.metric, answer_from=args.answer_from)
+                         metric=args.metric, answer_from=args.answer_from, method=args.method,
+                         known_only=args.known_only)
     executor = make_executor_arg(args)
-    study = TraceStudy(ModelSpec(args.model, resolve_device(args.device)), config)
+    study = TraceStudy(ModelSpec(args.model, resolve_device(args.device), args.threads), config)
+    _check_method(args.out, config.method)
     meta = check_study_dir(args.out, study)  # before the model loads (run_study checks again)
     if meta and meta.get("plan", {}).get("data_sha256") not in (None, file_sha256(args.data)):
         raise ConfigError(f"{args.data} changed since {args.out} was started (its records are kept in study.json); "

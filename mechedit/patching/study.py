@@ -6,9 +6,12 @@
   written as ``known.json``) and the file's hash;
 * **units**: one per record × kind (``resid``/``mlp``/``attn``), keyed ``ID_KIND@hash``
   where the hash covers the record's prompt, subject and answer, the kind, window, noise
-  (rule, value, σ, distribution, samples, seed), metric and prefix: traces made with other
-  settings are never mixed in (and the settings check refuses their directory first);
-* **run**: :func:`mechedit.patching.trace` → a :class:`TraceRow` holding the whole
+  (rule, value, σ, distribution, samples, seed), metric, prefix and, unless it is ``exact``,
+  the method: traces made with other settings are never mixed in (and the settings check
+  refuses their directory first). ``method`` and ``known_only`` were added later and are
+  left out of the settings (and the keys) at their defaults, so every exact directory
+  written before keeps its keys and resumes;
+* **run**: :func:`mechedit.patching.trace_many` (``method`` exact, atp or atp*) → a :class:`TraceRow` holding the whole
   :class:`~mechedit.patching.PatchResult` (:meth:`~mechedit.patching.PatchResult.to_record`);
   a record that cannot be traced (a :class:`~mechedit.errors.MecheditError`) is skipped
   and listed in ``skipped.json``;
@@ -30,6 +33,7 @@ from typing import Any, ClassVar
 from mechedit.config import Config
 from mechedit.errors import ConfigError, DataError, MecheditError
 from mechedit.patching.api import TRACE_KINDS, trace, trace_many
+from mechedit.patching.atp import Method
 from mechedit.patching.corruption import NoiseConfig, noise_sigma
 from mechedit.patching.metrics import METRICS
 from mechedit.patching.results import PatchResult
@@ -51,6 +55,9 @@ class TraceConfig(Config):
         kinds: what to restore (``resid``: one layer's output; ``mlp``/``attn``: a window).
         window: layers restored per MLP/attention cell.
         answer_from: ``fact`` traces each record's ``attribute``, ``top1`` the model's top-1.
+        method: ``exact`` (the engine), ``atp`` or ``atp*`` (:mod:`~mechedit.patching.atp`).
+        known_only: trace only the records whose answer is the model's top-1 (the known
+            filter, neutral prefix, as ``known.json`` reports it), after ``limit``.
     """
 
     data: str = ""
@@ -60,9 +67,20 @@ class TraceConfig(Config):
     noise: NoiseConfig = field(default_factory=NoiseConfig)
     metric: str = "prob"
     answer_from: str = "fact"
+    method: str = "exact"
+    known_only: bool = False
+
+    #: fields added later, left out of :meth:`to_dict` (the stored settings) at their defaults
+    LATER_FIELDS: ClassVar[dict[str, Any]] = {"method": "exact", "known_only": False}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
+        self.coerce("method", lambda v: Method(v).value)
+        if not isinstance(self.known_only, bool):
+            raise ConfigError(f"TraceConfig.known_only must be true or false, got {self.known_only!r}")
+        if self.known_only and self.answer_from != "fact":
+            raise ConfigError("TraceConfig.known_only keeps the records whose stated answer is the top-1; "
+                              "it needs answer_from 'fact'")
         if not self.data:
             raise ConfigError("TraceConfig.data: give the JSON file of records to trace")
         self.require_known("kinds", TRACE_KINDS)
@@ -72,6 +90,10 @@ class TraceConfig(Config):
         if self.metric not in METRICS or self.answer_from not in ANSWER_FROM:
             raise ConfigError(f"TraceConfig: metric {self.metric!r} must be one of {sorted(METRICS)} and "
                               f"answer_from {self.answer_from!r} one of {list(ANSWER_FROM)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        return {k: v for k, v in d.items() if k not in self.LATER_FIELDS or v != self.LATER_FIELDS[k]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TraceConfig:
@@ -169,20 +191,24 @@ class TraceStudy(Study):
         records = read_trace_records(c.data, c.answer_from)
         sigma = noise_sigma(model, c.noise, [r["subject"] for r in records])  # ROME: σ over the file's subjects
         records = records[: c.limit] if c.limit is not None else records
+        known = known_report(model, records)
+        not_known = set(known["not_top1_ids"]) if c.known_only and known is not None else set()
         traced = tuple(TraceRecord(record_id(r, i), r["prompt"], r["subject"],
                                    r["attribute"] if c.answer_from == "fact" else None)
-                       for i, r in enumerate(records))
-        return TracePlan(traced, sigma, known_report(model, records), file_sha256(c.data)).to_dict()
+                       for i, r in enumerate(records) if record_id(r, i) not in not_known)
+        return TracePlan(traced, sigma, known, file_sha256(c.data)).to_dict()
 
     def use_plan(self, plan: Mapping[str, Any]) -> None:
         self.planned = TracePlan.from_dict(plan)
 
     def units(self, table: str, done: Mapping[str, Mapping[str, Row]]) -> Sequence[Unit]:
         c = self.config
+        method = {} if c.method == Method.EXACT.value else {"method": c.method}  # exact keys as before
         return [Unit(unit_key(f"{r.id}_{kind}", {
                     "prompt": r.prompt, "subject": r.subject, "answer": r.answer, "kind": kind,
                     "window": 1 if kind == "resid" else c.window, "noise": c.noise.to_dict(),
-                    "sigma": self.planned.sigma, "metric": c.metric, "prefix": "neutral"}), (r, kind), group=r.id)
+                    "sigma": self.planned.sigma, "metric": c.metric, "prefix": "neutral", **method}),
+                     (r, kind), group=r.id)
                 for r in self.planned.records for kind in c.kinds]
 
     #: records traced together per kind (:func:`~mechedit.patching.trace_many`: their cells share
@@ -219,7 +245,8 @@ class TraceStudy(Study):
         """The block's traces; if one record cannot be traced, each record on its own (its error kept)."""
         c = self.config
         records = self.planned.records[block * self.block_records:(block + 1) * self.block_records]
-        kwargs = {"kind": kind, "window": c.window, "noise": c.noise, "sigma": self.planned.sigma, "metric": c.metric}
+        kwargs = {"kind": kind, "window": c.window, "noise": c.noise, "sigma": self.planned.sigma, "metric": c.metric,
+                  "method": c.method}
         try:
             return list(trace_many(model, [(r.prompt, r.subject, r.answer) for r in records], **kwargs))
         except MecheditError:
