@@ -11,7 +11,9 @@ fields existed load with the defaults: none).
 :func:`aggregate` averages many results by token class, as ROME's Figure 2 does: first /
 middle / last subject token, first subsequent token, further tokens, last token. The
 effect averaged is the *indirect effect* ``score - corrupted_score`` per prompt (ROME's
-AIE), with a 95% t-interval over prompts.
+AIE), with a 95% t-interval over prompts. :meth:`Aggregate.from_dataframe` reads its CSV
+back, and :func:`agreement` compares two aggregates of the same prompts (e.g. attribution
+patching beside the exact engine): Spearman ρ over the class × layer cells and their peaks.
 """
 
 from __future__ import annotations
@@ -197,16 +199,46 @@ class Aggregate:
     classes: tuple[str, ...]
     kind: str
     metric: str
+    method: str = "exact"  # how the grids were computed (a column of the table unless exact)
 
     def to_dataframe(self):
         import pandas as pd
 
         c, layers = self.mean.shape
-        return pd.DataFrame({
+        df = pd.DataFrame({
             "token_class": np.repeat(self.classes, layers), "layer": np.tile(np.arange(layers), c),
             "mean": self.mean.reshape(-1).numpy(), "ci_low": self.low.reshape(-1).numpy(),
             "ci_high": self.high.reshape(-1).numpy(), "n": np.repeat(self.count.numpy(), layers),
         }).assign(kind=self.kind, metric=self.metric)
+        return df if self.method == "exact" else df.assign(method=self.method)  # exact tables as before
+
+    @classmethod
+    def from_dataframe(cls, df: Any) -> Aggregate:
+        """The aggregate :meth:`to_dataframe` wrote (e.g. read from ``aggregate_KIND.csv``)."""
+        need = {"token_class", "layer", "mean", "ci_low", "ci_high", "n", "kind", "metric"}
+        if not need <= set(df.columns) or df.empty:
+            raise ConfigError(f"an aggregate table needs the columns {sorted(need)} and rows; got {list(df.columns)}")
+        classes = tuple(dict.fromkeys(df["token_class"]))
+        layers = int(df["layer"].max()) + 1
+        if len(df) != len(classes) * layers:
+            raise ConfigError(f"an aggregate table holds one row per token class and layer; got {len(df)} rows for "
+                              f"{len(classes)} classes × {layers} layers")
+        df = df.set_index(["token_class", "layer"]).sort_index().reindex(
+            [(c, j) for c in classes for j in range(layers)])
+
+        def grid(col: str) -> Tensor:
+            return torch.tensor(df[col].to_numpy(dtype=float), dtype=torch.float64).view(len(classes), layers)
+
+        return cls(grid("mean"), grid("ci_low"), grid("ci_high"), grid("n")[:, 0].long(), classes,
+                   str(df["kind"].iloc[0]), str(df["metric"].iloc[0]),
+                   str(df["method"].iloc[0]) if "method" in df.columns else "exact")
+
+    def peak(self, classes: tuple[str, ...] | None = None) -> tuple[str, int, float]:
+        """The (token class, layer, mean) of the largest mean (among ``classes``; NaN cells skipped)."""
+        keep = torch.tensor([classes is None or c in classes for c in self.classes])
+        m = torch.where(keep[:, None] & ~torch.isnan(self.mean), self.mean, float("-inf"))
+        i, j = divmod(int(m.argmax()), m.shape[1])
+        return self.classes[i], j, float(self.mean[i, j])
 
 
 def class_effects(result: PatchResult) -> Float[Tensor, "n_class layer"]:
@@ -238,4 +270,26 @@ def aggregate(results: list[PatchResult]) -> Aggregate:
     half = torch.from_numpy(stats.t.ppf(0.975, (n - 1).clamp(min=1).numpy())) * (var / n).sqrt()
     half = torch.where(n > 1, half, torch.full_like(half, float("nan")))
     return Aggregate(mean, mean - half, mean + half, n[:, 0].long(), TOKEN_CLASSES, results[0].kind,
-                     results[0].metric)
+                     results[0].metric, results[0].method)
+
+
+def agreement(reference: Aggregate, estimate: Aggregate) -> dict[str, Any]:
+    """How far ``estimate``'s class × layer averages follow ``reference``'s (same kind and shape):
+    Spearman ρ over the cells both have, and each one's peak (class, layer) overall and at the
+    subject's last token and at the last token (ROME's two sites)."""
+    from scipy import stats
+
+    if (reference.kind, reference.metric, reference.classes, reference.mean.shape) != (
+            estimate.kind, estimate.metric, estimate.classes, estimate.mean.shape):
+        raise ConfigError(f"agreement compares aggregates of one kind, metric and shape; got {reference.kind}/"
+                          f"{reference.metric} {tuple(reference.mean.shape)} and {estimate.kind}/{estimate.metric} "
+                          f"{tuple(estimate.mean.shape)}")
+    ok = ~(torch.isnan(reference.mean) | torch.isnan(estimate.mean))
+    rho = float(stats.spearmanr(reference.mean[ok].numpy(), estimate.mean[ok].numpy()).statistic)
+    out: dict[str, Any] = {"kind": reference.kind, "cells": int(ok.sum()), "spearman": rho}
+    for name, classes in (("peak", None), ("peak_last_subject", ("last subject token",)),
+                          ("peak_last_token", ("last token",))):
+        (rc, rl, rv), (ec, el, ev) = reference.peak(classes), estimate.peak(classes)
+        out[name] = {"reference": [rc, rl, rv], "estimate": [ec, el, ev], "class_agrees": rc == ec,
+                     "layer_agrees": rl == el}
+    return out

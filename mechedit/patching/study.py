@@ -320,17 +320,25 @@ def write_result(result: PatchResult, stem: Path) -> bool:
 
 
 def write_aggregates(rows: Sequence[TraceRow], out: Path, kinds: Sequence[str]) -> dict[str, int]:
-    """``aggregate_KIND.csv``/``.png`` per kind with results; the number of prompts of each."""
+    """``aggregate_KIND.csv``/``.png`` per kind with results, and ``aggregate_classes.png`` (every
+    kind as class × layer heatmaps, ROME's Figure 2); the number of prompts of each kind."""
+    from mechedit.patching.class_plots import figure2
     from mechedit.patching.plots import average_effect_plot, kind_title
     from mechedit.patching.results import aggregate
 
-    counts = {}
+    counts, aggs, first = {}, [], None
     for kind in kinds:
         results = [r.patch_result() for r in rows if r.kind == kind]
         if results:
-            agg = aggregate(results)
+            first, agg = results[0], aggregate(results)
+            how = "" if first.method == "exact" else f" ({first.method})"
             atomic_write_text(out / f"aggregate_{kind}.csv", agg.to_dataframe().to_csv(index=False))
-            title = f"{results[0].model} · {kind_title(results[0])} · mean over {len(results)} prompts"
+            title = f"{first.model}{how} · {kind_title(first)} · mean over {len(results)} prompts"
             atomic_write_figure(out / f"aggregate_{kind}.png", average_effect_plot(agg, title=title))
             counts[kind] = len(results)
+            aggs.append(agg)
+    if first is not None:
+        how = "" if first.method == "exact" else f" ({first.method})"
+        title = f"{first.model}{how} · average indirect effect by token class · {max(counts.values())} prompts"
+        atomic_write_figure(out / "aggregate_classes.png", figure2(aggs, title=title))
     return counts
