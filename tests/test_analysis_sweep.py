@@ -87,6 +87,29 @@ def test_tracing_effect_equals_a_loop_over_the_patch_result(synth_model, records
     assert is_content_token(row.reversal_target)  # a word, not " the" or punctuation
 
 
+def test_the_tracing_effect_from_atp_is_the_atp_trace_and_only_trace_keys_change(synth_model, records):
+    from mechedit.patching import NoiseConfig, trace
+
+    config = CONFIG.replace(tracing_method="atp")
+    assert "tracing_method" not in CONFIG.to_dict() and config.to_dict()["tracing_method"] == "atp"
+    row, exact = trace_fact(synth_model, records[0], config, sigma=0.5), trace_fact(synth_model, records[0], CONFIG, 0.5)
+    result = trace(synth_model, records[0].text, records[0].subject, answer=records[0].target_true, kind="mlp",
+                   window=5, noise=NoiseConfig(samples=3), sigma=0.5, prefix="neutral", method="atp")
+    clean, corr = result.clean_score, result.corrupted_score
+    for layer in range(result.n_layers):
+        fracs = (result.scores[:, layer].double() - corr) / abs(clean - corr)
+        assert row.effect_raw[layer] == pytest.approx(float(fracs.max()), abs=1e-6)
+    assert row.reversal_target == exact.reversal_target  # the noised run does not depend on the method
+    studies = [SweepStudy(ModelSpec("m"), records, c) for c in (CONFIG, config)]
+    for st in studies:
+        st.use_plan({"n_layers": 2, "layers": [0], "sigma": 0.5, "editors": {"rome": BASES["rome"].identity()},
+                     "facts": [records[0].to_dict()]})
+    traces = [st.units("traces", {})[0].key for st in studies]
+    done = [{"traces": {k: exact}} for k in traces]
+    rows = [[u.key for u in st.units("rows", d)] for st, d in zip(studies, done, strict=True)]
+    assert traces[0] != traces[1] and rows[0] == rows[1]
+
+
 def test_reversal_candidate_skips_function_words_and_non_words():
     vocab = [" the", " Paris", ",", " of", " Rome", " x", "123", " London", "The", " a"]
     probs = torch.tensor([0.3, 0.2, 0.15, 0.1, 0.08, 0.07, 0.05, 0.03, 0.01, 0.01])

@@ -106,6 +106,9 @@ class SweepConfig(Config):
     ``essence_texts``/``essence_tokens``: the subject texts of the essence perplexity.
     ``min_gap``: least ``clean − corrupted`` of a trace that enters the statistics;
     ``clip_effects``: correlate the effect clipped to [0, 1] (default) or the raw one.
+    ``tracing_method``: how the tracing effect is computed, ``exact`` (the engine) or ``atp``
+    / ``atp*`` (:mod:`mechedit.patching.atp`); left out of :meth:`to_dict` (the stored
+    settings) and of the trace keys while ``exact``, so earlier sweep directories resume.
     """
 
     layers: tuple[int, ...] = ()
@@ -126,8 +129,18 @@ class SweepConfig(Config):
     seed: int = 0
     min_gap: float = 0.02
     clip_effects: bool = True
+    tracing_method: str = "exact"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        if d["tracing_method"] == "exact":  # added later: exact settings as they were stored before
+            del d["tracing_method"]
+        return d
 
     def __post_init__(self) -> None:
+        from mechedit.patching.atp import Method
+
+        self.coerce("tracing_method", lambda v: Method(v).value)
         if not 0.0 <= float(self.min_gap) < 1.0:
             raise ConfigError(f"SweepConfig.min_gap (least clean − corrupted of a valid trace) must be in [0, 1), "
                               f"got {self.min_gap}")

@@ -101,7 +101,7 @@ def trace_fact(model: Any, record: CounterFactRecord, config: SweepConfig, sigma
     t0 = time.perf_counter()
     noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
     result = trace(model, record.text, record.subject, answer=record.target_true, kind="mlp",
-                   window=config.window, noise=noise, sigma=sigma, prefix=config.prefix)
+                   window=config.window, noise=noise, sigma=sigma, prefix=config.prefix, method=config.tracing_method)
     raw, raw_last = tracing_effects(result, clip=False)
     rev = noised_top1(model, record, result, config)
     return SweepTraceRow(record.case_id, record.subject, str(result.answer), tuple(raw.tolist()),
@@ -307,9 +307,10 @@ class SweepStudy(Study):
 
     def _trace_key(self, record: CounterFactRecord) -> str:
         c = self.config
+        method = {} if c.tracing_method == "exact" else {"method": c.tracing_method}  # exact keys as before
         return unit_key(_label(record.case_id), {
             "record": record.to_dict(), "sigma": self.sigma, "window": c.window, "noise_samples": c.noise_samples,
-            "noise_multiple": c.noise_multiple, "seed": c.seed, "prefix": str(c.prefix)})
+            "noise_multiple": c.noise_multiple, "seed": c.seed, "prefix": str(c.prefix), **method})
 
     def _row_key(self, unit: RowUnit) -> str:
         from mechedit.editors import get_editor
