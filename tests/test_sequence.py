@@ -201,40 +201,59 @@ def test_save_and_load_keep_every_step(tmp_path, tiny_llama, two_steps):
 # --- the collapse study: scores of step k on the model after steps 1..k -----------------
 
 
-def _study(model, tmp_path, scoring="sequential"):
+PROBE = {"probe": {"editor": "probe", "batch": 2, "config": {"layers": [1]}}}
+
+
+def _study(model, tmp_path, scoring="sequential", methods=PROBE):
     valid = load_counterfact(FIXTURES / "counterfact_small.json")[0][:4]
     records = [*valid, dataclasses.replace(valid[0], case_id=100, subject="The Louvre")]
-    config = CollapseConfig(methods={"probe": {"editor": "probe", "batch": 2, "config": {"layers": [1]}}},
+    config = CollapseConfig(methods=methods,
                             n_edits=5, checkpoints=(2, 4), known=False, order="file", scoring=scoring,
                             gen_prompts=("The city",), gen_max_new_tokens=4, ppl_text="The city council met.", state_dir=str(tmp_path / "state"))
     return CollapseStudy(ModelSpec(loaded=model), config, records=records), records
 
 
 def _rome_p(model, record, target):
+    """ROME's probability of ``target`` after the record's prompt."""
+    return _p(model, record.text, target)
+
+
+def _p(model, prompt, target):
     """ROME's probability: exp(−mean NLL) over the target's tokens."""
-    n = len(mechedit.target_ids(model, record.text, target))
-    return target_prob(model, record.text, target, prefix="neutral") ** (1 / n)
+    n = len(mechedit.target_ids(model, prompt, target))
+    return target_prob(model, prompt, target, prefix="neutral") ** (1 / n)
 
 
-def _check_rows_on_hand_composed_weights(model, rows, records):
-    """Each row's newest p_new and retention equal the same measure on W₀ + ΔW₁ + … + ΔW_k,
-    the deltas composed here by hand from the probe's closed form."""
+def _ns(model, record):
+    """CounterFact's NS of one record: the share of its neighbours where P(true) > P(new)."""
+    ok = [_p(model, p, record.target_true) > _p(model, p, record.target_new) for p in record.neighborhood_prompts]
+    return sum(ok) / len(ok)
+
+
+def _check_rows_on_hand_composed_weights(model, rows, records, method="probe", batch=2, scale=0.3):
+    """Each row's newest p_new, retention and NS equal the same measure on W₀ + ΔW₁ + … + ΔW_k,
+    the deltas composed here by hand from the probe's closed form; NS_unedited the same on W₀."""
     w0 = mlp_out_weight(model, 1).detach().clone()
-    steps = [records[0:2], records[2:4], records[4:5]]
+    steps = [records[i:i + batch] for i in range(0, len(records), batch)]
     w, composed = w0, []
     for facts in steps:
-        w = w + sum(probe_delta(w, r.subject, 0.3) for r in facts)
+        w = w + sum(probe_delta(w, r.subject, scale) for r in facts)
         composed.append(w)
-    for row in [r for r in rows if r.method == "probe"]:
+    for row in [r for r in rows if r.method == method]:
         k = row.step
+        so_far = [x for s in steps[:k] for x in s]
         with edited_weights(model, [WeightDelta(1, composed[k - 1] - w0)]):
             p = [_rome_p(model, r, r.target_new) for r in steps[k - 1]]
-            es = [_rome_p(model, r, r.target_new) > _rome_p(model, r, r.target_true)  # CounterFact's ES
-                  for r in [x for s in steps[:k] for x in s]]
+            es = [_rome_p(model, r, r.target_new) > _rome_p(model, r, r.target_true) for r in so_far]  # ES
+            ns = [_ns(model, r) for r in so_far]
         assert row.scored_after == sum(map(len, steps[:k]))
         assert row.newest_p_new == pytest.approx(sum(p) / len(p), rel=1e-4, abs=1e-6)
         if row.checkpoint:
             assert row.retention_ES == pytest.approx(sum(es) / len(es))
+            assert row.NS == pytest.approx(sum(ns) / len(ns))
+            assert row.NS_unedited == pytest.approx(sum(_ns(model, r) for r in so_far) / len(so_far))
+        else:
+            assert row.NS is None and row.NS_unedited is None
         wd = float((composed[k - 1].double() - w0.double()).norm())
         assert row.weight_distance == pytest.approx(wd, rel=1e-5)
 
@@ -268,6 +287,22 @@ def test_a_leaky_sequence_fails_the_state_check(tiny_gpt2, probe_editor, tmp_pat
     monkeypatch.setattr(EditSequence, "applied", real)
     with pytest.raises(AssertionError):
         _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records)
+
+
+def test_interleaved_methods_keep_their_own_sequences(tiny_gpt2, probe_editor, tmp_path):
+    """Two methods on the same layer, their steps interleaved by edits made: each method's rows
+    equal its own hand-composed weights (a step of one leaking into the other would fail)."""
+    methods = {"a": {"editor": "probe", "batch": 2, "config": {"layers": [1]}},
+               "b": {"editor": "probe", "batch": 1, "config": {"layers": [1], "scale": 0.6}}}
+    study, records = _study(tiny_gpt2, tmp_path, methods=methods)
+    rows = run_study(study, None, progress=False).table("steps")
+    assert [(r.method, r.step) for r in rows][1:5] == [("b", 1), ("a", 1), ("b", 2), ("b", 3)]
+    _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records, method="a", batch=2, scale=0.3)
+    _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records, method="b", batch=1, scale=0.6)
+    with pytest.raises(AssertionError):  # the check tells the two apart
+        _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records, method="b", batch=1, scale=0.3)
+    at4 = {r.method: r.NS_unedited for r in rows if r.checkpoint and r.n_edits == 4}
+    assert at4["a"] == at4["b"]  # the same facts, the same unedited model
 
 
 def test_the_study_resumes_from_stored_steps(tiny_gpt2, probe_editor, tmp_path):
