@@ -16,7 +16,7 @@ def collapse_curves(rows: Sequence[Any], *, title: str = ""):
     the unedited model (``none``) is a grey line where it has a value. Checkpoint-only
     measures are drawn at the checkpoints. NS has a baseline per checkpoint, the unedited
     model's NS on the same prompts (``NS_unedited``, the same for every method at the same
-    number of edits): a grey dashed curve."""
+    number of edits): a black dashed curve."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -49,6 +49,6 @@ def _baseline_curve(ax: Any, rows: Sequence[Any], field: str | None) -> None:
         return
     pts = sorted({r.n_edits: getattr(r, field, None) for r in rows if getattr(r, field, None) is not None}.items())
     if pts:
-        (line,) = ax.plot(*zip(*pts, strict=True), color="grey", ls="--", marker="x", ms=4, lw=0.9,
-                          label="unedited, same prompts")
+        (line,) = ax.plot(*zip(*pts, strict=True), color="black", ls="--", marker="x", ms=5, lw=1.0, zorder=5,
+                          label="unedited, same prompts")  # drawn over the methods: it often equals one
         ax.legend(handles=[line], fontsize=7, loc="lower left")
