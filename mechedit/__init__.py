@@ -46,17 +46,19 @@ __all__ = [
     "ZeroAblate", "apply_permanently", "cache_dir", "capture", "capture_until", "describe", "edited_weights", "encode", "intervened",
     "load_model", "mean_activation", "mlp_out_weight", "model_info", "predict", "run", "run_from", "subject_span",
     "target_ids",
+    # lazy (below): editing, loaded on first use
+    "AppliedSequence", "EditSequence", "evaluate", "load_edit", "load_sequence",
 ]
+
+_LAZY = {"load_edit": "mechedit.editors", "EditSequence": "mechedit.editors.sequence",
+         "AppliedSequence": "mechedit.editors.sequence", "load_sequence": "mechedit.editors.sequence",
+         "evaluate": "mechedit.evaluation"}
 
 
 def __getattr__(name: str):
     """Lazy re-exports of heavier subpackages (no import cost until used)."""
-    if name == "load_edit":
-        from mechedit.editors import load_edit
+    if name in _LAZY:
+        import importlib
 
-        return load_edit
-    if name == "evaluate":
-        from mechedit.evaluation import evaluate
-
-        return evaluate
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mechedit' has no attribute {name!r}")

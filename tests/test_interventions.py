@@ -208,6 +208,11 @@ def test_star_import_exports_exactly_all():
     assert all(hasattr(mechedit, name) for name in mechedit.__all__) and len(set(mechedit.__all__)) == len(
         mechedit.__all__)
     assert namespace["describe"] is mechedit.interventions.describe
+    from mechedit.editors import sequence
+
+    for name in ("EditSequence", "AppliedSequence", "load_sequence"):  # sequential editing, lazily
+        assert namespace[name] is getattr(sequence, name) is getattr(mechedit, name)
+    assert namespace["load_edit"] is mechedit.editors.load_edit and callable(namespace["evaluate"])
 
 
 def test_describe_names_class_fields_sites_and_tensor_shapes():

@@ -22,7 +22,7 @@ from mechedit.editors.edit import Edit, EditDiagnostics
 from mechedit.editors.registry import register_editor, unregister_editor
 from mechedit.editors.sequence import AppliedSequence, EditSequence, load_sequence
 from mechedit.errors import ConfigError
-from mechedit.evaluation.probs import target_prob
+from mechedit.evaluation.probs import target_probs
 from mechedit.interventions import run
 from mechedit.models import model_info
 from mechedit.studies import run_study
@@ -201,58 +201,91 @@ def test_save_and_load_keep_every_step(tmp_path, tiny_llama, two_steps):
 # --- the collapse study: scores of step k on the model after steps 1..k -----------------
 
 
-def _study(model, tmp_path, scoring="sequential"):
+PROBE = {"probe": {"editor": "probe", "batch": 2, "config": {"layers": [1]}}}
+
+
+def _study(model, tmp_path, scoring="sequential", methods=PROBE):
     valid = load_counterfact(FIXTURES / "counterfact_small.json")[0][:4]
     records = [*valid, dataclasses.replace(valid[0], case_id=100, subject="The Louvre")]
-    config = CollapseConfig(methods={"probe": {"editor": "probe", "batch": 2, "config": {"layers": [1]}}},
+    config = CollapseConfig(methods=methods,
                             n_edits=5, checkpoints=(2, 4), known=False, order="file", scoring=scoring,
                             gen_prompts=("The city",), gen_max_new_tokens=4, ppl_text="The city council met.", state_dir=str(tmp_path / "state"))
     return CollapseStudy(ModelSpec(loaded=model), config, records=records), records
 
 
-def _rome_p(model, record, target):
-    """ROME's probability: exp(−mean NLL) over the target's tokens."""
-    n = len(mechedit.target_ids(model, record.text, target))
-    return target_prob(model, record.text, target, prefix="neutral") ** (1 / n)
+def _probs(model, pairs):
+    """ROME's probability of each (prompt, target): exp(−mean NLL) over the target's tokens,
+    from the full-sequence product (one batched forward)."""
+    prompts, targets = zip(*pairs, strict=True)
+    full = target_probs(model, list(prompts), list(targets), prefix="neutral", convention="hase")
+    return [float(q) ** (1 / len(mechedit.target_ids(model, p, t))) for q, (p, t) in zip(full, pairs, strict=True)]
 
 
-def _check_rows_on_hand_composed_weights(model, rows, records):
-    """Each row's newest p_new and retention equal the same measure on W₀ + ΔW₁ + … + ΔW_k,
-    the deltas composed here by hand from the probe's closed form."""
+def _es_ns(model, records):
+    """CounterFact's ES (P(new) > P(true) on the rewrite prompt) and NS (the share of
+    neighbours where P(true) > P(new)) of each record, on the model as it is."""
+    pairs = [(p, t) for r in records for p in (r.text, *r.neighborhood_prompts) for t in (r.target_new, r.target_true)]
+    probs = iter(_probs(model, pairs))
+    out = []
+    for r in records:
+        new_true = [(next(probs), next(probs)) for _ in range(1 + len(r.neighborhood_prompts))]
+        es = float(new_true[0][0] > new_true[0][1])
+        out.append((es, sum(t > n for n, t in new_true[1:]) / len(r.neighborhood_prompts)))
+    return out
+
+
+def _check_rows_on_hand_composed_weights(model, rows, records, method="probe", batch=2, scale=0.3):
+    """Each row's newest p_new, retention and NS equal the same measure on W₀ + ΔW₁ + … + ΔW_k,
+    the deltas composed here by hand from the probe's closed form; NS_unedited the same on W₀."""
     w0 = mlp_out_weight(model, 1).detach().clone()
-    steps = [records[0:2], records[2:4], records[4:5]]
+    steps = [records[i:i + batch] for i in range(0, len(records), batch)]
     w, composed = w0, []
     for facts in steps:
-        w = w + sum(probe_delta(w, r.subject, 0.3) for r in facts)
+        w = w + sum(probe_delta(w, r.subject, scale) for r in facts)
         composed.append(w)
-    for row in [r for r in rows if r.method == "probe"]:
+    unedited = {r.case_id: ns for r, (_, ns) in zip(records, _es_ns(model, records), strict=True)}
+    for row in [r for r in rows if r.method == method]:
         k = row.step
+        so_far = [x for s in steps[:k] for x in s]
         with edited_weights(model, [WeightDelta(1, composed[k - 1] - w0)]):
-            p = [_rome_p(model, r, r.target_new) for r in steps[k - 1]]
-            es = [_rome_p(model, r, r.target_new) > _rome_p(model, r, r.target_true)  # CounterFact's ES
-                  for r in [x for s in steps[:k] for x in s]]
+            p = _probs(model, [(r.text, r.target_new) for r in steps[k - 1]])
+            assert row.newest_p_new == pytest.approx(sum(p) / len(p), rel=1e-4, abs=1e-6)
+            if row.checkpoint:
+                es, ns = zip(*_es_ns(model, so_far), strict=True)
+                assert row.retention_ES == pytest.approx(sum(es) / len(es))
+                assert row.NS == pytest.approx(sum(ns) / len(ns))
+                assert row.NS_unedited == pytest.approx(sum(unedited[r.case_id] for r in so_far) / len(so_far))
+            else:
+                assert row.NS is None and row.NS_unedited is None
         assert row.scored_after == sum(map(len, steps[:k]))
-        assert row.newest_p_new == pytest.approx(sum(p) / len(p), rel=1e-4, abs=1e-6)
-        if row.checkpoint:
-            assert row.retention_ES == pytest.approx(sum(es) / len(es))
-        wd = float((composed[k - 1].double() - w0.double()).norm())
-        assert row.weight_distance == pytest.approx(wd, rel=1e-5)
+
+
+TWO = {**PROBE, "b": {"editor": "probe", "batch": 1, "config": {"layers": [1], "scale": 0.6}}}
 
 
 def test_scores_of_step_k_are_taken_after_steps_1_to_k(tiny_gpt2, probe_editor, tmp_path):
-    study, records = _study(tiny_gpt2, tmp_path)
+    """Two methods on the same layer, their steps interleaved by edits made: each method's rows
+    equal its own hand-composed weights (a step of one leaking into the other would fail)."""
+    study, records = _study(tiny_gpt2, tmp_path, methods=TWO)
     before = _params(tiny_gpt2)
     result = run_study(study, None, progress=False)
     rows = result.table("steps")
     _assert_params_equal(tiny_gpt2, before)
     study.report(result, tmp_path, "the command")
     assert "the command" in (tmp_path / "checkpoints.md").read_text() and (tmp_path / "curves.png").is_file()
-    assert [(r.method, r.step, r.checkpoint) for r in rows] == [("none", 0, True), ("probe", 1, True),
-                                                                 ("probe", 2, True), ("probe", 3, True)]
+    assert [(r.method, r.step, r.checkpoint) for r in rows] == [
+        ("none", 0, True), ("b", 1, False), ("probe", 1, True), ("b", 2, True), ("b", 3, False),
+        ("probe", 2, True), ("b", 4, True), ("probe", 3, True), ("b", 5, True)]
     assert {r.scoring for r in rows} == {"sequential"}
-    assert [r.case_ids for r in rows[1:]] == [tuple(r.case_id for r in records[i:i + 2]) for i in (0, 2, 4)]
+    probe = [r for r in rows if r.method == "probe"]
+    assert [r.case_ids for r in probe] == [tuple(r.case_id for r in records[i:i + 2]) for i in (0, 2, 4)]
     _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records)
-    assert rows[1].earlier_ES is None and rows[3].earlier_ES is not None
+    _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records, method="b", batch=1, scale=0.6)
+    with pytest.raises(AssertionError):  # the check tells the two methods apart
+        _check_rows_on_hand_composed_weights(tiny_gpt2, rows, records, method="b", batch=1, scale=0.3)
+    assert probe[0].earlier_ES is None and probe[2].earlier_ES is not None
+    at4 = {r.method: r.NS_unedited for r in rows if r.checkpoint and r.n_edits == 4}
+    assert at4["probe"] == at4["b"]  # the same facts, the same unedited model
 
 
 def test_a_leaky_sequence_fails_the_state_check(tiny_gpt2, probe_editor, tmp_path, monkeypatch):

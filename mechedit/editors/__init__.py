@@ -3,6 +3,8 @@
 Every editor computes an :class:`Edit` without touching the model; the edit is then
 used as hooks (``edit.hooks(model)``, an intervention), inside a weight context that
 restores the exact bits (``with edit.applied(model):``), or applied permanently.
+Many edits one after another, each computed on the model the earlier ones left, are an
+:class:`EditSequence` (undone step by step with :class:`AppliedSequence`).
 See ``docs/editing.md``.
 """
 
@@ -22,12 +24,13 @@ from mechedit.editors.registry import (
     unregister_editor,
 )
 from mechedit.editors.rome import RomeConfig, rank_one_update, rome
+from mechedit.editors.sequence import AppliedSequence, EditSequence, load_sequence
 from mechedit.editors.stats import Corpus, KeyStats, key_second_moments, load_key_stats, save_key_stats
 
 __all__ = [
-    "ContextTemplateCache", "Corpus", "Edit", "EditDiagnostics", "EditorCache", "EditorConfig", "EditorSpec",
+    "AppliedSequence", "ContextTemplateCache", "Corpus", "Edit", "EditDiagnostics", "EditSequence", "EditorCache", "EditorConfig", "EditorSpec",
     "FTConfig", "KeyStats", "KeyStatsConfig", "MemitConfig", "Objective", "RomeConfig", "VStarConfig",
     "editor_names", "ft", "get_editor", "key_second_moments", "load_edit", "load_key_stats", "make_templates",
     "memit", "memit_solve", "rank_one_update", "register_alias", "register_editor", "rome", "sample_texts",
-    "save_key_stats", "unregister_editor",
+    "load_sequence", "save_key_stats", "unregister_editor",
 ]

@@ -17,8 +17,10 @@ computed on the model the earlier steps left (:class:`~mechedit.editors.sequence
   step reaching N edits, for N in ``checkpoints``, and the last step) **every** fact edited so
   far is scored on that model (``retention_ES``, ``earlier_ES`` without the newest step,
   ``PS``, ``NS``: neighbourhood), with general ability on it: perplexity of a fixed text and
-  the n-gram entropy of sampled generations (ROME's GE). ``scored_after`` in the row is the
-  number of edits on the model its scores were taken on.
+  the n-gram entropy of sampled generations (ROME's GE). ``NS_unedited`` beside ``NS`` is the
+  unedited model's NS on the same neighbourhood prompts (the facts edited so far), so a drop
+  of NS reads against its own baseline: NS averages over different prompts at each checkpoint.
+  ``scored_after`` in the row is the number of edits on the model its scores were taken on.
 * ``independent`` (a control): each step computed and scored on the original model alone
   (ROME's and MEMIT's protocol, the ``eval`` study); no retention.
 
@@ -150,6 +152,7 @@ class CollapseRow(Row):
     earlier_ES: float | None = None
     retention_PS: float | None = None
     NS: float | None = None
+    NS_unedited: float | None = None  # NS of the unedited model on the same prompts (module doc)
     perplexity: float | None = None
     gen_entropy: float | None = None
     edit_seconds: float = 0.0
@@ -173,6 +176,7 @@ class _Worker:
     cache: Any
     sequences: dict[str, Any] = field(default_factory=dict)  # per method, its EditSequence so far
     originals: dict[int, torch.Tensor] = field(default_factory=dict)
+    unedited_ns: dict[str, float] = field(default_factory=dict)  # per case id, NS of the unedited model
 
 
 @register_study
@@ -328,8 +332,13 @@ class CollapseStudy(Study):
             state.originals.setdefault(layer, _w_out(model, layer).detach().clone())
         t0 = time.perf_counter()
         earlier = [by_id[i] for s in self.steps_of(u.method)[: u.step - 1] for i in s]
+        baseline = None
+        if u.checkpoint and c.scoring is Scoring.SEQUENTIAL:  # on the unedited model, before seq is applied
+            baseline = unedited_ns(model, earlier + facts, state.unedited_ns)
         with seq.applied(model):
             row = self._score(model, state, u, seq, facts, earlier)
+        if baseline is not None:
+            row["NS_unedited"] = baseline
         return CollapseRow(**row, edit_seconds=edit_seconds, eval_seconds=time.perf_counter() - t0)
 
     def _score(self, model: Any, state: _Worker, u: StepUnit, seq: Any, facts: list[CounterFactRecord],
@@ -399,8 +408,8 @@ class CollapseStudy(Study):
         from mechedit.studies.files import atomic_write_figure, atomic_write_text
 
         super().report(result, out, command)
-        cols = ["method", "n_edits", "newest_ES", "retention_ES", "earlier_ES", "NS", "perplexity", "gen_entropy",
-                "weight_distance"]
+        cols = ["method", "n_edits", "newest_ES", "retention_ES", "earlier_ES", "NS", "NS_unedited", "perplexity",
+                "gen_entropy", "weight_distance"]
         lines = [f"# collapse: {self.model.name}, scoring {self.config.scoring}", "", f"`{command}`", "",
                  "| " + " | ".join(cols) + " |", "|" + " --- |" * len(cols)]
         for r in result.table("steps"):
@@ -438,6 +447,15 @@ def _scores(model: Any, record: CounterFactRecord) -> dict[str, Any]:
     from mechedit.evaluation.run import EvalConfig, evaluate_record
 
     return evaluate_record(model, record, [], EvalConfig(metrics=("counterfact",), prefix=Prefix.NEUTRAL))
+
+
+def unedited_ns(model: Any, records: Sequence[CounterFactRecord], known: dict[str, float]) -> float:
+    """Mean NS of ``records`` on ``model`` as it is (the unedited model), each record's NS
+    measured once and kept in ``known`` (by case id)."""
+    for r in records:
+        if str(r.case_id) not in known:
+            known[str(r.case_id)] = float(_scores(model, r)["NS"])
+    return _mean(known[str(r.case_id)] for r in records)
 
 
 def weight_distance(model: Any, originals: Mapping[int, torch.Tensor]) -> float:
