@@ -251,3 +251,36 @@ def test_trace_rows_round_trip(tiny_dirs, tmp_path):
     result = run_study(study, None, progress=False)
     loaded = StudyResult.load(StudyResult(study.name, result.rows).save(tmp_path / "saved"))
     assert rows_equal(loaded.table("traces"), result.table("traces"))
+
+
+class _FileStudy(PredictionsStudy):
+    """A study whose settings name an input file (all check_study_dir reads)."""
+
+    def __init__(self, data: Path) -> None:
+        self.data = data
+
+    def settings(self) -> dict:
+        return {"model": "m", "config": {"data": str(self.data.resolve()), "n": 3}}
+
+
+def test_a_moved_input_file_with_the_same_bytes_is_the_same_study(tmp_path):
+    """A study directory made from one clone resumes from another (the data file's absolute path
+    differs, its bytes do not); other bytes, or another setting, are still refused."""
+    import json
+
+    from mechedit.studies.runner import STUDY_FILE, _write_meta, check_study_dir
+
+    first, second, out = tmp_path / "clone1", tmp_path / "clone2", tmp_path / "out"
+    for d in (first, second, out):
+        d.mkdir()
+    (first / "data.json").write_text('[{"a": 1}]')
+    (second / "data.json").write_text('[{"a": 1}]')
+    _write_meta(out, _FileStudy(first / "data.json"), None, {}, {"start": "t"}, {})
+    stored = json.loads((out / STUDY_FILE).read_text())
+    assert set(stored["file_digests"]) == {"config.data"}
+    assert check_study_dir(out, _FileStudy(second / "data.json")) is not None
+    (first / "data.json").unlink()  # the first clone is gone: the stored digest still matches
+    assert check_study_dir(out, _FileStudy(second / "data.json")) is not None
+    (second / "data.json").write_text('[{"a": 2}]')
+    with pytest.raises(ConfigError, match="other settings \\(config.data\\)"):
+        check_study_dir(out, _FileStudy(second / "data.json"))

@@ -30,6 +30,19 @@ def weights_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
+def file_digests(settings: Any, path: str = "") -> dict[str, str]:
+    """SHA-256 of every existing file a study's settings name by an absolute path, by dotted setting
+    name (``config.data``): a directory whose input moved (another clone, another working
+    directory) is still the same study when the bytes are the same."""
+    if isinstance(settings, dict):
+        return {k: v for key, value in settings.items()
+                for k, v in file_digests(value, f"{path}.{key}" if path else str(key)).items()}
+    if isinstance(settings, str) and os.path.isabs(settings) and os.path.isfile(settings):
+        with open(settings, "rb") as f:
+            return {path: hashlib.file_digest(f, "sha256").hexdigest()}
+    return {}
+
+
 def model_provenance(model: Any) -> dict[str, Any]:
     from mechedit.models import model_info
 

@@ -31,7 +31,7 @@ from mechedit.progress import bar
 from mechedit.store import ResultStore
 from mechedit.studies.executors import Executor, make_executor
 from mechedit.studies.files import DirectoryLock, atomic_write_json
-from mechedit.studies.provenance import model_provenance, now, run_provenance
+from mechedit.studies.provenance import file_digests, model_provenance, now, run_provenance
 from mechedit.studies.study import Row, Study, Unit
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,27 @@ def check_study_dir(out: str | Path, study: Study) -> dict[str, Any] | None:
     if meta.get("study") != study.name:
         raise ConfigError(f"{out} holds a {meta.get('study')!r} study, not {study.name!r}; use another --out")
     old, new = meta.get("settings", {}), json.loads(json.dumps(study.settings(), default=str))
-    if old != new:
+    if old != new and not _same_but_moved_files(meta, old, new):
         diff = _differing(old, new)
         raise ConfigError(f"{out} holds a {study.name} study with other settings ({', '.join(diff)}); "
                           "use another --out, or delete the directory to start over")
     return meta
+
+
+def _same_but_moved_files(meta: Mapping[str, Any], old: Any, new: Any) -> bool:
+    """Whether ``old`` and ``new`` differ only in the paths of input files with the same bytes
+    (by the digests stored in ``study.json``, or the old file's own where it still exists)."""
+    now_digests, stored = file_digests(new), dict(meta.get("file_digests") or {})
+    for name, value in file_digests(old).items():
+        stored.setdefault(name, value)
+    moved = {name for name, digest in now_digests.items() if stored.get(name) == digest}
+    return bool(moved) and _without(old, moved) == _without(new, moved)
+
+
+def _without(settings: Any, names: set[str], path: str = "") -> Any:
+    if not isinstance(settings, Mapping):
+        return None if path in names else settings
+    return {k: _without(v, names, f"{path}.{k}" if path else str(k)) for k, v in settings.items()}
 
 
 def _differing(old: Any, new: Any, path: str = "") -> list[str]:
@@ -182,6 +198,7 @@ def _write_meta(out: Path, study: Study, meta: dict[str, Any] | None, model_meta
                 run: dict[str, Any], plan: Mapping[str, Any], *, replace_last: bool = False) -> dict[str, Any]:
     meta = dict(meta or {"study": study.name, "settings": json.loads(json.dumps(study.settings(), default=str)),
                          "created": now(), "model": dict(model_meta or {}), "plan": dict(plan), "runs": []})
+    meta.setdefault("file_digests", file_digests(json.loads(json.dumps(study.settings(), default=str))))
     runs = list(meta.get("runs", []))
     runs = [*runs[:-1], dict(run)] if replace_last and runs else [*runs, dict(run)]
     meta["runs"] = runs
