@@ -95,3 +95,12 @@ def test_build_kg_bad_topology_values_give_one_line_and_no_directory(tmp_path, c
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_build_kg_topology_ba_rebuilds_the_shipped_kg_ba_graph(tmp_path):
+    from mechedit.synth import shipped_model_dir
+
+    assert cli_main(["synth", "build-kg", "--topology", "ba", "--out", str(tmp_path)]) == 0
+    shipped = shipped_model_dir("kg-ba")
+    for name in ("kg.json", "counterfact.json"):
+        assert (tmp_path / name).read_bytes() == (shipped / name).read_bytes(), name

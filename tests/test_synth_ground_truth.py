@@ -104,3 +104,36 @@ def test_the_committed_hase_config_builds_a_sweep_study():
     study = SweepStudy.from_spec({k: v for k, v in spec.items() if k not in RUN_FIELDS})
     assert study.config.layer_step == 1 and study.config.methods == ("rome", "ft")
     assert set(study.editors) == {"rome", "ft"} and study.noise_subjects
+
+
+def test_shipped_deep_model_knows_its_facts_as_reported():
+    """kg-ba-deep (8 layers, the kg-ba graph): its known_1000.json holds as many facts as the reported
+    training-fact recall (>= 0.95), and on every 8th fact a recount with the raw HF model (prompts of
+    one token length per forward) agrees with it fact by fact."""
+    import json
+    from collections import defaultdict
+
+    import torch
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from mechedit.synth import shipped_model_dir
+    from mechedit.synth.kg import KnowledgeGraph
+
+    d = shipped_model_dir("kg-ba-deep")
+    kg = KnowledgeGraph.load(d / "kg.json")
+    assert kg.to_dict() == KnowledgeGraph.load(shipped_model_dir("kg-ba") / "kg.json").to_dict()
+    model, tok = GPT2LMHeadModel.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
+    reported = next(r for r in json.loads((d / "metrics.json").read_text())["recalls"]
+                    if r["name"] == "train_facts" and r["prefix"] == "neutral")
+    known = {(r["subject"], r["prompt"].format(r["subject"])) for r in json.loads((d / "known_1000.json").read_text())}
+    assert model.config.n_layer == 8 and len(known) == reported["hits"] >= 0.95 * len(kg.facts)
+    by_len = defaultdict(list)
+    for f in kg.facts[::8]:
+        prompt = kg.relation(f.relation).templates[0].split(" {o}")[0].format(s=kg.name(f.subject))
+        ids = [0] + tok(prompt, add_special_tokens=False)["input_ids"]
+        gold = tok(" " + kg.name(f.object), add_special_tokens=False)["input_ids"][0]
+        by_len[len(ids)].append((ids, gold, (kg.name(f.subject), prompt) in known))
+    with torch.no_grad():
+        for group in by_len.values():
+            top = model(torch.tensor([ids for ids, _, _ in group])).logits[:, -1].argmax(-1)
+            assert [int(t) == gold for t, (_, gold, _) in zip(top, group, strict=True)] == [k for *_, k in group]
