@@ -18,12 +18,15 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
+import mechedit
 from mechedit.analysis.report import df_markdown
 from mechedit.analysis.sweep_study import SweepStudy
 from mechedit.studies import load_study_rows
 from mechedit.studies.files import atomic_write_figure, atomic_write_text
 from mechedit.synth import ground_truth_plots as plots
-from mechedit.synth.ground_truth import agreement, covariate_r2, fact_covariates, peak_vs_best
+from mechedit.synth.ground_truth import agreement, covariate_r2, fact_covariates, peak_cells, peak_vs_best
 from mechedit.synth.pipeline import load_kg_dir
 
 DIR = Path(__file__).parent / "results" / "hase_synth_deep"
@@ -32,6 +35,8 @@ DIR = Path(__file__).parent / "results" / "hase_synth_deep"
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", type=Path, default=DIR, help="the sweep study's directory")
+    ap.add_argument("--cells", type=int, default=30, help="retrace this many facts for the peak's position "
+                    "(loads the model; 0: skip)")
     args = ap.parse_args(argv)
     meta = json.loads((args.dir / "study.json").read_text())
     result = load_study_rows(args.dir, SweepStudy.from_settings(meta["settings"])).complete()
@@ -45,12 +50,35 @@ def main(argv: list[str] | None = None) -> int:
     for peak in ("trace_peak_layer", "trace_peak_last_subject"):
         atomic_write_figure(args.dir / f"fig_{peak}_vs_best.png", plots.peak_vs_best(table, result.n_layers, peak=peak))
     atomic_write_figure(args.dir / "fig_score_by_layer_and_freq.png", plots.score_by_layer_and_frequency(result.rows, cov))
+    cells = None
+    if args.cells:
+        torch.set_num_threads(1)
+        facts = [r for r in study_facts(meta) if int(r.case_id) in set(table["fact"])][: args.cells]
+        cells = peak_cells(mechedit.load_model(meta["settings"]["model"]), facts, result.config, meta["plan"]["sigma"])
+        cells.to_csv(args.dir / "peak_cells.csv", index=False)
     cmd = "PYTHONPATH=. python analyses/hase_synth_deep.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    atomic_write_text(args.dir / "ground_truth.md", report(result, table, agree, r2, cmd))
+    atomic_write_text(args.dir / "ground_truth.md", report(result, table, agree, r2, cells, cmd))
     return 0
 
 
-def report(result, table, agree, r2, cmd: str) -> str:
+def study_facts(meta: dict) -> list:
+    from mechedit.data import CounterFactRecord
+
+    return [CounterFactRecord.from_dict(d) for d in meta["plan"]["facts"]]
+
+
+def cells_paragraph(cells) -> str:
+    if cells is None or cells.empty:
+        return ""
+    where = cells.groupby(["position_from_end", "layer"]).size().sort_values(ascending=False)
+    return ("\n\n## Where the trace peaks (position from the end, layer), retraced\n\n"
+            + ", ".join(f"({pos}, L{layer}): {n} facts" for (pos, layer), n in where.items())
+            + f" of {len(cells)}; median effect there {cells['effect'].median():.3f}, at the subject's last "
+            f"token at most {cells['max_effect_last_subject'].median():.3f} (median over facts). "
+            "Position −1 is the prompt's last token.")
+
+
+def report(result, table, agree, r2, cells, cmd: str) -> str:
     means = table.groupby(["method", "variant"])[["best_rewrite", "mean_rewrite", "max_effect",
                                                   "max_effect_last_subject"]].median().reset_index()
     return (f"# Ground truth for the Hase question — {result.model}\n\n`{cmd.strip()}` "
@@ -65,7 +93,7 @@ def report(result, table, agree, r2, cmd: str) -> str:
             "corpus frequency (log)\n\n" + df_markdown(r2.round(3)) +
             "\n\nEvery fact is stated by the same number of training sentences "
             f"({sorted(table['fact_sentences'].unique().tolist())}), so the frequency that varies is the "
-            "entities'.\n\n![](fig_trace_peak_layer_vs_best.png)\n![](fig_trace_peak_last_subject_vs_best.png)\n"
+            "entities'." + cells_paragraph(cells) + "\n\n![](fig_trace_peak_layer_vs_best.png)\n![](fig_trace_peak_last_subject_vs_best.png)\n"
             "![](fig_score_by_layer_and_freq.png)\n")
 
 

@@ -137,3 +137,25 @@ def test_shipped_deep_model_knows_its_facts_as_reported():
         for group in by_len.values():
             top = model(torch.tensor([ids for ids, _, _ in group])).logits[:, -1].argmax(-1)
             assert [int(t) == gold for t, (_, gold, _) in zip(top, group, strict=True)] == [k for *_, k in group]
+
+
+def test_peak_cells_locate_the_sweeps_per_layer_maxima(synth_model):
+    """The retraced peak cell holds the largest of the sweep trace's per-layer maxima (same σ,
+    noise and window), and the subject-token maximum is its last-subject row's; the position is
+    counted from the prompt's end."""
+    from mechedit.analysis.sweep import SweepConfig
+    from mechedit.analysis.sweep_study import trace_fact
+    from mechedit.synth import shipped_model_dir
+    from mechedit.synth.ground_truth import peak_cells
+    from mechedit.synth.localization import fact_records
+    from mechedit.synth.pipeline import load_kg_dir
+    from mechedit.tokens import encode
+
+    kg = load_kg_dir(shipped_model_dir())[0]
+    records, config = fact_records(kg, [88]), SweepConfig(noise_samples=3)
+    cells = peak_cells(synth_model, records, config, sigma=0.36)
+    for r, c in zip(records, cells.itertuples(), strict=True):
+        t = trace_fact(synth_model, r, config, 0.36)
+        assert c.effect == pytest.approx(max(t.effect_raw)) and c.layer == int(np.argmax(t.effect_raw))
+        assert c.max_effect_last_subject == pytest.approx(max(t.effect_last_subject_raw))
+        assert -len(encode(synth_model, r.text, prefix=config.prefix).ids) <= c.position_from_end <= -1

@@ -105,3 +105,26 @@ def covariate_r2(rows: pd.DataFrame, covariates: pd.DataFrame, score: str = "rew
         r2: dict[str, Any] = {k: float(smf.ols(f, d).fit().rsquared) for k, f in models.items()}
         out.append({"method": method, "variant": variant, "metric": score, "n": len(d), **r2})
     return pd.DataFrame(out)
+
+
+def peak_cells(model: Any, records: Any, config: Any, sigma: float) -> pd.DataFrame:
+    """Where each fact's MLP trace peaks, as (position from the end, layer): the sweep's traces
+    store per-layer maxima only. Traced as the sweep traces (``config``: its
+    :class:`~mechedit.analysis.sweep.SweepConfig`; ``sigma``: its plan's σ). One row per record:
+    ``position_from_end`` (−1: the prompt's last token), ``layer``, the raw ``effect`` there, and
+    the largest at the subject's last token."""
+    from mechedit.analysis.sweep import restored_fraction
+    from mechedit.patching import trace
+    from mechedit.patching.corruption import NoiseConfig
+
+    out = []
+    for r in records:
+        noise = NoiseConfig(value=config.noise_multiple, samples=config.noise_samples, seed=config.seed)
+        res = trace(model, r.text, r.subject, answer=r.target_true, kind="mlp", window=config.window, noise=noise,
+                    sigma=sigma, prefix=config.prefix)
+        frac = restored_fraction(res, clip=False)
+        pos, layer = divmod(int(frac.argmax()), frac.shape[1])
+        out.append({"fact": int(r.case_id), "position_from_end": pos - frac.shape[0], "layer": layer,
+                    "effect": float(frac[pos, layer]),
+                    "max_effect_last_subject": float(frac[res.subject_range[1] - 1].max())})
+    return pd.DataFrame(out)
