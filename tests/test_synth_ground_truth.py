@@ -4,6 +4,7 @@ spec's ``noise_subjects``; the committed study config."""
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -80,6 +81,8 @@ def test_covariate_r2_equals_a_least_squares_fit():
     assert r2["r2_layer"] == pytest.approx(lstsq_r2(onehot))
     assert r2["r2_layer_x_freq"] == pytest.approx(lstsq_r2(np.c_[onehot, onehot * logf[:, None]]))
     assert r2["r2_freq"] == pytest.approx(lstsq_r2(np.c_[np.ones(12), logf]))
+    invalid = _rows(EFFECTS, LAST, REWRITES, valid=(True, False, True, True))
+    assert covariate_r2(invalid, cov).iloc[0]["n"] == 9  # an invalid trace's rows are left out
 
 
 def test_sweep_spec_noise_subjects(tmp_path):
@@ -100,10 +103,15 @@ def test_the_committed_hase_config_builds_a_sweep_study():
     model_dir = ROOT / spec["model"]
     if not (model_dir / "counterfact.json").is_file():
         pytest.skip(f"{model_dir} is not built (rebuild command in docs/synth.md)")
+    spec_model = spec["model"]
     spec = {**spec, "model": str(model_dir), "data": str(ROOT / spec["data"])}
     study = SweepStudy.from_spec({k: v for k, v in spec.items() if k not in RUN_FIELDS})
     assert study.config.layer_step == 1 and study.config.methods == ("rome", "ft")
     assert set(study.editors) == {"rome", "ft"} and study.noise_subjects
+    stored = ROOT / "analyses" / "studies" / spec["out"] / "study.json"
+    if stored.is_file():  # `mechedit study run` of this file resumes the committed directory
+        settings = json.loads(stored.read_text())["settings"]
+        assert json.loads(json.dumps({**study.settings(), "model": spec_model})) == settings
 
 
 def test_shipped_deep_model_knows_its_facts_as_reported():

@@ -92,8 +92,8 @@ def covariate_r2(rows: pd.DataFrame, covariates: pd.DataFrame, score: str = "rew
     layer × tracing effect, layer × log subject corpus frequency, and layer × both."""
     import statsmodels.formula.api as smf
 
-    data = rows[rows["trace_valid"].astype(bool)].merge(covariates, left_on=rows["case_id"].astype(int),
-                                                         right_on="fact")
+    data = rows.assign(fact=rows["case_id"].astype(int))
+    data = data[data["trace_valid"].astype(bool)].merge(covariates, on="fact")
     models = {"r2_layer": "score ~ C(layer)", "r2_layer_x_tracing": "score ~ C(layer) * effect",
               "r2_layer_x_freq": "score ~ C(layer) * log_freq",
               "r2_layer_x_tracing_freq": "score ~ C(layer) * (effect + log_freq)",

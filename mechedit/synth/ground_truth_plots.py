@@ -36,7 +36,7 @@ def score_by_layer_and_frequency(rows: pd.DataFrame, covariates: pd.DataFrame, *
     from mechedit.synth.popularity_plots import _plt
 
     plt = _plt()
-    d = rows.merge(covariates, left_on=rows["case_id"].astype(int), right_on="fact")
+    d = rows.assign(fact=rows["case_id"].astype(int)).merge(covariates, on="fact")
     d["freq_bin"] = pd.qcut(d["subject_corpus_freq"].rank(method="first"), n_bins, labels=False)
     groups = list(d.groupby(["method", "variant"], sort=True))
     fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(4 * max(len(groups), 1), 3.5), squeeze=False)
