@@ -134,7 +134,8 @@ def test_a_small_random_graph_trains_through_the_pipeline(tmp_path):
     result = train_model_dir(kg_dir, tiny, tmp_path / "model", progress=False)
     kg, corpus = load_kg_dir(tmp_path / "model")
     assert kg.to_dict()["facts"] == generate_graph(cfg).to_dict()["facts"] and kg.config == cfg
-    assert "GraphConfig(**{'topology': 'barabasi_albert'" in (tmp_path / "model" / "README.md").read_text()
+    assert "build-kg --topology barabasi_albert --seed 0 --n-entities 20 --n-relations 6 --m 2" in (
+        tmp_path / "model" / "README.md").read_text()
     model = GPT2LMHeadModel.from_pretrained(tmp_path / "model").eval()
     tok = AutoTokenizer.from_pretrained(tmp_path / "model")
     hits = 0

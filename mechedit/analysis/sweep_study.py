@@ -193,6 +193,17 @@ def _corpus(spec: Any) -> Any:
                       "{kind = \"text_file\", path = \"FILE\"}")
 
 
+def _noise_subjects(spec: Any, records: Sequence[CounterFactRecord]) -> list[str] | None:
+    """The σ_emb texts of a study spec: None (ROME's subjects), ``"data"`` (the records' subjects) or a list."""
+    if spec is None:
+        return None
+    if spec == "data":
+        return sorted({r.subject for r in records})
+    if isinstance(spec, list) and spec and all(isinstance(x, str) for x in spec):
+        return list(spec)
+    raise ConfigError(f"noise_subjects {spec!r}: use \"data\" (the data file's subjects) or a list of strings")
+
+
 def _label(case_id: Any) -> str:
     return str(case_id).replace("@", "_")
 
@@ -217,7 +228,7 @@ class SweepStudy(Study):
     tables: ClassVar[Mapping[str, type[Row]]] = {"traces": SweepTraceRow, "rows": SweepRow}
     config_class = SweepConfig
     needs_model_to_plan = True
-    SPEC_FIELDS: ClassVar[tuple[str, ...]] = ("model", "data", "config", "editors", "corpus")
+    SPEC_FIELDS: ClassVar[tuple[str, ...]] = ("model", "data", "config", "editors", "corpus", "noise_subjects")
 
     def __init__(self, model: ModelSpec, records: Sequence[CounterFactRecord], config: SweepConfig | None = None, *,
                  editors: Mapping[str, Any] | None = None, corpus: Any = None,
@@ -237,8 +248,10 @@ class SweepStudy(Study):
         """The study of a config file (``model``, ``data``: a CounterFact-schema JSON file,
         relative to the working directory; ``config``: :class:`SweepConfig` fields;
         ``editors``: per method, fields overriding the stored hparams; ``corpus``:
-        ``{kind = "model_samples", n_tokens, seed}`` or ``{kind = "text_file", path}``), or
-        of a directory's stored settings (:meth:`from_settings`, for reports)."""
+        ``{kind = "model_samples", n_tokens, seed}`` or ``{kind = "text_file", path}``;
+        ``noise_subjects``: the texts whose embedding std is σ_emb, a list or ``"data"`` for
+        the data file's subjects, as a model with its own vocabulary needs), or of a
+        directory's stored settings (:meth:`from_settings`, for reports)."""
         from mechedit.data import load_counterfact, require_records
 
         model = ModelSpec(str(spec.get("model") or ""), device, threads)
@@ -255,7 +268,7 @@ class SweepStudy(Study):
         records, report = load_counterfact(spec["data"])
         require_records(records, report)
         return cls(model, records, SweepConfig.from_dict(spec.get("config", {})), editors=spec.get("editors"),
-                   corpus=_corpus(spec.get("corpus")))
+                   corpus=_corpus(spec.get("corpus")), noise_subjects=_noise_subjects(spec.get("noise_subjects"), records))
 
     @classmethod
     def from_settings(cls, settings: Mapping[str, Any], model: ModelSpec | None = None) -> SweepStudy:

@@ -30,22 +30,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     _register_popularity(steps)
 
 
+TOPOLOGY_ALIASES = {"typed": "typed", "er": "erdos_renyi", "erdos_renyi": "erdos_renyi",
+                    "ba": "barabasi_albert", "barabasi_albert": "barabasi_albert"}
+TYPED_FLAGS = ("n_persons", "n_cities", "n_countries", "n_companies", "n_languages", "n_sports",
+               "n_first_names", "zipf_exponent", "relations")
+GRAPH_FLAGS = ("n_entities", "n_relations", "m", "p")
+
+
 def _register_build(steps: argparse._SubParsersAction) -> None:
     from mechedit.synth.corpus import CorpusConfig
+    from mechedit.synth.graphs import GraphConfig
     from mechedit.synth.kg import RELATIONS, KGConfig
 
-    k, c = KGConfig(), CorpusConfig()
+    k, g, c = KGConfig(), GraphConfig(), CorpusConfig()
     b = steps.add_parser("build-kg", help="generate a seeded knowledge graph, its corpus and eval records")
+    b.add_argument("--topology", choices=list(TOPOLOGY_ALIASES), default="typed",
+                   help="typed: kg-small's typed Zipf graph (default); er / erdos_renyi, ba / barabasi_albert: "
+                        "untyped random-topology graphs of Takahashi et al.'s kind")
     b.add_argument("--seed", type=int, default=k.seed, help=f"graph seed (default {k.seed})")
     b.add_argument("--out", required=True, help="output directory")
-    for name in ("n_persons", "n_cities", "n_countries", "n_companies", "n_languages", "n_sports",
-                 "n_first_names"):
-        b.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(k, name),
-                       help=f"default {getattr(k, name)}")
-    b.add_argument("--zipf-exponent", type=float, default=k.zipf_exponent,
-                   help=f"popularity law exponent (default {k.zipf_exponent})")
-    b.add_argument("--relations", nargs="+", choices=list(RELATIONS), default=list(k.relations),
-                   help="relations to generate (default all)")
+    typed = b.add_argument_group("typed graph (--topology typed)")
+    for name in TYPED_FLAGS[:7]:
+        typed.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"default {getattr(k, name)}")
+    typed.add_argument("--zipf-exponent", type=float, default=None,
+                       help=f"popularity law exponent (default {k.zipf_exponent})")
+    typed.add_argument("--relations", nargs="+", choices=list(RELATIONS), default=None,
+                       help="relations to generate (default all; an ER/BA graph's count is --n-relations)")
+    rand = b.add_argument_group("random-topology graph (--topology er | ba)")
+    rand.add_argument("--n-entities", type=int, default=None, help=f"default {g.n_entities}")
+    rand.add_argument("--n-relations", type=int, default=None, help=f"default {g.n_relations}")
+    rand.add_argument("--m", type=int, default=None,
+                      help=f"BA edges per new node; sets ER's default p too (default {g.m})")
+    rand.add_argument("--p", type=float, default=None,
+                      help="ER edge probability (default m(n-m)/C(n,2), BA's edge count; BA refuses it)")
     b.add_argument("--corpus-seed", type=int, default=c.seed, help=f"default {c.seed}")
     b.add_argument("--n-train-templates", type=int, default=c.n_train_templates,
                    help=f"phrasings per fact in the corpus, the rest held out (default {c.n_train_templates})")
@@ -53,6 +70,35 @@ def _register_build(steps: argparse._SubParsersAction) -> None:
                    help=f"sentences mentioning entities without facts (default {c.n_mentions})")
     b.add_argument("--force", action="store_true", help="overwrite a directory holding another graph")
     b.set_defaults(func=run_build)
+
+
+def graph_config(args: argparse.Namespace):
+    """The graph config of ``build-kg``'s flags: a KGConfig (typed) or a GraphConfig (er/ba);
+    a flag of the other kind of graph is refused in one line."""
+    from mechedit.errors import ConfigError
+    from mechedit.synth.graphs import GraphConfig
+    from mechedit.synth.kg import KGConfig
+
+    topology = TOPOLOGY_ALIASES[args.topology]
+    typed = topology == "typed"
+
+    def flags(names) -> str:
+        return ", ".join("--" + n.replace("_", "-") for n in names if getattr(args, n, None) is not None)
+
+    if typed and flags(GRAPH_FLAGS):
+        raise ConfigError(f"{flags(GRAPH_FLAGS)}: random-topology flags; add --topology er or --topology ba")
+    if not typed and flags(TYPED_FLAGS):
+        raise ConfigError(f"{flags(TYPED_FLAGS)}: typed-graph flags, not for --topology {args.topology}; "
+                          "drop them or use --topology typed")
+    if topology == "barabasi_albert" and args.p is not None:
+        raise ConfigError("--p is the Erdős–Rényi edge probability; --topology ba takes --m (edges per new node)")
+    if typed:
+        given = {n: getattr(args, n) for n in TYPED_FLAGS if getattr(args, n) is not None}
+        if "relations" in given:
+            given["relations"] = tuple(given["relations"])
+        return KGConfig(seed=args.seed, **given)
+    return GraphConfig(topology=topology, seed=args.seed,
+                       **{n: getattr(args, n) for n in GRAPH_FLAGS if getattr(args, n) is not None})
 
 
 def _register_train(steps: argparse._SubParsersAction) -> None:
@@ -76,14 +122,9 @@ def _register_train(steps: argparse._SubParsersAction) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from mechedit.synth.corpus import CorpusConfig
-    from mechedit.synth.kg import KGConfig
     from mechedit.synth.pipeline import build_kg_dir, load_kg_dir
 
-    kg_config = KGConfig(
-        seed=args.seed, n_persons=args.n_persons, n_cities=args.n_cities, n_countries=args.n_countries,
-        n_companies=args.n_companies, n_languages=args.n_languages, n_sports=args.n_sports,
-        n_first_names=args.n_first_names, zipf_exponent=args.zipf_exponent, relations=tuple(args.relations),
-    )
+    kg_config = graph_config(args)
     corpus_config = CorpusConfig(seed=args.corpus_seed, n_train_templates=args.n_train_templates,
                                  n_mentions=args.n_mentions)
     check_out_dir(args.out)

@@ -56,8 +56,8 @@ def build_kg_dir(kg_config: KGConfig | GraphConfig, corpus_config: CorpusConfig,
             log.info("%s already holds this graph; nothing to do", out)
             return out
         raise ConfigError(f"{out} holds a different graph; pass force=True (--force) to overwrite it")
+    kg = build_graph(kg_config)  # a graph that cannot be labelled is refused before OUT is made
     out.mkdir(parents=True, exist_ok=True)
-    kg = build_graph(kg_config)
     corpus = build_corpus(kg, corpus_config)
     kg = kg.with_corpus_freq(corpus.frequency)
     kg.save(out / "kg.json")
@@ -122,27 +122,27 @@ def train_model_dir(kg_dir: str | Path, config: TrainConfig, out: str | Path, *,
 
 def rebuild_command(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, out: str = "OUT",
                     graph: str = "GRAPH") -> str:
-    """The two commands that rebuild a model directory (non-default flags only).
-
-    A random-topology graph has no ``build-kg`` flags: its first command is the Python call."""
-    train_flags = "".join(f" --{k.replace('_', '-')} {v}" for k, v in config.to_dict().items()
-                          if v != TrainConfig().to_dict()[k])
-    if isinstance(kg.config, GraphConfig):
-        return (f"python -c \"from mechedit.synth.corpus import CorpusConfig; from mechedit.synth.graphs import "
-                f"GraphConfig; from mechedit.synth.pipeline import build_kg_dir; build_kg_dir(GraphConfig(**"
-                f"{kg.config.to_dict()}), CorpusConfig(**{corpus.config.to_dict()}), '{graph}')\"\n"
-                f"mechedit synth train --kg {graph} --out {out}{train_flags}")
+    """The two commands that rebuild a model directory (non-default flags only; a
+    random-topology graph's ``build-kg`` line carries ``--topology`` and its own flags)."""
 
     def flags(values: dict, defaults: dict, renames: dict[str, str] | None = None) -> str:
         renames = renames or {}
         return "".join(f" --{renames.get(k, k).replace('_', '-')} {v}" for k, v in values.items()
                        if v != defaults[k])
 
-    kg_dict = {**kg.config.to_dict(), "relations": " ".join(kg.config.relations)}
-    kg_flags = flags(kg_dict, {**KGConfig().to_dict(), "relations": " ".join(KGConfig().relations)})
+    if isinstance(kg.config, GraphConfig):
+        head = f"--topology {kg.config.topology} --seed {kg.config.seed}"
+        kg_flags = flags({k: v for k, v in kg.config.to_dict().items() if k not in ("topology", "seed")},
+                         GraphConfig().to_dict())
+    else:
+        head = f"--seed {kg.config.seed}"
+        kg_flags = flags({**{k: v for k, v in kg.config.to_dict().items() if k != "seed"},
+                          "relations": " ".join(kg.config.relations)},
+                         {**KGConfig().to_dict(), "relations": " ".join(KGConfig().relations)})
     kg_flags += flags(corpus.config.to_dict(), CorpusConfig().to_dict(), {"seed": "corpus_seed"})
-    return (f"mechedit synth build-kg --seed {kg.config.seed}{kg_flags.replace(f' --seed {kg.config.seed}', '')}"
-            f" --out {graph}\nmechedit synth train --kg {graph} --out {out}{train_flags}")
+    train_flags = flags(config.to_dict(), TrainConfig().to_dict())
+    return (f"mechedit synth build-kg {head}{kg_flags} --out {graph}\n"
+            f"mechedit synth train --kg {graph} --out {out}{train_flags}")
 
 
 def model_readme(kg: KnowledgeGraph, corpus: Corpus, config: TrainConfig, result: TrainResult,
