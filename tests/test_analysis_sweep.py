@@ -134,8 +134,11 @@ def test_the_study_gives_the_rows_of_the_old_sweep_loop(synth_model, cache, tmp_
         for k in ("case_id", "layer", "method", "variant", "target"):
             assert got[k] == want[k], k
         assert list(got["edit_layers"]) == want["edit_layers"]
-        for k in ("rewrite", "paraphrase", "neighborhood", "essence_drift"):
-            assert got[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True), (k, want)
+        # scores: since issue 18 the unembedding runs only where a target token is read and the Hase
+        # scores read a batch of the first prompts only, so float32 sums differ in the last bits
+        # scores (log-probabilities summed over 20+ essence tokens: the drift moves by ~3e-6)
+        for k, tol in (("rewrite", 1e-7), ("paraphrase", 1e-7), ("neighborhood", 1e-7), ("essence_drift", 1e-5)):
+            assert got[k] == pytest.approx(want[k], abs=tol, nan_ok=True), (k, want)
         # traces: the engine tiles cells into forwards by a cost model since (issue 14), so float32
         # sums are batched differently than when these were recorded
         for k in ("tracing_effect", "tracing_effect_last_subject"):

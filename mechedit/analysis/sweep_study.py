@@ -330,17 +330,16 @@ class SweepStudy(Study):
         if table == "traces":
             return [Unit(self._trace_key(r), r, _label(r.case_id)) for r in self.facts]
         traces = done.get("traces", {})
-        units = []
-        for r in self.facts:
+        main = len(self.layers) * len(self.config.methods) * len(self.config.variants)
+        phases: list[list[Unit]] = [[], []]  # every fact's main rows first, then the parts' rows
+        for i, r in enumerate(self.facts):
             trace = traces.get(self._trace_key(r))
             if not isinstance(trace, SweepTraceRow):
                 continue  # not traced (yet): its rows wait
-            for layer in self.layers:
-                for m in self.config.methods:
-                    for v in self.config.variants:
-                        u = RowUnit(r, layer, m, v, trace.reversal_target if v == "reversal" else None)
-                        units.append(Unit(self._row_key(u), u, _label(r.case_id)))
-        return units
+            for j, (layer, m, v) in enumerate(self.config.planned_rows(self.n_layers, i)):
+                u = RowUnit(r, layer, m, v, trace.reversal_target if v == "reversal" else None)
+                phases[j >= main].append(Unit(self._row_key(u), u, _label(r.case_id)))
+        return phases[0] + phases[1]
 
     def setup(self, model: Any) -> SweepWorker:
         from mechedit.editors import EditorCache
