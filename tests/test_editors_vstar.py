@@ -90,3 +90,15 @@ def test_batched_v_star_stops_each_fact_on_its_own(tiny_gpt2):
     for a, t in zip(alone, together, strict=True):
         assert len(t.losses) == len(a.losses)
         torch.testing.assert_close(t.delta, a.delta, atol=1e-5, rtol=0)
+
+
+def test_rome_each_gives_the_edits_of_rome_one_request_at_a_time(tiny_llama, cache):
+    from mechedit.editors.rome import rome, rome_each
+
+    cfg = RomeConfig(layers=(1,), mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
+    each = rome_each(tiny_llama, [REQ, *OTHERS], cfg, cache=cache)
+    for req, edit in zip((REQ, *OTHERS), each, strict=True):
+        one = rome(tiny_llama, [req], cfg, cache=cache)
+        assert edit.requests == one.requests and edit.layers == one.layers == (1,)
+        torch.testing.assert_close(edit.deltas[0].delta, one.deltas[0].delta, atol=1e-5, rtol=1e-4)
+        assert edit.diagnostics.p_target_after == pytest.approx(one.diagnostics.p_target_after, abs=1e-5)
