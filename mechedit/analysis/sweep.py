@@ -132,6 +132,9 @@ class SweepConfig(Config):
     ``clip_effects``: correlate the effect clipped to [0, 1] (default) or the raw one.
     ``parts``: more (layers, methods, variants) for the first facts (:class:`SweepPart`), run
     after the main cross product of every fact (:meth:`groups`).
+    ``batch_facts``: the local executor runs this many facts' rows at once, and the ROME rows
+    among them that share a layer and a variant optimise their v* in one batch (same numbers
+    to float rounding; :mod:`mechedit.editors.vstar_batch`).
     """
 
     layers: tuple[int, ...] = ()
@@ -153,10 +156,10 @@ class SweepConfig(Config):
     min_gap: float = 0.02
     clip_effects: bool = True
     parts: tuple[SweepPart, ...] = ()
+    batch_facts: int = 1
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "parts", tuple(p if isinstance(p, SweepPart) else SweepPart.from_dict(p)
-                                                for p in self.parts))
+        object.__setattr__(self, "parts", tuple(self.parts))
         if not 0.0 <= float(self.min_gap) < 1.0:
             raise ConfigError(f"SweepConfig.min_gap (least clean − corrupted of a valid trace) must be in [0, 1), "
                               f"got {self.min_gap}")
@@ -171,18 +174,28 @@ class SweepConfig(Config):
         if any(int(x) < 0 for x in self.layers):
             raise ConfigError(f"layers must be >= 0, got {list(self.layers)}")
         self.require_positive("layer_step", "window", "edit_window", "noise_samples", "essence_texts",
-                              "essence_tokens", "batch_size")
+                              "essence_tokens", "batch_size", "batch_facts")
         if self.n_facts is not None:
             self.require_positive("n_facts")
         over = [p.n_facts for p in self.parts if None not in (p.n_facts, self.n_facts) and p.n_facts > self.n_facts]
         if over:
             raise ConfigError(f"SweepConfig.parts: n_facts {over} exceed the sweep's n_facts {self.n_facts}")
 
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SweepConfig:
+        parts = tuple(p if isinstance(p, SweepPart) else SweepPart.from_dict(p) for p in d.get("parts", ()))
+        return super().from_dict({**d, "parts": parts})
+
     def to_dict(self) -> dict[str, Any]:
         d = super().to_dict()
-        if not self.parts:  # the settings of a sweep without parts stay what they were
-            del d["parts"]
+        for name, default in (("parts", ()), ("batch_facts", 1)):
+            if getattr(self, name) == default:  # the settings of sweeps made before these fields stay as they were
+                del d[name]
         return d
+
+    def all_methods(self) -> tuple[str, ...]:
+        """The methods of the sweep and of its parts."""
+        return tuple(dict.fromkeys([*self.methods, *(m for p in self.parts for m in p.methods)]))
 
     def groups(self, n_layers: int) -> list[tuple[tuple[int, ...], str, str, int | None]]:
         """``(layers, method, variant, n_facts)`` of every (method, variant) the sweep runs:
