@@ -2,8 +2,8 @@
 SmolLM2: the code of a base commit against the working tree, in one run.
 
 Run: ``python benchmarks/bench_sweep_row.py`` from the repository root (env: ``BENCH_BASE`` =
-3eadd04, the commit before issue 18's changes; ``BENCH_FACTS`` = 2; ``BENCH_LAYERS`` =
-"4,10,16,22"; ``BENCH_THREADS`` = 1; ``BENCH_REPEATS`` = 1 (old/new pairs, alternating);
+3eadd04, the commit before issue 18's changes; ``BENCH_FACTS`` = 4 (the new code batches
+them: ``batch_facts``); ``BENCH_LAYERS`` = "4,13,22"; ``BENCH_THREADS`` = 1; ``BENCH_REPEATS`` = 1 (old/new pairs, alternating);
 ``BENCH_OUT``: also write the JSON there). The base commit's ``mechedit`` is extracted with
 ``git archive`` into a temporary directory; each version runs in its own subprocess
 (``--worker``) on the same facts (the first known ones of
@@ -11,7 +11,8 @@ Run: ``python benchmarks/bench_sweep_row.py`` from the repository root (env: ``B
 2 essence texts of 20 tokens, key statistics of 128 × 64 tokens from the disk cache), the way
 the study's local executor runs them: one worker state (:meth:`SweepStudy.setup`), units in
 the study's order, ``batch_units`` at a time through :meth:`SweepStudy.run_batch`. Untimed:
-model load, tracing, key statistics and a warm-up row of another fact (context templates).
+model load, key statistics and a warm-up row of another fact (context templates); injection
+rows read nothing from a trace, so the facts get placeholder traces.
 Timed: every row of each fact, the fact's Hase baseline (essence texts) included. Prints
 JSON: seconds per row and rows per second of each, the ratio, the load average before and
 after each, and the largest difference of the rewrite scores between the two.
@@ -19,6 +20,7 @@ after each, and the largest difference of the rewrite scores between the two.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -42,6 +44,7 @@ def worker() -> None:
     torch.set_num_threads(int(_env("BENCH_THREADS", "1")))
     import mechedit
     from mechedit.analysis.sweep import SweepConfig
+    from mechedit.analysis.sweep_rows import SweepTraceRow
     from mechedit.analysis.sweep_study import SweepStudy
     from mechedit.data import load_counterfact
     from mechedit.editors.stats import Corpus
@@ -49,18 +52,22 @@ def worker() -> None:
 
     model = mechedit.load_model("smollm2-135m")
     records, _ = load_counterfact(DATA)
-    n_facts = int(_env("BENCH_FACTS", "2"))
-    layers = tuple(int(x) for x in _env("BENCH_LAYERS", "4,10,16,22").split(","))
+    n_facts = int(_env("BENCH_FACTS", "4"))
+    layers = tuple(int(x) for x in _env("BENCH_LAYERS", "4,13,22").split(","))
+    fields = {f.name for f in dataclasses.fields(SweepConfig)}
+    batch = {"batch_facts": n_facts} if "batch_facts" in fields else {}  # the new code batches the facts
     config = SweepConfig(layers=layers, methods=("rome",), variants=("injection",), noise_samples=3, known_only=False,
-                         n_facts=n_facts + 1, order="file", essence_texts=2, essence_tokens=20)
+                         n_facts=n_facts + 1, order="file", essence_texts=2, essence_tokens=20, **batch)
     editors = {"rome": {"mom2_n_samples": 128, "mom2_max_length": 64}}
     study = SweepStudy(ModelSpec(loaded=model), records[: n_facts + 1], config, editors=editors,
                        corpus=Corpus.model_samples(n_tokens=128))
     study.use_plan(study.plan(model))
-    traces = {u.key: study.run(model, None, "traces", u) for u in study.units("traces", {})}
+    # injection rows read nothing from their fact's trace: placeholders, not traced (untimed anyway)
+    traces = {u.key: SweepTraceRow(u.payload.case_id, u.payload.subject, "", (0.0,) * 30, (0.0,) * 30, 1.0, 0.0,
+                                   study.sigma, 0, "") for u in study.units("traces", {})}
     units = list(study.units("rows", {"traces": traces}))
     state = study.setup(model)
-    size = max(1, getattr(study, "batch_units", 1))
+    size = study.units_per_batch("rows") if hasattr(study, "units_per_batch") else study.batch_units
     warm, timed = units[: len(layers)], units[len(layers):]  # the extra first fact: warm-up
     study.run_batch(model, state, "rows", warm[:1])
     load0, t0 = os.getloadavg()[0], time.perf_counter()
@@ -100,8 +107,8 @@ def main() -> None:
     best = {k: min(v, key=lambda r: r["s_per_row"]) for k, v in runs.items()}
     diff = max(abs(a - b) for a, b in zip(best["old"]["rewrite"], best["new"]["rewrite"], strict=True))
     out = {"command": "python benchmarks/bench_sweep_row.py", "model": "smollm2-135m", "cpu_cores": os.cpu_count(),
-           "threads": int(_env("BENCH_THREADS", "1")), "facts": int(_env("BENCH_FACTS", "2")),
-           "layers": _env("BENCH_LAYERS", "4,10,16,22"), "old": f"{base}", "new": f"{head.strip()}"
+           "threads": int(_env("BENCH_THREADS", "1")), "facts": int(_env("BENCH_FACTS", "4")),
+           "layers": _env("BENCH_LAYERS", "4,13,22"), "old": f"{base}", "new": f"{head.strip()}"
            + ("+dirty" if dirty else ""),
            "runs": {k: [{x: r[x] for x in r if x != "rewrite"} for r in v] for k, v in runs.items()},
            "s_per_row": {k: r["s_per_row"] for k, r in best.items()},
