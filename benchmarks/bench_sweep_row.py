@@ -14,7 +14,8 @@ the study's order, ``batch_units`` at a time through :meth:`SweepStudy.run_batch
 model load, key statistics and a warm-up row of another fact (context templates); injection
 rows read nothing from a trace, so the facts get placeholder traces.
 Timed: every row of each fact, the fact's Hase baseline (essence texts) included. Prints
-JSON: seconds per row and rows per second of each, the ratio, the load average before and
+JSON: seconds per row and rows per second of each, split into edit and scoring (the fact's
+Hase baseline falls in the scoring of its first row), the ratio, the load average before and
 after each, and the largest difference of the rewrite scores between the two.
 """
 
@@ -78,6 +79,8 @@ def worker() -> None:
     out = {"rows": len(rows), "wall_s": round(wall, 2), "s_per_row": round(wall / len(rows), 3),
            "rows_per_s": round(len(rows) / wall, 4), "batch_units": size, "load_before": round(load0, 2),
            "load_after": round(os.getloadavg()[0], 2),
+           "edit_s_per_row": round(sum(r.edit_seconds for r in rows) / len(rows), 3),
+           "scoring_s_per_row": round(sum(r.eval_seconds for r in rows) / len(rows), 3),
            "rewrite": [r.scores()["rewrite"] for r in rows]}
     sys.stdout.write("BENCH " + json.dumps(out) + "\n")
 
