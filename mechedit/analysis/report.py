@@ -105,7 +105,10 @@ def report_markdown(result: SweepResult, stats: LocalizationStats, figures: list
         f"Generated {_dt.date.today().isoformat()} by:", "", f"    {command}", "",
         f"{len(result.traces)} facts × {len(cfg.layers_for(result.n_layers))} layers "
         f"({', '.join(map(str, cfg.layers_for(result.n_layers)))}) × methods {', '.join(cfg.methods)} × "
-        f"variants {', '.join(cfg.variants)} = {len(result.rows)} rows. Tracing: MLP, window {cfg.window}, "
+        f"variants {', '.join(cfg.variants)}"
+        + "".join(f" + the first {p.n_facts or 'all'} facts × layers {', '.join(map(str, p.layers)) or 'the same'} × "
+                  f"{', '.join(p.methods)} × {', '.join(p.variants)}" for p in cfg.parts)
+        + f" = {len(result.rows)} rows. Tracing: MLP, window {cfg.window}, "
         f"Gaussian noise {cfg.noise_multiple}σ_emb on the subject, {cfg.noise_samples} samples. Mean time per row: "
         f"edit {secs['edit_seconds']:.1f} s, scoring {secs['eval_seconds']:.1f} s.", "",
         *effects_paragraph(result), "",
