@@ -89,3 +89,56 @@ def test_figures_are_returned_not_shown():
     line = plots.score_by_layer(rows).axes[0].lines[0]
     assert list(line.get_xdata()) == [0, 4, 8, 12]
     np.testing.assert_allclose(np.asarray(line.get_ydata(), float), rows.groupby("layer")["score"].mean().to_numpy())
+
+
+def test_least_squares_r2_equal_statsmodels_formulas():
+    df = _rows(layer_effect=True, tracing_effect=True, n_facts=15)
+    from mechedit.analysis.stats import r2_four
+
+    want = r2_models(df)
+    got = r2_four(df["layer"].to_numpy(), df["tracing_effect"].to_numpy(), df["score"].to_numpy())
+    names = ("r2_layer", "r2_tracing", "r2_layer_x_tracing", "r2_added_by_tracing")
+    assert got == pytest.approx([want[k] for k in names], abs=1e-10)
+
+
+def test_bootstrap_resamples_whole_facts_like_a_naive_loop():
+    from mechedit.analysis.stats import bootstrap_r2
+
+    df = _rows(layer_effect=True, tracing_effect=True, n_facts=12).rename(columns={"fact": "case_id"})
+    got = bootstrap_r2(df, n_boot=40, seed=3)
+    rng = np.random.default_rng(3)  # the same draws, each resample fitted with statsmodels
+    facts = pd.factorize(df["case_id"].astype(str))[1]
+    draws = []
+    for _ in range(40):
+        picked = facts[rng.integers(0, len(facts), len(facts))]
+        sample = pd.concat([df[df["case_id"].astype(str) == f] for f in picked], ignore_index=True)
+        draws.append(r2_models(sample)["r2_layer"])
+    assert got["r2_layer_lo"] == pytest.approx(np.percentile(draws, 2.5), abs=1e-9)
+    assert got["r2_layer_hi"] == pytest.approx(np.percentile(draws, 97.5), abs=1e-9)
+    r2 = localization_stats(df).r2.iloc[0]
+    for k in ("r2_layer", "r2_tracing", "r2_layer_x_tracing"):
+        assert r2[f"{k}_lo"] <= r2[k] <= r2[f"{k}_hi"]
+
+
+def test_holm_correction_matches_a_hand_computation():
+    from mechedit.analysis.stats import holm
+
+    p = pd.Series([0.01, 0.04, float("nan"), 0.03, 0.2])
+    # sorted 0.01, 0.03, 0.04, 0.2 times 4, 3, 2, 1, then running max, capped at 1
+    want = [0.04, 0.09, float("nan"), 0.09, 0.2]
+    assert holm(p).tolist() == pytest.approx(want, nan_ok=True)
+    two = pd.concat([_rows(True, False).assign(method="rome"), _rows(True, True, seed=1).assign(method="memit")])
+    r2 = localization_stats(two, n_boot=20).r2
+    assert r2["f_p_holm"].tolist() == pytest.approx(holm(r2["f_p"]).tolist())
+
+
+def test_correlation_at_each_layer_is_the_correlation_of_that_layer_rows():
+    df = _rows(layer_effect=True, tracing_effect=True, n_facts=30)
+    table = localization_stats(df, n_boot=10).by_layer
+    assert sorted(table["layer"]) == [0, 4, 8, 12]
+    at8 = df[df["layer"] == 8]
+    from scipy.stats import pearsonr
+
+    row = table[table["layer"] == 8].iloc[0]
+    assert row["pearson_r"] == pytest.approx(pearsonr(at8["tracing_effect"], at8["score"])[0])
+    assert row["n"] == 30

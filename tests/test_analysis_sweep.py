@@ -22,6 +22,7 @@ import torch
 
 import mechedit
 from mechedit.analysis import sweep_study as study_mod
+from mechedit.analysis.stats import R2_NAMES
 from mechedit.analysis.sweep import (
     SweepConfig,
     edit_scores,
@@ -150,15 +151,20 @@ def test_the_study_gives_the_rows_of_the_old_sweep_loop(synth_model, cache, tmp_
     """Recorded from ``run_sweep`` before the sweep became a study (same settings, 1 thread)."""
     gold = json.loads(GOLDEN.read_text())
     recs, _ = load_counterfact(shipped_model_dir() / "counterfact.json")
-    config = SweepConfig.from_dict(gold["config"])
+    # both facts in one batch: the ROME rows of a (layer, variant) share one v* optimisation
+    # (the golden values were recorded one fact at a time)
+    config = SweepConfig.from_dict(gold["config"]).replace(batch_facts=2)
     result = _sweep(synth_model, recs[:2], config, cache, tmp_path / "s", threads=1)
     assert len(result.rows) == len(gold["rows"]) == 32 and (result.n_new, result.n_skipped) == (32, 0)
     for want, got in zip(gold["rows"], result.rows.to_dict("records"), strict=True):
         for k in ("case_id", "layer", "method", "variant", "target"):
             assert got[k] == want[k], k
         assert list(got["edit_layers"]) == want["edit_layers"]
-        for k in ("rewrite", "paraphrase", "neighborhood", "essence_drift"):
-            assert got[k] == pytest.approx(want[k], abs=1e-9, nan_ok=True), (k, want)
+        # scores: since issue 18 the unembedding runs only where a target token is read and the Hase
+        # scores read a batch of the first prompts only, so float32 sums differ in the last bits
+        # scores (batched v*: ~2e-7; log-probabilities summed over essence tokens: the drift moves by ~3e-6)
+        for k, tol in (("rewrite", 1e-5), ("paraphrase", 1e-5), ("neighborhood", 1e-5), ("essence_drift", 1e-5)):
+            assert got[k] == pytest.approx(want[k], abs=tol, nan_ok=True), (k, want)
         # traces: the engine tiles cells into forwards by a cost model since (issue 14), so float32
         # sums are batched differently than when these were recorded
         for k in ("tracing_effect", "tracing_effect_last_subject"):
@@ -272,7 +278,10 @@ def test_the_committed_directories_reproduce_their_tables_without_a_model(monkey
     for name, frame in (("r2.csv", stats.r2), ("correlations.csv", stats.correlations)):
         want = pd.read_csv(out / name)
         got = pd.read_csv(__import__("io").StringIO(frame.to_csv(index=False)))
-        pd.testing.assert_frame_equal(got, want, check_exact=True)
+        # issue 18 added columns (bootstrap intervals, Holm p); the committed ones stay exact
+        assert set(got.columns) - set(want.columns) <= {*(f"{k}_{e}" for k in R2_NAMES for e in ("lo", "hi")),
+                                                         "f_p_holm"}
+        pd.testing.assert_frame_equal(got[list(want.columns)], want, check_exact=True)
 
 
 @pytest.mark.parametrize("name,methods,variants", [
@@ -474,3 +483,19 @@ def test_stats_samples_sets_the_key_statistics_of_every_method_that_uses_them(sy
     hp.write_text(json.dumps({"rome": {"mom2_n_samples": 64}}))
     with pytest.raises(MecheditError, match="both set mom2_n_samples of rome"):
         analyze.editor_overrides(parser.parse_args([*base, "--hparams", str(hp)]), ("rome",))
+
+
+def test_parts_add_rows_for_the_first_facts_after_every_fact_s_main_rows():
+    from mechedit.analysis.sweep import SweepPart
+
+    config = SweepConfig.from_dict({"layers": [0, 1, 2], "methods": ["rome"], "n_facts": 3, "parts": [
+        {"layers": [0, 2], "methods": ["rome", "memit"], "variants": ["injection", "erasure"], "n_facts": 2}]})
+    assert isinstance(config.parts[0], SweepPart) and config.all_methods() == ("rome", "memit")
+    first, last = config.planned_rows(3, 0), config.planned_rows(3, 2)
+    assert last == [(0, "rome", "injection"), (1, "rome", "injection"), (2, "rome", "injection")]
+    assert first[:3] == last and len(first) == 3 + 2 * 3  # rome x injection at 0 and 2 is not repeated
+    assert (2, "memit", "erasure") in first and (0, "rome", "injection") not in first[3:]
+    assert "parts" not in CONFIG.to_dict() and "batch_facts" not in CONFIG.to_dict()  # old settings unchanged
+    assert SweepConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="exceed"):
+        SweepConfig(n_facts=2, parts=(SweepPart(n_facts=5),))

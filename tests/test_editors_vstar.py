@@ -52,3 +52,53 @@ def test_fast_v_star_equals_the_reference_with_noise_in_float64(tiny_dirs, arch)
     ref = optimize_delta(model, batch, Site("mlp_out", 1), s, fast=False)
     torch.testing.assert_close(fast.delta, ref.delta, atol=1e-10, rtol=0)
     assert tlens.active_hook_count(model) == 0
+
+
+OTHERS = (mechedit.EditRequest("{} was founded by", "Apple", " Bill Gates", " Steve Jobs"),
+          mechedit.EditRequest("The mother tongue of {} is", "Danielle Darrieux", " English", " French"))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batched_v_star_equals_one_fact_at_a_time(request, arch):
+    from mechedit.editors.vstar_batch import optimize_deltas
+
+    model = request.getfixturevalue(f"tiny_{arch}")
+    s = RomeConfig(layers=(1,), steps=6, early_stop_loss=0.0).optim()
+    batches = [build_batch(model, r, TEMPLATES, s) for r in (REQ, *OTHERS)]
+    assert len({b.ids.shape[1] for b in batches}) > 1  # facts of different lengths share the batch
+    alone = [optimize_delta(model, b, Site("mlp_out", 1), s) for b in batches]
+    together = optimize_deltas(model, batches, Site("mlp_out", 1), s)
+    for a, t in zip(alone, together, strict=True):
+        assert a.delta.abs().max() > 0
+        torch.testing.assert_close(t.delta, a.delta, atol=1e-5, rtol=0)
+        torch.testing.assert_close(torch.tensor(t.losses), torch.tensor(a.losses), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(t.v0, a.v0, atol=0, rtol=0)
+
+
+def test_batched_v_star_stops_each_fact_on_its_own(tiny_gpt2):
+    from mechedit.editors.vstar_batch import optimize_deltas
+
+    s = RomeConfig(layers=(1,), steps=8, early_stop_loss=0.0, lr=0.5).optim()
+    batches = [build_batch(tiny_gpt2, r, TEMPLATES, s) for r in (REQ, *OTHERS)]
+    alone = [optimize_delta(tiny_gpt2, b, Site("mlp_out", 1), s) for b in batches]
+    # a threshold between the facts' losses at step 3: some facts stop there, the others go on
+    third = sorted(a.losses[3] for a in alone)
+    stop = s.__class__(**{**s.__dict__, "early_stop_loss": (third[0] + third[1]) / 2})
+    alone = [optimize_delta(tiny_gpt2, b, Site("mlp_out", 1), stop) for b in batches]
+    together = optimize_deltas(tiny_gpt2, batches, Site("mlp_out", 1), stop)
+    assert len({len(a.losses) for a in alone}) > 1  # the facts really stopped at different steps
+    for a, t in zip(alone, together, strict=True):
+        assert len(t.losses) == len(a.losses)
+        torch.testing.assert_close(t.delta, a.delta, atol=1e-5, rtol=0)
+
+
+def test_rome_each_gives_the_edits_of_rome_one_request_at_a_time(tiny_llama, cache):
+    from mechedit.editors.rome import rome, rome_each
+
+    cfg = RomeConfig(layers=(1,), mom2_n_samples=64, mom2_max_length=16, context_lengths=((5, 3),), steps=5)
+    each = rome_each(tiny_llama, [REQ, *OTHERS], cfg, cache=cache)
+    for req, edit in zip((REQ, *OTHERS), each, strict=True):
+        one = rome(tiny_llama, [req], cfg, cache=cache)
+        assert edit.requests == one.requests and edit.layers == one.layers == (1,)
+        torch.testing.assert_close(edit.deltas[0].delta, one.deltas[0].delta, atol=1e-5, rtol=1e-4)
+        assert edit.diagnostics.p_target_after == pytest.approx(one.diagnostics.p_target_after, abs=1e-5)

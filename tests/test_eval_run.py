@@ -161,6 +161,46 @@ def test_generation_is_seeded_and_independent_of_batching(tiny_gpt2):
     assert list(greedy.new_ids) == ids[len(greedy.prompt_ids):]
 
 
+#: token ids of the no-cache generation path, recorded before the KV cache existed (seed 7, 12 tokens)
+GOLDEN_GENERATION = {
+    "gpt2": {
+        "sampled": [
+            [251, 204, 149, 85, 99, 251, 167, 167, 37, 225, 225, 5],
+            [225, 67, 67, 213, 148, 67, 213, 148, 168, 67, 322, 260],
+            [102, 225, 251, 251, 51, 38, 120, 359, 91, 67, 225, 301],
+        ],
+        "greedy": [
+            [225, 225, 225, 251, 260, 161, 85, 225, 225, 251, 260, 260],
+            [67, 67, 38, 50, 251, 251, 67, 225, 251, 348, 183, 148],
+            [120, 251, 251, 251, 225, 251, 38, 251, 251, 251, 43, 251],
+        ],
+    },
+    "llama": {
+        "sampled": [
+            [268, 346, 109, 198, 168, 149, 87, 127, 235, 150, 237, 131],
+            [100, 124, 61, 200, 243, 144, 124, 123, 375, 168, 353, 347],
+            [113, 366, 128, 267, 144, 56, 312, 343, 369, 259, 71, 329],
+        ],
+        "greedy": [
+            [51, 6, 226, 111, 268, 217, 373, 172, 89, 211, 29, 83],
+            [343, 154, 161, 80, 172, 324, 22, 334, 235, 235, 291, 194],
+            [277, 224, 289, 176, 369, 323, 39, 288, 6, 367, 111, 77],
+        ],
+    },
+}
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_kv_cached_generation_gives_the_recorded_tokens(arch, request):
+    model = request.getfixturevalue(f"tiny_{arch}")
+    prompts = ["The Eiffel Tower is in", "Paris", "Danielle Darrieux speaks the language of"]
+    for kv_cache in (True, False):
+        sampled = generate(model, prompts, max_new_tokens=12, seed=7, kv_cache=kv_cache)
+        greedy = generate(model, prompts, max_new_tokens=12, greedy=True, kv_cache=kv_cache)
+        assert [list(g.new_ids) for g in sampled] == GOLDEN_GENERATION[arch]["sampled"]
+        assert [list(g.new_ids) for g in greedy] == GOLDEN_GENERATION[arch]["greedy"]
+
+
 def test_default_references_are_attribute_facts(records):
     refs = default_references(records[0])
     assert refs == ["The Colosseum is located in the city of Rome."]

@@ -5,7 +5,8 @@ module only ties them into files in one directory:
 
 * ``rows.csv``, ``traces.csv`` — :meth:`SweepResult.save_tables` (the typed rows are the
   study's ``rows.jsonl``/``traces.jsonl``, or :meth:`SweepResult.save`'s);
-* ``r2.csv``, ``correlations.csv``, ``verdicts.json`` — :meth:`LocalizationStats.save`;
+* ``r2.csv``, ``correlations.csv``, ``correlations_by_layer.csv``, ``verdicts.json`` —
+  :meth:`LocalizationStats.save`;
 * ``fig_r2_bars.png``, ``fig_effect_vs_rewrite.png``, ``fig_peak_layer.png``,
   ``fig_score_by_layer.png``;
 * ``report.md`` — a table like Hase et al.'s (R² of layer alone, of tracing alone, and
@@ -54,14 +55,24 @@ def _fmt(x: Any) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _ci(r: Any, name: str) -> str:
+    """``value [lo, hi]`` when the row has a bootstrap interval for ``name``."""
+    lo, hi = getattr(r, f"{name}_lo", None), getattr(r, f"{name}_hi", None)
+    return _fmt(getattr(r, name)) + ("" if lo is None else f" [{_fmt(lo)}, {_fmt(hi)}]")
+
+
 def r2_table(stats: LocalizationStats) -> str:
-    """Markdown table in the shape of Hase et al.'s Table 1."""
+    """Markdown table in the shape of Hase et al.'s Table 1, with 95% bootstrap intervals over
+    facts and the Holm-corrected F-test p-value when the statistics have them."""
+    holm = "f_p_holm" in stats.r2
     head = ("| method | variant | metric | n | R² layer | R² tracing | R² layer×tracing | added by tracing "
-            "| F-test p |\n|---|---|---|---|---|---|---|---|---|")
+            "| F-test p |" + (" Holm p |" if holm else "") + "\n|---|---|---|---|---|---|---|---|---|"
+            + ("---|" if holm else ""))
     lines = [head]
     for r in stats.r2.itertuples():
-        lines.append(f"| {r.method} | {r.variant} | {r.metric} | {r.n} | {_fmt(r.r2_layer)} | {_fmt(r.r2_tracing)} "
-                     f"| {_fmt(r.r2_layer_x_tracing)} | {_fmt(r.r2_added_by_tracing)} | {_fmt(r.f_p)} |")
+        lines.append(f"| {r.method} | {r.variant} | {r.metric} | {r.n} | {_ci(r, 'r2_layer')} | "
+                     f"{_ci(r, 'r2_tracing')} | {_ci(r, 'r2_layer_x_tracing')} | {_ci(r, 'r2_added_by_tracing')} "
+                     f"| {_fmt(r.f_p)} |" + (f" {_fmt(r.f_p_holm)} |" if holm else ""))
     return "\n".join(lines)
 
 
@@ -71,6 +82,16 @@ def corr_table(stats: LocalizationStats, metric: str = "rewrite") -> str:
     for r in df.itertuples():
         lines.append(f"| {r.method} | {r.variant} | {r.n} | {_fmt(r.pearson_r)} [{_fmt(r.pearson_lo)}, "
                      f"{_fmt(r.pearson_hi)}] | {_fmt(r.spearman_r)} [{_fmt(r.spearman_lo)}, {_fmt(r.spearman_hi)}] |")
+    return "\n".join(lines)
+
+
+def layer_corr_table(stats: LocalizationStats, metric: str = "rewrite") -> str:
+    """Pearson r of tracing effect and ``metric`` within each layer (Fisher-z 95% CI)."""
+    df = stats.by_layer.query("metric == @metric") if len(stats.by_layer) else stats.by_layer
+    lines = ["| method | variant | layer | n | Pearson r [95% CI] | p |", "|---|---|---|---|---|---|"]
+    for r in df.itertuples():
+        lines.append(f"| {r.method} | {r.variant} | {r.layer} | {r.n} | {_fmt(r.pearson_r)} [{_fmt(r.pearson_lo)}, "
+                     f"{_fmt(r.pearson_hi)}] | {_fmt(r.pearson_p)} |")
     return "\n".join(lines)
 
 
@@ -84,14 +105,20 @@ def report_markdown(result: SweepResult, stats: LocalizationStats, figures: list
         f"Generated {_dt.date.today().isoformat()} by:", "", f"    {command}", "",
         f"{len(result.traces)} facts × {len(cfg.layers_for(result.n_layers))} layers "
         f"({', '.join(map(str, cfg.layers_for(result.n_layers)))}) × methods {', '.join(cfg.methods)} × "
-        f"variants {', '.join(cfg.variants)} = {len(result.rows)} rows. Tracing: MLP, window {cfg.window}, "
+        f"variants {', '.join(cfg.variants)}"
+        + "".join(f" + the first {p.n_facts or 'all'} facts × layers {', '.join(map(str, p.layers)) or 'the same'} × "
+                  f"{', '.join(p.methods)} × {', '.join(p.variants)}" for p in cfg.parts)
+        + f" = {len(result.rows)} rows. Tracing: MLP, window {cfg.window}, "
         f"Gaussian noise {cfg.noise_multiple}σ_emb on the subject, {cfg.noise_samples} samples. Mean time per row: "
         f"edit {secs['edit_seconds']:.1f} s, scoring {secs['eval_seconds']:.1f} s.", "",
         *effects_paragraph(result), "",
-        "## R² of the edit score (Hase et al. Table 1 shape)", "", r2_table(stats) if len(stats.r2) else
+        "## R² of the edit score (Hase et al. Table 1 shape)", "",
+        "Brackets: 95% bootstrap intervals over facts (facts resampled with all their layers); Holm p: the "
+        "F-test p-value Holm-corrected across every test of this table.", "", r2_table(stats) if len(stats.r2) else
         "_Too few rows per layer for the regressions (need more facts than 2 per layer)._", "",
         "## Verdicts", "", *[f"- {v}" for v in stats.verdicts], "",
         "## Correlation of tracing effect and rewrite score", "", corr_table(stats), "",
+        "### At each layer", "", layer_corr_table(stats), "",
         "## Mean scores", "", df_markdown(means), "",
         "Hase et al. (2023) report for ROME on GPT-J (CounterFact, error injection): the edit layer "
         "explains R² ≈ 0.947 of the rewrite score and the tracing effect adds ≈ 0.01.", "",

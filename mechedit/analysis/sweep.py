@@ -95,6 +95,30 @@ SCORE_METRICS = ("rewrite", "paraphrase", "neighborhood", "essence_drift")
 
 
 @dataclass(frozen=True)
+class SweepPart(Config):
+    """More rows for the first ``n_facts`` facts of a sweep (None: all of them): ``methods`` ×
+    ``variants`` at the central ``layers`` (empty: the sweep's layers). Rows the sweep or an
+    earlier part already has are not repeated."""
+
+    layers: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ("rome",)
+    variants: tuple[str, ...] = ("injection",)
+    n_facts: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "methods", "variants"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        from mechedit.editors import editor_names
+
+        self.require_known("methods", editor_names(aliases=True))
+        self.require_known("variants", VARIANTS)
+        if any(int(x) < 0 for x in self.layers):
+            raise ConfigError(f"SweepPart.layers must be >= 0, got {list(self.layers)}")
+        if self.n_facts is not None:
+            self.require_positive("n_facts")
+
+
+@dataclass(frozen=True)
 class SweepConfig(Config):
     """What the sweep covers and how it traces and scores.
 
@@ -109,6 +133,11 @@ class SweepConfig(Config):
     ``tracing_method``: how the tracing effect is computed, ``exact`` (the engine) or ``atp``
     / ``atp*`` (:mod:`mechedit.patching.atp`); left out of :meth:`to_dict` (the stored
     settings) and of the trace keys while ``exact``, so earlier sweep directories resume.
+    ``parts``: more (layers, methods, variants) for the first facts (:class:`SweepPart`), run
+    after the main cross product of every fact (:meth:`groups`).
+    ``batch_facts``: the local executor runs this many facts' rows at once, and the ROME rows
+    among them that share a layer and a variant optimise their v* in one batch (same numbers
+    to float rounding; :mod:`mechedit.editors.vstar_batch`).
     """
 
     layers: tuple[int, ...] = ()
@@ -130,17 +159,14 @@ class SweepConfig(Config):
     min_gap: float = 0.02
     clip_effects: bool = True
     tracing_method: str = "exact"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = super().to_dict()
-        if d["tracing_method"] == "exact":  # added later: exact settings as they were stored before
-            del d["tracing_method"]
-        return d
+    parts: tuple[SweepPart, ...] = ()
+    batch_facts: int = 1
 
     def __post_init__(self) -> None:
         from mechedit.patching.atp import Method
 
         self.coerce("tracing_method", lambda v: Method(v).value)
+        object.__setattr__(self, "parts", tuple(self.parts))
         if not 0.0 <= float(self.min_gap) < 1.0:
             raise ConfigError(f"SweepConfig.min_gap (least clean − corrupted of a valid trace) must be in [0, 1), "
                               f"got {self.min_gap}")
@@ -155,9 +181,54 @@ class SweepConfig(Config):
         if any(int(x) < 0 for x in self.layers):
             raise ConfigError(f"layers must be >= 0, got {list(self.layers)}")
         self.require_positive("layer_step", "window", "edit_window", "noise_samples", "essence_texts",
-                              "essence_tokens", "batch_size")
+                              "essence_tokens", "batch_size", "batch_facts")
         if self.n_facts is not None:
             self.require_positive("n_facts")
+        over = [p.n_facts for p in self.parts if None not in (p.n_facts, self.n_facts) and p.n_facts > self.n_facts]
+        if over:
+            raise ConfigError(f"SweepConfig.parts: n_facts {over} exceed the sweep's n_facts {self.n_facts}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SweepConfig:
+        parts = tuple(p if isinstance(p, SweepPart) else SweepPart.from_dict(p) for p in d.get("parts", ()))
+        return super().from_dict({**d, "parts": parts})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = super().to_dict()
+        for name, default in (("tracing_method", "exact"), ("parts", ()), ("batch_facts", 1)):
+            if getattr(self, name) == default:  # the settings of sweeps made before these fields stay as they were
+                del d[name]
+        return d
+
+    def all_methods(self) -> tuple[str, ...]:
+        """The methods of the sweep and of its parts."""
+        return tuple(dict.fromkeys([*self.methods, *(m for p in self.parts for m in p.methods)]))
+
+    def groups(self, n_layers: int) -> list[tuple[tuple[int, ...], str, str, int | None]]:
+        """``(layers, method, variant, n_facts)`` of every (method, variant) the sweep runs:
+        the main cross product first, then each part's; a row already covered is left out of a
+        later group (so a (method, variant) may appear again with other layers or facts)."""
+        main = self.layers_for(n_layers)
+        out = [(main, m, v, None) for m in self.methods for v in self.variants]
+        for part in self.parts:
+            layers = SweepConfig(layers=part.layers).layers_for(n_layers) if part.layers else main
+            for m in part.methods:
+                for v in part.variants:
+                    out.append((layers, m, v, part.n_facts))
+        return out
+
+    def planned_rows(self, n_layers: int, fact_index: int) -> list[tuple[int, str, str]]:
+        """``(layer, method, variant)`` of every row of the ``fact_index``-th fact, in run order
+        within each group of :meth:`groups` (the main group: layer, then method, then variant)."""
+        main = self.layers_for(n_layers)
+        out = [(x, m, v) for x in main for m in self.methods for v in self.variants]
+        seen = set(out)
+        for layers, m, v, n in self.groups(n_layers)[len(self.methods) * len(self.variants):]:
+            if n is None or fact_index < n:
+                new = [(x, m, v) for x in layers if (x, m, v) not in seen]
+                out += new
+                seen.update(new)
+        return out
 
     def layers_for(self, n_layers: int) -> tuple[int, ...]:
         """The central layers on a model with ``n_layers`` layers."""

@@ -198,20 +198,27 @@ class SweepResult:
         return bad[["case_id", "subject", "clean_score", "corrupted_score", "invalid_reason"]].reset_index(drop=True)
 
     def complete(self) -> SweepResult:
-        """Only the facts that have every (layer, method, variant) row, so a report of a
-        partial run never mixes finished facts with half-finished ones."""
+        """Only the (fact, method, variant) groups that have every planned layer, so a report of
+        a partial run never mixes finished facts with half-finished ones (a fact may be complete
+        for one method and not yet for another: :meth:`SweepConfig.planned_rows`)."""
         from mechedit.errors import ConfigError
 
-        per_fact = len(self.config.layers_for(self.n_layers)) * len(self.config.methods) * len(self.config.variants)
-        counts: dict[str, int] = {}
+        planned = [str(f["case_id"]) for f in (self.provenance.get("plan") or {}).get("facts", ())]
+        index = {c: i for i, c in enumerate(planned)}
+        have: dict[tuple[str, str, str], set[int]] = {}
         for r in self.sweep_rows:
-            counts[str(r.case_id)] = counts.get(str(r.case_id), 0) + 1
-        done = {c for c, n in counts.items() if n == per_fact}
+            have.setdefault((str(r.case_id), r.method, r.variant), set()).add(int(r.layer))
+        done = set()
+        for (case, m, v), layers in have.items():
+            want = {x for x, m2, v2 in self.config.planned_rows(self.n_layers, index.get(case, 0)) if (m2, v2) == (m, v)}
+            if want and want <= layers:
+                done.add((case, m, v))
         if not done:
-            raise ConfigError(f"no fact has all its rows yet ({len(self.sweep_rows)} rows of {len(counts)} facts so "
+            raise ConfigError(f"no fact has all its rows yet ({len(self.sweep_rows)} rows of {len(have)} facts so "
                               "far); rerun later, or let the run finish")
-        rows = tuple(r for r in self.sweep_rows if str(r.case_id) in done)
-        traces = tuple(t for t in self.trace_rows if str(t.case_id) in done)
+        rows = tuple(r for r in self.sweep_rows if (str(r.case_id), r.method, r.variant) in done)
+        cases = {c for c, _, _ in done}
+        traces = tuple(t for t in self.trace_rows if str(t.case_id) in cases)
         return SweepResult(traces, rows, self.config, self.model, self.n_layers, self.provenance, self.n_new,
                            self.n_skipped, len(self.sweep_rows) - len(rows))
 

@@ -129,28 +129,65 @@ class SweepWorker:
 
     cache: Any
     baselines: dict[tuple[str, str, str], Any] = dataclasses.field(default_factory=dict)
+    keep_facts: int = 1  # the baselines of this many most recent facts stay (a batch's facts)
 
     def baseline(self, model: Any, record: CounterFactRecord, eval_config: Any) -> Any:
         from mechedit.evaluation.families import hase_baseline
 
         key = (str(record.case_id), record.target_new, record.target_true, eval_config.subject_noise)
         if key not in self.baselines:
-            self.baselines = {k: v for k, v in self.baselines.items() if k[0] == key[0]}
+            recent = list(dict.fromkeys(k[0] for k in reversed(self.baselines) if k[0] != key[0]))
+            keep = set(recent[: self.keep_facts - 1])
+            self.baselines = {k: v for k, v in self.baselines.items() if k[0] in keep}
             self.baselines[key] = hase_baseline(model, record, eval_config)
         return self.baselines[key]
+
+
+def _editor_config(unit: RowUnit, config: SweepConfig, base: Any, n_layers: int, sigma: float) -> Any:
+    return editor_config(unit.method, unit.layer, unit.variant, n_layers, base, config.edit_window, sigma=sigma,
+                         seed=config.seed)
 
 
 def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfig, base: Any, n_layers: int,
               sigma: float) -> SweepRow:
     """Edit one (fact, layer, method, variant) and measure it."""
     from mechedit.editors import get_editor
+
+    rec = variant_record(unit.record, unit.variant, unit.reversal_target)
+    econf = _editor_config(unit, config, base, n_layers, sigma)
+    t0 = time.perf_counter()
+    edit = get_editor(unit.method).fn(model, [rec.to_request()], econf, cache=worker.cache)
+    return measure_row(model, worker, unit, config, econf, edit, time.perf_counter() - t0, sigma)
+
+
+def score_rows_together(model: Any, worker: SweepWorker, units: Sequence[RowUnit], config: SweepConfig, base: Any,
+                        n_layers: int, sigma: float) -> list[SweepRow]:
+    """:func:`score_row` of ROME rows that share a layer and a variant, their v* optimised in one
+    batch (:func:`~mechedit.editors.rome.rome_each`); each row's ``edit_seconds`` is its share."""
+    from mechedit.editors.rome import rome_each
+
+    recs = [variant_record(u.record, u.variant, u.reversal_target) for u in units]
+    econf = _editor_config(units[0], config, base, n_layers, sigma)
+    t0 = time.perf_counter()
+    edits = rome_each(model, [r.to_request() for r in recs], econf, cache=worker.cache)
+    share = (time.perf_counter() - t0) / len(units)
+    return [measure_row(model, worker, u, config, econf, e, share, sigma) for u, e in zip(units, edits, strict=True)]
+
+
+def batchable(unit: RowUnit) -> bool:
+    """Whether a row's edit can share its v* optimisation with others (:func:`score_rows_together`)."""
+    from mechedit.editors import get_editor
+
+    return get_editor(unit.method).editor == "rome" and unit.variant not in NOISED_VARIANTS
+
+
+def measure_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfig, econf: Any, edit: Any,
+                edit_seconds: float, sigma: float) -> SweepRow:
+    """The Hase scores of ``edit`` of ``unit`` (its fact's baseline from ``worker``)."""
+    from mechedit.editors import get_editor
     from mechedit.evaluation.run import EvalConfig, evaluate_record
 
     rec = variant_record(unit.record, unit.variant, unit.reversal_target)
-    econf = editor_config(unit.method, unit.layer, unit.variant, n_layers, base, config.edit_window, sigma=sigma,
-                          seed=config.seed)
-    t0 = time.perf_counter()
-    edit = get_editor(unit.method).fn(model, [rec.to_request()], econf, cache=worker.cache)
     t1 = time.perf_counter()
     eval_config = EvalConfig(metrics=("hase",), prefix=config.prefix, batch_size=config.batch_size, seed=config.seed,
                              essence_n_texts=config.essence_texts, essence_max_new_tokens=config.essence_tokens,
@@ -164,7 +201,7 @@ def score_row(model: Any, worker: SweepWorker, unit: RowUnit, config: SweepConfi
         "target": rec.target_true if OBJECTIVES[unit.variant] != "inject" else rec.target_new,
         "subject_noise": econf.subject_noise, "p_pre": p_pre, "p_post": p_post,
         "essence_ppl_pre": float(hase["hase_essence_ppl_pre"]), "essence_ppl_post": float(hase["hase_essence_ppl_post"]),
-        "edit_seconds": t1 - t0, "eval_seconds": time.perf_counter() - t1})
+        "edit_seconds": edit_seconds, "eval_seconds": time.perf_counter() - t1})
 
 
 def prefetch_stats(model: Any, cache: Any, bases: Mapping[str, Any], config: SweepConfig, layers: Sequence[int],
@@ -304,7 +341,7 @@ class SweepStudy(Study):
         if not facts:
             raise ConfigError("no facts to sweep (none known by the model?); keep every fact with known_only=False "
                               "(--all-facts)")
-        bases = resolve_editors(model, c.methods, self.editors, c.prefix)
+        bases = resolve_editors(model, c.all_methods(), self.editors, c.prefix)
         sigma = noise_sigma(model, NoiseConfig(value=c.noise_multiple, samples=c.noise_samples), self.noise_subjects)
         return {"n_layers": n_layers, "layers": list(layers), "sigma": sigma, "n_records": len(self.records),
                 "n_known": len(known) if c.known_only else None,
@@ -344,30 +381,55 @@ class SweepStudy(Study):
         if table == "traces":
             return [Unit(self._trace_key(r), r, _label(r.case_id)) for r in self.facts]
         traces = done.get("traces", {})
-        units = []
-        for r in self.facts:
+        main = len(self.layers) * len(self.config.methods) * len(self.config.variants)
+        phases: list[list[Unit]] = [[], []]  # every fact's main rows first, then the parts' rows
+        for i, r in enumerate(self.facts):
             trace = traces.get(self._trace_key(r))
             if not isinstance(trace, SweepTraceRow):
                 continue  # not traced (yet): its rows wait
-            for layer in self.layers:
-                for m in self.config.methods:
-                    for v in self.config.variants:
-                        u = RowUnit(r, layer, m, v, trace.reversal_target if v == "reversal" else None)
-                        units.append(Unit(self._row_key(u), u, _label(r.case_id)))
-        return units
+            for j, (layer, m, v) in enumerate(self.config.planned_rows(self.n_layers, i)):
+                u = RowUnit(r, layer, m, v, trace.reversal_target if v == "reversal" else None)
+                phases[j >= main].append(Unit(self._row_key(u), u, _label(r.case_id)))
+        return phases[0] + phases[1]
 
     def setup(self, model: Any) -> SweepWorker:
         from mechedit.editors import EditorCache
 
         cache = EditorCache(stats_dir=self.stats_dir, corpus=self.corpus, progress=False)
-        prefetch_stats(model, cache, self.bases, self.config, self.layers, self.n_layers)
-        return SweepWorker(cache)
+        layers = sorted({x for x, _, _ in self.config.planned_rows(self.n_layers, 0)} | set(self.layers))
+        prefetch_stats(model, cache, self.bases, self.config, layers, self.n_layers)
+        return SweepWorker(cache, keep_facts=self.config.batch_facts)
 
     def run(self, model: Any, state: Any, table: str, unit: Unit) -> Row:
         if table == "traces":
             return trace_fact(model, unit.payload, self.config, self.sigma)
         u: RowUnit = unit.payload
         return score_row(model, state, u, self.config, self.bases[u.method], self.n_layers, self.sigma)
+
+    def units_per_batch(self, table: str) -> int:
+        """Rows: ``batch_facts`` facts' worth (their ROME rows at one layer share a v* batch);
+        traces: one at a time."""
+        if table == "traces" or self.config.batch_facts == 1:
+            return 1
+        return self.config.batch_facts * len(self.config.planned_rows(self.n_layers, 0))
+
+    def run_batch(self, model: Any, state: Any, table: str, units: Sequence[Unit]) -> list[Row]:
+        """:meth:`run` of each unit; ROME rows of one (layer, variant) together (:func:`score_rows_together`)."""
+        if table == "traces":
+            return [self.run(model, state, table, u) for u in units]
+        groups: dict[tuple[int, str, str], list[Unit]] = {}
+        for u in units:
+            p: RowUnit = u.payload
+            key = (p.layer, p.method, p.variant) if batchable(p) else (p.layer, p.method, f"{p.variant}|{u.key}")
+            groups.setdefault(key, []).append(u)
+        rows: dict[str, Row] = {}
+        for group in groups.values():
+            payloads = [u.payload for u in group]
+            got = (score_rows_together(model, state, payloads, self.config, self.bases[payloads[0].method],
+                                       self.n_layers, self.sigma) if len(group) > 1 else
+                   [self.run(model, state, table, group[0])])
+            rows.update(zip((u.key for u in group), got, strict=True))
+        return [rows[u.key] for u in units]
 
     def result(self, rows: Mapping[str, Sequence[Row]], provenance: Mapping[str, Any]) -> SweepResult:
         return from_study_rows(rows, provenance)

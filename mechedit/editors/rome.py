@@ -88,17 +88,19 @@ def rank_one_update(
     return torch.outer(u, lam)
 
 
-def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCache) -> tuple[Tensor, DeltaResult,
-                                                                                              Tensor, Tensor]:
+def _one(model: Any, request: EditRequest, config: RomeConfig, cache: EditorCache,
+         res: DeltaResult | None = None) -> tuple[Tensor, DeltaResult, Tensor, Tensor]:
+    """The rank-one update of ``request`` (``res``: its v* optimisation, when already done)."""
     layer = config.layer
     templates = config.templates(model, cache)
     keys = subject_keys(model, request, templates, [layer], config.prefix, subject_noise=config.subject_noise,
                         noise_seed=config.noise_seed)[layer]
     k_star = keys.mean(0)
     k = k_star if config.key == "consistent" else keys[0]  # templates[0] is "{}": the bare prompt
-    batch = build_batch(model, request, templates, config.optim())
-    res = optimize_delta(model, batch, Site("mlp_out", layer), config.optim(), fast=config.fast,
-                         progress=cache.progress)
+    if res is None:
+        batch = build_batch(model, request, templates, config.optim())
+        res = optimize_delta(model, batch, Site("mlp_out", layer), config.optim(), fast=config.fast,
+                             progress=cache.progress)
     w = mlp_out_weight(model, layer).detach()
     v_star = (k.double() @ w.double() + res.delta.double()).float()
     c = cache.second_moment(model, layer, **config.stats_settings())
@@ -126,3 +128,31 @@ def rome(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None 
         tensors.update({f"k_star.{i}": k_star, f"v_star.{i}": v_star, f"delta.{i}": res.delta})
     return finish(model, "rome", requests, {config.layer: total}, config, config.prefix, losses, p_before,
                   tensors, objective=config.objective)
+
+
+def rome_each(model: Any, requests: Sequence[EditRequest], config: RomeConfig | None = None, *,
+              cache: EditorCache | None = None) -> list[Edit]:
+    """One ROME edit per request, each of the unedited model (what :func:`rome` gives for
+    ``[request]``), their v* optimised together in one batch
+    (:func:`~mechedit.editors.vstar_batch.optimize_deltas`; one at a time with ``fast=False``
+    or ``subject_noise``). The localization sweep edits many facts at one layer this way."""
+    from mechedit.editors.vstar_batch import optimize_deltas
+
+    config = config or RomeConfig()
+    requests = validate(model, requests, [config.layer], config.prefix, config.kl_prompt,
+                        objective=config.objective)
+    cache = cache or EditorCache()
+    results: list[DeltaResult | None] = [None] * len(requests)
+    if config.fast and config.subject_noise is None and len(requests) > 1:
+        templates = config.templates(model, cache)
+        batches = [build_batch(model, r, templates, config.optim()) for r in requests]
+        results = list(optimize_deltas(model, batches, Site("mlp_out", config.layer), config.optim()))
+    edits = []
+    for req, res in zip(requests, results, strict=True):
+        p_before = probabilities_before(model, [req], config.prefix, config.objective,
+                                        subject_noise=config.subject_noise, noise_seed=config.noise_seed)
+        dw, res, k_star, v_star = _one(model, req, config, cache, res)
+        edits.append(finish(model, "rome", [req], {config.layer: dw.double()}, config, config.prefix, [res.losses],
+                            p_before, {"k_star.0": k_star, "v_star.0": v_star, "delta.0": res.delta},
+                            objective=config.objective))
+    return edits

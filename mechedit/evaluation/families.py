@@ -1,8 +1,9 @@
 """The built-in metric families: ``counterfact``, ``hase`` and ``fluency`` (:mod:`.metrics`).
 
-``counterfact`` and ``hase`` read one teacher-forced batch per record
-(:func:`both_targets`: both targets after every prompt of the record), shared through
-:attr:`~.metrics.RecordScoring.post`. ``hase`` also needs the unedited side
+``counterfact`` reads one teacher-forced batch per record (:func:`both_targets`: both
+targets after every prompt of the record, :attr:`~.metrics.RecordScoring.post`); ``hase``
+reads only the first prompt of each kind (:func:`first_prompts_only`), in a batch of its
+own, before and after. ``hase`` also needs the unedited side
 (:class:`HaseBaseline`), computed once per record and settings (a caller scoring many
 edits of one record passes it in). With ``EvalConfig.subject_noise`` (σ) the ``hase``
 family is Hase et al.'s *fact forcing* score: the rewrite and first paraphrase prompt are
@@ -14,6 +15,7 @@ the neighbourhood prompts and the essence texts are not noised.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from collections.abc import Sequence
@@ -53,6 +55,13 @@ def both_targets(model: Any, record: Any, config: Any, interventions: Sequence[A
                            batch_size=config.batch_size)
 
 
+def first_prompts_only(record: Any) -> Any:
+    """``record`` with only its first paraphrase and neighbourhood prompt: all the Hase scores
+    read (scoring the others costs most of a row of the localization sweep)."""
+    return dataclasses.replace(record, paraphrase_prompts=tuple(record.paraphrase_prompts)[:1],
+                               neighborhood_prompts=tuple(record.neighborhood_prompts)[:1])
+
+
 def first_of_each_kind(record: Any, probs: Sequence[float]) -> dict[str, tuple[float, float]]:
     """``kind -> (p(new), p(true))`` of the first prompt of each kind, from a :func:`both_targets` batch."""
     n = sum(len(ps) for ps in kinds(record).values())
@@ -86,8 +95,8 @@ def noised_first_prompts(model: Any, record: Any, config: Any,
 @dataclass(frozen=True)
 class HaseBaseline:
     """What the Hase metrics measure on the *unedited* model for one record: the
-    full-sequence probabilities of the (new, true) targets on every prompt (with the
-    subject noised: ``p_pre_noised``), and the essence texts with their perplexity. It
+    full-sequence probabilities of the (new, true) targets on the first prompt of each kind
+    (:func:`first_prompts_only`; with the subject noised: ``p_pre_noised``), and the essence texts with their perplexity. It
     does not depend on the edit, so a caller that scores many edits of one record (the
     localization sweep) computes it once (:func:`hase_baseline`) and passes it to
     :func:`~mechedit.evaluation.run.evaluate_record`.
@@ -114,7 +123,7 @@ def hase_baseline(model: Any, record: Any, config: Any) -> HaseBaseline:
     by default)."""
     if config.prefix is None:
         config = config.replace(prefix=Prefix.NEUTRAL)
-    pre = both_targets(model, record, config, ()).sequence_prob().tolist()
+    pre = both_targets(model, first_prompts_only(record), config, ()).sequence_prob().tolist()
     noised = () if config.subject_noise is None else tuple(noised_first_prompts(model, record, config, ()).items())
     gen_prompts = list(record.generation_prompts)[: config.essence_n_texts] or [f"{record.subject} is"]
     gens = generate(model, gen_prompts, max_new_tokens=config.essence_max_new_tokens, prefix=config.prefix,
@@ -169,8 +178,9 @@ def _summarize_hase(rows: Sequence[Any]) -> dict[str, Stat]:
                              "(full-sequence probabilities; subject_noise: fact forcing)")
 def hase(s: RecordScoring) -> dict[str, Any]:
     baseline = _baseline(s)
-    p_pre = first_of_each_kind(s.record, list(baseline.p_pre))
-    p_post = first_of_each_kind(s.record, s.post.sequence_prob().tolist())
+    first = first_prompts_only(s.record)  # pre and post: the same batch, so equal bit for bit without an edit
+    p_pre = first_of_each_kind(first, list(baseline.p_pre))
+    p_post = first_of_each_kind(first, both_targets(s.model, first, s.config, s.interventions).sequence_prob().tolist())
     if s.config.subject_noise is not None:
         p_pre = {k: v for k, v in p_pre.items() if k not in NOISED_KINDS} | dict(baseline.p_pre_noised)
         p_post = ({k: v for k, v in p_post.items() if k not in NOISED_KINDS} |

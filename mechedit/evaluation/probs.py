@@ -30,6 +30,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from mechedit import fastpath
 from mechedit.errors import ConfigError
 from mechedit.interventions import Intervention, intervened
 from mechedit.tokens import Prefix, encode, pad_right, target_ids
@@ -103,10 +104,27 @@ def gather_target_logprobs(
     offs = torch.arange(width, device=logits.device)
     tgt_pos = (starts[:, None] + offs[None, :]).clamp(max=input_ids.shape[1] - 1)
     mask = offs[None, :] < lengths[:, None]
-    logp = torch.log_softmax(logits.double(), dim=-1)
     rows = torch.arange(logits.shape[0], device=logits.device)[:, None]
     tok = input_ids.gather(1, tgt_pos)
-    out = logp[rows, tgt_pos - 1, tok]
+    # the log-softmax only where a target token is read (a row's own reduction over the vocabulary)
+    logp = torch.log_softmax(logits[rows, tgt_pos - 1].double(), dim=-1)
+    out = logp.gather(2, tok[..., None])[..., 0]
+    return torch.where(mask, out, torch.zeros_like(out))
+
+
+def _read_columns(starts: Int[Tensor, " batch"], lengths: Int[Tensor, " batch"], width: int) -> Int[Tensor, "batch k"]:
+    """Where each row's target tokens are read: ``starts - 1 + j`` for ``j < max(lengths)``
+    (clamped inside the row; entries past a row's length are masked later)."""
+    offs = torch.arange(max(int(lengths.max()), 1), device=starts.device)
+    return (starts[:, None] - 1 + offs[None, :]).clamp(max=width - 2)
+
+
+def _read_logprobs(logits: Float[Tensor, "batch k d_vocab"], input_ids: Int[Tensor, "batch pos"],
+                   cols: Int[Tensor, "batch k"], lengths: Int[Tensor, " batch"]) -> Float[Tensor, "batch k"]:
+    """:func:`gather_target_logprobs` from the logits at ``cols`` only (:func:`_read_columns`)."""
+    logp = torch.log_softmax(logits.double(), dim=-1)
+    out = logp.gather(2, input_ids.gather(1, cols + 1)[..., None])[..., 0]
+    mask = torch.arange(cols.shape[1], device=cols.device)[None, :] < lengths[:, None]
     return torch.where(mask, out, torch.zeros_like(out))
 
 
@@ -163,13 +181,14 @@ def sequence_logprobs(
         rows = range(lo, min(lo + batch_size, len(prompt_ids)))
         ps, cs = [prompt_ids[i] for i in rows], [continuation_ids[i] for i in rows]
         ids = pad_right([[*p, *c] for p, c in zip(ps, cs, strict=True)], pad_id).ids.to(device)
-        with intervened(model, _for_batch(interventions, rows)), torch.no_grad():
-            logits = model(ids)
         starts = torch.tensor([len(p) for p in ps], device=device)
         lengths = torch.tensor([len(c) for c in cs], device=device)
-        lp = gather_target_logprobs(logits.float(), ids, starts, lengths).cpu()
+        cols = _read_columns(starts, lengths, ids.shape[1])
+        with intervened(model, _for_batch(interventions, rows)), torch.no_grad(), fastpath.logits_at(model, cols):
+            logits = model(ids)  # [batch, width, d_vocab]: only where a target token is read
+        lp = _read_logprobs(logits.float(), ids, cols, lengths).cpu()
         out[lo:lo + len(ps), : lp.shape[1]] = lp
-        top1[lo:lo + len(ps)] = logits[torch.arange(len(ps), device=device), starts - 1].argmax(-1).cpu()
+        top1[lo:lo + len(ps)] = logits[:, 0].argmax(-1).cpu()
     lengths_all = torch.tensor([len(c) for c in continuation_ids])
     mask = torch.arange(max_len)[None, :] < lengths_all[:, None]
     return TargetLogProbs(out, mask, top1, torch.tensor([int(c[0]) for c in continuation_ids], dtype=torch.long))

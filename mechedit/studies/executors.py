@@ -101,7 +101,7 @@ class _LocalPool:
     def map(self, table: str, units: Sequence[Unit]) -> Iterator[tuple[Unit, Row | None, str | None]]:
         if units and not self._ready:
             self._state, self._ready = self.study.setup(self.model), True
-        size = max(1, self.study.batch_units)
+        size = max(1, self.study.units_per_batch(table))
         for i in range(0, len(units), size):
             batch = units[i:i + size]
             for unit, (row, error) in zip(batch, _run_batch(self.study, self.model, self._state, table, batch),

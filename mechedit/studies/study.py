@@ -166,6 +166,10 @@ class Study(ABC):
     #: consecutive units the local executor hands to :meth:`run_batch` at once (Ray: one)
     batch_units: ClassVar[int] = 1
 
+    def units_per_batch(self, table: str) -> int:
+        """:attr:`batch_units` for ``table`` (a study may batch one table and not another)."""
+        return self.batch_units
+
     def run_batch(self, model: Any, state: Any, table: str, units: Sequence[Unit]) -> list[Row]:
         """The rows of several units, equal to :meth:`run` of each (a study may share work
         between them, e.g. forwards); default: :meth:`run` of each."""

@@ -1,0 +1,60 @@
+"""The README table of the deep Hase study beside Hase et al.'s GPT-J numbers (issue 18).
+
+Run: ``python analyses/hase_depth_table.py DIR`` (DIR: the study directory of
+``analyses/studies/hase_depth_smollm2.toml``; no model, also while the run goes on: only the
+(fact, method, variant) groups that have every planned layer enter). Prints a markdown table
+of the rewrite score's R² (layer alone, tracing alone, both; 95% bootstrap intervals over
+facts) and the F-test p-value Holm-corrected across every test of the study (all metrics)
+per method × variant, with Hase et al.'s
+values (their Table, ROME/MEMIT/FT 5-layer on GPT-J, CounterFact) beside them; ``--n-boot``
+sets the bootstrap's resamples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mechedit.analysis.sweep_study import SweepStudy
+from mechedit.studies import load_study_rows
+
+#: Hase et al. 2023, GPT-J: (R² layer, R² tracing, R² both) of the rewrite score
+HASE = {("rome", "injection"): (0.947, 0.016, 0.948), ("memit", "injection"): (0.677, 0.024, 0.678),
+        ("rome", "reversal"): (0.294, 0.017, 0.310), ("rome", "erasure"): (0.857, 0.019, 0.858),
+        ("rome", "amplification"): (0.88, 0.02, 0.88), ("rome", "forcing"): (0.422, 0.004, 0.425),
+        ("ft5", "forcing"): (0.634, 0.10, 0.666)}
+
+
+def _ci(r: dict, name: str) -> str:
+    return f"{r[name]:.3f} [{r[name + '_lo']:.3f}, {r[name + '_hi']:.3f}]"
+
+
+def table(out_dir: Path, n_boot: int = 1000) -> str:
+    settings = json.loads((out_dir / "study.json").read_text())["settings"]
+    result = load_study_rows(out_dir, SweepStudy.from_settings(settings)).complete()
+    from mechedit.analysis.stats import localization_stats
+
+    stats = localization_stats(result.long(), n_boot=n_boot)
+    r2 = stats.r2.query("metric == 'rewrite'")
+    lines = ["| method | variant | facts | rows | R² layer | R² tracing | R² both | Holm p | Hase et al. (GPT-J) "
+             "layer / tracing / both |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in r2.to_dict("records"):
+        facts = result.rows.query("method == @r['method'] and variant == @r['variant']")["case_id"].nunique()
+        hase = HASE.get((r["method"], r["variant"]))
+        lines.append(f"| {r['method']} | {r['variant']} | {facts} | {r['n']} | {_ci(r, 'r2_layer')} | "
+                     f"{_ci(r, 'r2_tracing')} | {_ci(r, 'r2_layer_x_tracing')} | {r['f_p_holm']:.3g} | "
+                     + (" / ".join(f"{x:.3f}" for x in hase) if hase else "—") + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("dir", type=Path, help="the study directory")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    args = p.parse_args()
+    print(table(args.dir, args.n_boot))
+
+
+if __name__ == "__main__":
+    main()
