@@ -221,7 +221,7 @@ def test_rows_equal_the_pre_study_loop(synth_model, kg, cache):
     assert [(g["key"], g["set"], g["n"], g["bin"]) for g in golden["rows"]] == list(
         zip(got["key"], got["set"], got["n"], got["bin"], strict=True))
     for col in ("p_before", "p_after", "damage", "acc_drop", "edit_p_before", "edit_p_after"):
-        assert got[col].tolist() == pytest.approx([g[col] for g in golden["rows"]], abs=1e-6), col
+        assert got[col].tolist() == pytest.approx([g[col] for g in golden["rows"]], abs=1e-5), col  # float rounding: issue 18 unembeds only what it reads
     assert all(k.count("@") == 1 for k in r.rows["key"])  # content-derived keys
 
 
