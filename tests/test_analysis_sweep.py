@@ -465,6 +465,19 @@ def test_workers_imply_ray_and_local_refuses_them():
     assert analyze.sweep_config(parser.parse_args(base)) == SweepConfig()  # defaults: the config's, once
 
 
+def test_tracing_method_and_batch_facts_flags_reach_the_config_and_the_stored_settings():
+    from mechedit.cli import analyze
+
+    parser = argparse.ArgumentParser()
+    analyze.register(parser.add_subparsers(dest="command"))
+    base = ["analyze", "localization-vs-editing", "--out", "x"]
+    config = analyze.sweep_config(parser.parse_args([*base, "--tracing-method", "atp", "--batch-facts", "4"]))
+    assert (config.tracing_method, config.batch_facts) == ("atp", 4)
+    assert {"tracing_method": "atp", "batch_facts": 4}.items() <= config.to_dict().items()
+    exact = analyze.sweep_config(parser.parse_args([*base, "--tracing-method", "exact"]))
+    assert "tracing_method" not in exact.to_dict()  # exact stays out of the settings: old directories resume
+
+
 def test_stats_samples_sets_the_key_statistics_of_every_method_that_uses_them(synth_model, tmp_path):
     from mechedit.analysis.sweep_study import resolve_editors
     from mechedit.cli import analyze

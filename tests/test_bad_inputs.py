@@ -156,6 +156,8 @@ CLI_CASES = [
     ("analyze-local-two-workers", [*ANALYZE, "--executor", "local", "--workers", "2"], "local executor runs one",
      PRE),
     ("analyze-unknown-executor", [*ANALYZE, "--executor", "nosuch"], "invalid choice", PRE),
+    ("analyze-unknown-tracing-method", [*ANALYZE, "--tracing-method", "nosuch"], "invalid choice", PRE),
+    ("analyze-batch-facts-0", [*ANALYZE, "--batch-facts", "0"], "--batch-facts: must be", PRE),
     ("analyze-hparams-unknown-field", [*ANALYZE, "--hparams", '{"rome": {"nosuch": 1}}'], "unknown RomeConfig field",
      PRE),
     ("analyze-hparams-unknown-method", [*ANALYZE, "--hparams", '{"romee": {"lr": 1}}'], "unknown method", PRE),

@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="texts in the key statistics of every method that uses them (default from the hparams; "
                    "as in edit and eval)")
     q.add_argument("--seed", type=int, default=None, help=f"seed of the sample, noise and texts (default {d.seed})")
+    q.add_argument("--tracing-method", choices=["exact", "atp", "atp*"], default=None,
+                   help=f"how the tracing effect is computed (default {d.tracing_method}; atp is ~20-30x cheaper "
+                        "on SmolLM2 but changes the verdicts, see README 'Exact or estimated tracing')")
+    q.add_argument("--batch-facts", type=positive_int, default=None,
+                   help=f"facts whose rows run at once; their ROME v* at one layer share a batch (default "
+                        f"{d.batch_facts}; same numbers to float rounding)")
     q.add_argument("--executor", choices=["local", "ray"], default=None,
                    help="where units run: local (this process) or ray (--workers actors); default local, or ray "
                    "when --workers > 1 or --address is given")
@@ -98,7 +104,8 @@ def sweep_config(args: argparse.Namespace) -> Any:
              "methods": _csv(args.methods, str, "--methods") or None,
              "variants": _csv(args.variants, str, "--variants") or None, "window": args.window,
              "noise_samples": args.samples, "order": args.order, "essence_texts": args.essence_texts,
-             "essence_tokens": args.essence_tokens, "seed": args.seed}
+             "essence_tokens": args.essence_tokens, "seed": args.seed, "tracing_method": args.tracing_method,
+             "batch_facts": args.batch_facts}
     return SweepConfig(n_facts=args.n, known_only=not args.all_facts,
                        **{k: v for k, v in given.items() if v is not None})
 
