@@ -4,7 +4,10 @@ The numbers in ``tests/data/editor_golden.json`` were recorded with the code of 
 04be0fa (one ``layer`` field in ROME's config, the v* and key-statistics fields repeated in
 each config); the shared config parts and ``layers`` must not change a bit of the result
 (checked here to 1e-6 of the norm; bit-identical on the machine that recorded them, with the
-tests' two threads; another thread count reorders float sums by ~1e-6 of the norm).
+tests' two threads; another thread count reorders float sums by ~1e-6 of the norm). MEMIT's and
+AlphaEdit's z are optimised in one batch since the batched v* path (same numbers to float
+rounding, ``test_memit_z_of_a_batch_equal_each_request_alone``): their sums are checked to 1e-5
+of the norm.
 """
 
 import json
@@ -36,6 +39,7 @@ def test_deltas_equal_the_ones_recorded_before_the_refactor(arch, tiny_gpt2, tin
         for d in edit.deltas:
             want = GOLDEN[f"{arch}.{name}.{d.layer}"]
             x = d.delta.double()
-            assert float(x.norm()) == pytest.approx(want["norm"], rel=1e-6, abs=1e-9), (name, d.layer)
-            assert float(x.sum()) == pytest.approx(want["sum"], abs=1e-6 * want["norm"]), (name, d.layer)
+            tol = 1e-5 if name in ("memit", "alphaedit") else 1e-6
+            assert float(x.norm()) == pytest.approx(want["norm"], rel=tol, abs=1e-9), (name, d.layer)
+            assert float(x.sum()) == pytest.approx(want["sum"], abs=tol * want["norm"]), (name, d.layer)
         assert len(edit.deltas) == len(config.layers)

@@ -102,3 +102,21 @@ def test_rome_each_gives_the_edits_of_rome_one_request_at_a_time(tiny_llama, cac
         assert edit.requests == one.requests and edit.layers == one.layers == (1,)
         torch.testing.assert_close(edit.deltas[0].delta, one.deltas[0].delta, atol=1e-5, rtol=1e-4)
         assert edit.diagnostics.p_target_after == pytest.approx(one.diagnostics.p_target_after, abs=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [2, 16])
+def test_memit_z_of_a_batch_equal_each_request_alone(tiny_llama, monkeypatch, chunk):
+    import sys
+
+    from mechedit.editors.memit import MemitConfig, memit_targets
+
+    memit_module = sys.modules["mechedit.editors.memit"]  # the package exports the function `memit`
+
+    monkeypatch.setattr(memit_module, "Z_BATCH", chunk)  # 2: three requests in two optimisations
+    cfg = MemitConfig(layers=(0, 1), steps=6, early_stop_loss=0.0)
+    reqs = (REQ, *OTHERS)
+    z, losses = memit_targets(tiny_llama, reqs, TEMPLATES, cfg, progress=False)
+    for i, req in enumerate(reqs):
+        z1, l1 = memit_targets(tiny_llama, [req], TEMPLATES, cfg, progress=False)  # one request: optimize_delta
+        assert (z1[0] - z[i]).abs().max() < 1e-5 < (z1[0] - z[(i + 1) % 3]).abs().max()
+        torch.testing.assert_close(torch.tensor(losses[i]), torch.tensor(l1[0]), atol=1e-5, rtol=1e-5)
