@@ -7,7 +7,9 @@ of the rewrite score's R² (layer alone, tracing alone, both; 95% bootstrap inte
 facts) and the F-test p-value Holm-corrected across every test of the study (all metrics)
 per method × variant, with Hase et al.'s
 values (their Table, ROME/MEMIT/FT 5-layer on GPT-J, CounterFact) beside them; ``--n-boot``
-sets the bootstrap's resamples.
+sets the bootstrap's resamples. Then, per (method, variant), the Spearman ρ of the tracing
+effect and the rewrite score within each layer with its 95% interval (Hase et al.: ρ = −0.13
+at GPT-J's layer 6), and the layers whose interval excludes 0.
 """
 
 from __future__ import annotations
@@ -45,7 +47,23 @@ def table(out_dir: Path, n_boot: int = 1000) -> str:
         lines.append(f"| {r['method']} | {r['variant']} | {facts} | {r['n']} | {_ci(r, 'r2_layer')} | "
                      f"{_ci(r, 'r2_tracing')} | {_ci(r, 'r2_layer_x_tracing')} | {r['f_p_holm']:.3g} | "
                      + (" / ".join(f"{x:.3f}" for x in hase) if hase else "—") + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + by_layer_table(stats.by_layer.query("metric == 'rewrite'"))
+
+
+def by_layer_table(by_layer) -> str:
+    """Per (method, variant): ρ [95% CI] of tracing effect vs rewrite score at each layer."""
+    lines = ["| method | variant | layer | facts | Spearman ρ [95% CI] |", "|---|---|---|---|---|"]
+    notes = []
+    for (method, variant), g in by_layer.groupby(["method", "variant"], sort=False):
+        for r in g.sort_values("layer").to_dict("records"):
+            lines.append(f"| {method} | {variant} | {r['layer']} | {r['n']} | {r['spearman_r']:.2f} "
+                         f"[{r['spearman_lo']:.2f}, {r['spearman_hi']:.2f}] |")
+        away = g[(g["spearman_lo"] > 0) | (g["spearman_hi"] < 0)].sort_values("layer")
+        notes.append(f"- {method} × {variant}: median ρ {g['spearman_r'].median():.2f} over {len(g)} layers; "
+                     f"interval excludes 0 at {len(away)} ("
+                     + (", ".join(f"layer {int(r.layer)}: {r.spearman_r:.2f}" for r in away.itertuples()) or "none")
+                     + ")")
+    return "\n".join([*lines, "", *notes])
 
 
 def main() -> None:
