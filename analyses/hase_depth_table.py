@@ -39,10 +39,11 @@ def table(out_dir: Path, n_boot: int = 1000) -> str:
 
     stats = localization_stats(result.long(), n_boot=n_boot)
     r2 = stats.r2.query("metric == 'rewrite'")
-    lines = ["| method | variant | facts | rows | R² layer | R² tracing | R² both | Holm p | Hase et al. (GPT-J) "
+    lines = ["| method | variant | facts (valid trace) | rows | R² layer | R² tracing | R² both | Holm p | Hase et al. (GPT-J) "
              "layer / tracing / both |", "|---|---|---|---|---|---|---|---|---|"]
     for r in r2.to_dict("records"):
-        facts = result.rows.query("method == @r['method'] and variant == @r['variant']")["case_id"].nunique()
+        group = result.rows.query("method == @r['method'] and variant == @r['variant']")
+        facts = group.loc[group["trace_valid"], "case_id"].nunique()  # the facts in the regression
         hase = HASE.get((r["method"], r["variant"]))
         lines.append(f"| {r['method']} | {r['variant']} | {facts} | {r['n']} | {_ci(r, 'r2_layer')} | "
                      f"{_ci(r, 'r2_tracing')} | {_ci(r, 'r2_layer_x_tracing')} | {r['f_p_holm']:.3g} | "
