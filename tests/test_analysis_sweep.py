@@ -512,3 +512,26 @@ def test_parts_add_rows_for_the_first_facts_after_every_fact_s_main_rows():
     assert SweepConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ConfigError, match="exceed"):
         SweepConfig(n_facts=2, parts=(SweepPart(n_facts=5),))
+
+
+def test_a_rows_batch_is_batch_facts_facts_main_rows(synth_model, records, cache, monkeypatch):
+    """The local executor stores rows every ``batch_facts`` facts: a batch never reaches into
+    later facts' main rows because of the parts' rows planned after them."""
+    from mechedit.analysis.sweep import SweepPart
+
+    config = CONFIG.replace(layers=(0, 1), known_only=False, batch_facts=2,
+                            parts=(SweepPart(layers=(0,), methods=("ft",), n_facts=3),))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def record(self, model, state, table, units):
+        seen.append([(u.payload.record.case_id, u.payload.layer, u.payload.method) for u in units])
+        raise Stop
+
+    monkeypatch.setattr(SweepStudy, "run_batch", record)
+    with pytest.raises(Stop):
+        _sweep(synth_model, records, config, cache)
+    ids = [r.case_id for r in records]
+    assert seen == [[(ids[0], 0, "rome"), (ids[0], 1, "rome"), (ids[1], 0, "rome"), (ids[1], 1, "rome")]]

@@ -407,11 +407,12 @@ class SweepStudy(Study):
         return score_row(model, state, u, self.config, self.bases[u.method], self.n_layers, self.sigma)
 
     def units_per_batch(self, table: str) -> int:
-        """Rows: ``batch_facts`` facts' worth (their ROME rows at one layer share a v* batch);
-        traces: one at a time."""
+        """Rows: ``batch_facts`` facts' worth of the main rows (every fact's main rows come
+        first in :meth:`units`; their ROME rows at one layer share a v* batch), so rows are
+        stored every ``batch_facts`` facts; traces: one at a time."""
         if table == "traces" or self.config.batch_facts == 1:
             return 1
-        return self.config.batch_facts * len(self.config.planned_rows(self.n_layers, 0))
+        return self.config.batch_facts * len(self.layers) * len(self.config.methods) * len(self.config.variants)
 
     def run_batch(self, model: Any, state: Any, table: str, units: Sequence[Unit]) -> list[Row]:
         """:meth:`run` of each unit; ROME rows of one (layer, variant) together (:func:`score_rows_together`)."""
