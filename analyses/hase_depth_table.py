@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+import pandas as pd
+
 from mechedit.analysis.sweep_study import SweepStudy
 from mechedit.studies import load_study_rows
 
@@ -51,7 +53,7 @@ def table(out_dir: Path, n_boot: int = 1000) -> str:
     return "\n".join(lines) + "\n\n" + by_layer_table(stats.by_layer.query("metric == 'rewrite'"))
 
 
-def by_layer_table(by_layer) -> str:
+def by_layer_table(by_layer: pd.DataFrame) -> str:
     """Per (method, variant): ρ [95% CI] of tracing effect vs rewrite score at each layer."""
     lines = ["| method | variant | layer | facts | Spearman ρ [95% CI] |", "|---|---|---|---|---|"]
     notes = []

@@ -63,9 +63,8 @@ def main() -> None:
             runs[name].append(time.perf_counter() - t0)
     loads.append(os.getloadavg()[0])
     gap = float(((z["batched"] - z["one_at_a_time"]).norm(dim=-1) / z["one_at_a_time"].norm(dim=-1)).max())
-    out = {"command": "python benchmarks/bench_memit_z.py " + " ".join(f"--{k} {v}" for k, v in
-                                                                       [("n", args.n), ("threads", args.threads),
-                                                                        ("repeats", args.repeats)]),
+    command = f"python benchmarks/bench_memit_z.py --n {args.n} --threads {args.threads} --repeats {args.repeats}"
+    out = {"command": command,
            "model": "smollm2-135m", "requests": args.n, "layers": list(config.layers), "steps": config.steps,
            "threads": args.threads, "cores": os.cpu_count(),
            "seconds": {k: min(v) for k, v in runs.items()}, "all_seconds": runs,

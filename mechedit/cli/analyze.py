@@ -62,8 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "as in edit and eval)")
     q.add_argument("--seed", type=int, default=None, help=f"seed of the sample, noise and texts (default {d.seed})")
     q.add_argument("--tracing-method", choices=["exact", "atp", "atp*"], default=None,
-                   help=f"how the tracing effect is computed (default {d.tracing_method}; atp is ~20-30x cheaper "
-                        "on SmolLM2 but changes the verdicts, see README 'Exact or estimated tracing')")
+                   help=f"how the tracing effect is computed (default {d.tracing_method}; atp is cheaper but "
+                        "changes the verdicts, see the README's 'Exact or estimated tracing')")
     q.add_argument("--batch-facts", type=positive_int, default=None,
                    help=f"facts whose rows run at once; their ROME v* at one layer share a batch (default "
                         f"{d.batch_facts}; same numbers to float rounding)")

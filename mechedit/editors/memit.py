@@ -97,7 +97,7 @@ def memit_targets(model: Any, requests: Sequence[EditRequest], templates: Sequen
     batches = [build_batch(model, r, templates, s) for r in requests]
     if config.fast and config.subject_noise is None and len(requests) > 1:
         results = [res for i in range(0, len(batches), Z_BATCH)
-                   for res in optimize_deltas(model, batches[i:i + Z_BATCH], z_site, s)]
+                   for res in optimize_deltas(model, batches[i:i + Z_BATCH], z_site, s, progress=progress)]
     else:
         results = [optimize_delta(model, b, z_site, s, fast=config.fast, progress=progress) for b in batches]
     return torch.stack([r.v0 + r.delta for r in results]), [r.losses for r in results]

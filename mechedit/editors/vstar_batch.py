@@ -35,6 +35,7 @@ from mechedit.editors.vstar import (
 from mechedit.errors import ConfigError
 from mechedit.interventions import Capture, capture_until, intervened
 from mechedit.models import model_info
+from mechedit.progress import bar
 from mechedit.sites import Site
 
 
@@ -94,8 +95,23 @@ def _logits(model: Any, suf: Suffixes, rows: Tensor, deltas: Tensor, site: Site,
     return list(flat.split([len(r) for r, _ in picks]))
 
 
-def optimize_deltas(model: Any, batches: Sequence[TemplateBatch], site: Site, s: OptimSettings) -> list[DeltaResult]:
-    """:func:`~mechedit.editors.vstar.optimize_delta` (fast path) for several facts at once (module doc)."""
+def _adam_steps(loss: Tensor, deltas: list[Tensor], opts: list[Any], v0s: list[Tensor], s: OptimSettings) -> None:
+    """One Adam step of each fact's δ on its gradient of ``loss``, then its norm clamp."""
+    grads = torch.autograd.grad(loss, deltas)
+    for delta, opt, v0, g in zip(deltas, opts, v0s, grads, strict=True):
+        opt.zero_grad()
+        delta.grad = g
+        opt.step()
+        with torch.no_grad():
+            max_norm = s.clamp_norm_factor * v0.norm()
+            if delta.norm() > max_norm:
+                delta.mul_(max_norm / delta.norm())
+
+
+def optimize_deltas(model: Any, batches: Sequence[TemplateBatch], site: Site, s: OptimSettings, *,
+                    progress: bool = False) -> list[DeltaResult]:
+    """:func:`~mechedit.editors.vstar.optimize_delta` (fast path) for several facts at once (module doc).
+    ``progress``: a bar over the optimisation steps, showing how many facts are still optimised."""
     if s.subject_noise is not None:
         raise ConfigError("batched v* does not noise subjects; optimise fact forcing one fact at a time")
     device = next(model.parameters()).device
@@ -113,31 +129,27 @@ def optimize_deltas(model: Any, batches: Sequence[TemplateBatch], site: Site, s:
     losses: list[list[float]] = [[] for _ in batches]
     nlls: list[list[float]] = [[] for _ in batches]
     active = list(range(len(batches)))
-    for it in range(s.steps):
-        rows = torch.cat([torch.nonzero(owner == f)[:, 0] for f in active])
-        with torch.enable_grad():
-            per_row = torch.stack(deltas)[owner[rows]]
-            logits = _logits(model, suf, rows.to(device), per_row, site, [batches[f] for f in active])
-            terms = [_loss(lg, batches[f], kl_init[f], deltas[f], v0s[f], s) for f, lg in zip(active, logits,
-                                                                                              strict=True)]
-        going = []
-        for f, (loss, nll, kl_lp) in zip(active, terms, strict=True):
-            kl_init[f] = kl_lp if kl_init[f] is None else kl_init[f]
-            losses[f].append(float(loss.detach()))
-            nlls[f].append(float(nll.detach()))
-            if not (losses[f][-1] < s.early_stop_loss or it == s.steps - 1):
-                going.append(f)
-        if not going:
-            break
-        grads = torch.autograd.grad(sum(terms[active.index(f)][0] for f in going), [deltas[f] for f in going])
-        for f, g in zip(going, grads, strict=True):
-            opts[f].zero_grad()
-            deltas[f].grad = g
-            opts[f].step()
-            with torch.no_grad():
-                max_norm = s.clamp_norm_factor * v0s[f].norm()
-                if deltas[f].norm() > max_norm:
-                    deltas[f].mul_(max_norm / deltas[f].norm())
-        active = going
+    with bar(s.steps, f"v* of {len(batches)} facts at {site}", progress, unit="step") as steps:
+        for it in range(s.steps):
+            rows = torch.cat([torch.nonzero(owner == f)[:, 0] for f in active])
+            with torch.enable_grad():
+                per_row = torch.stack(deltas)[owner[rows]]
+                logits = _logits(model, suf, rows.to(device), per_row, site, [batches[f] for f in active])
+                terms = [_loss(lg, batches[f], kl_init[f], deltas[f], v0s[f], s) for f, lg in zip(active, logits,
+                                                                                                  strict=True)]
+            going = []
+            for f, (loss, nll, kl_lp) in zip(active, terms, strict=True):
+                kl_init[f] = kl_lp if kl_init[f] is None else kl_init[f]
+                losses[f].append(float(loss.detach()))
+                nlls[f].append(float(nll.detach()))
+                if not (losses[f][-1] < s.early_stop_loss or it == s.steps - 1):
+                    going.append(f)
+            steps.update(1)
+            steps.set_postfix(facts=len(going), refresh=False)
+            if not going:
+                break
+            loss = sum(terms[active.index(f)][0] for f in going)
+            _adam_steps(loss, [deltas[f] for f in going], [opts[f] for f in going], [v0s[f] for f in going], s)
+            active = going
     return [DeltaResult(d.detach().clone(), v, tuple(ls), tuple(n))
             for d, v, ls, n in zip(deltas, v0s, losses, nlls, strict=True)]
