@@ -135,11 +135,15 @@ def crash_once(marker: str | Path) -> None:
 @dataclass(frozen=True)
 class FlakyConfig(PredictionsConfig):
     """:class:`~mechedit.studies.toy.PredictionsConfig` plus the faults of the runner's tests:
-    ``delay`` seconds per unit, and the worker killed at prompt ``crash_at`` once (``marker``)."""
+    ``delay`` seconds per unit, and the worker killed at prompt ``crash_at`` once (``marker``);
+    ``batch`` units per :meth:`~mechedit.studies.Study.run_batch`, each call logged as a line
+    ``pid n_units`` to ``batch_log`` (what the executors' batching tests read)."""
 
     crash_at: int = -1
     marker: str = ""
     delay: float = 0.0
+    batch: int = 1
+    batch_log: str = ""
 
 
 class FlakyPredictions(PredictionsStudy):
@@ -155,6 +159,17 @@ class FlakyPredictions(PredictionsStudy):
             crash_once(self.config.marker)
         time.sleep(self.config.delay)
         return super().run(model, state, table, unit)
+
+    def units_per_batch(self, table: str) -> int:
+        return self.config.batch
+
+    def run_batch(self, model: Any, state: Any, table: str, units: Any) -> list[Any]:
+        import os
+
+        if self.config.batch_log:
+            with open(self.config.batch_log, "a") as f:
+                f.write(f"{os.getpid()} {len(units)}\n")
+        return [self.run(model, state, table, u) for u in units]
 
 
 @dataclass(frozen=True, eq=False)

@@ -1,4 +1,5 @@
-"""The sweep study on Ray: 2 actors give the rows of the local executor, and resume its directory.
+"""The sweep study on Ray: 2 actors give the rows of the local executor, and resume its directory; with
+``batch_facts`` each actor runs whole batches of facts, as the local executor does.
 
 A local Ray is started by the test (``ray.init(num_cpus=2)``) and stopped at the end. Both
 executors run at one torch thread per worker: at lr 2 the synthetic model's edits amplify
@@ -7,6 +8,7 @@ the float differences between 1- and 2-thread matrix products.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -27,9 +29,9 @@ CONFIG = SweepConfig(layers=(0, 1), methods=("rome",), variants=("injection", "r
                      essence_texts=1, essence_tokens=4, known_only=False)
 
 
-def _study(tmp_path):
+def _study(tmp_path, config=CONFIG):
     recs, _ = load_counterfact(shipped_model_dir() / "counterfact.json")
-    return SweepStudy(ModelSpec(str(shipped_model_dir()), threads=1), recs[:3], CONFIG, editors=BASES,
+    return SweepStudy(ModelSpec(str(shipped_model_dir()), threads=1), recs[:3], config, editors=BASES,
                       corpus=Corpus.model_samples(n_tokens=16), stats_dir=tmp_path / "stats")
 
 
@@ -46,3 +48,11 @@ def test_two_ray_workers_give_the_rows_of_the_local_executor_and_resume_it(local
     assert len(keys) == len(set(keys)) == 12  # each unit stored once
     runs = json.loads((out / "study.json").read_text())["runs"]
     assert [(r["executor"], r["workers"]) for r in runs] == [("local", 1), ("ray", 2)]
+
+
+def test_ray_actors_run_the_sweeps_fact_batches_as_the_local_executor_does(local_ray, tmp_path):
+    config = dataclasses.replace(CONFIG, batch_facts=2)  # 2 facts' rows per run_batch, their v* in one batch
+    local = run_study(_study(tmp_path, config), tmp_path / "local", progress=False)
+    on_ray = run_study(_study(tmp_path, config), tmp_path / "ray", executor="ray", workers=2, progress=False)
+    assert len(on_ray.sweep_rows) == 12
+    assert rows_equal(on_ray.sweep_rows, local.sweep_rows)

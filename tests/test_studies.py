@@ -199,6 +199,18 @@ def test_ray_equals_local_and_survives_a_killed_worker(tiny_dirs, tmp_path, loca
     assert json.loads((out / "study.json").read_text())["runs"][0]["executor"] == "ray"
 
 
+def test_ray_hands_each_actor_the_studys_batches(tiny_dirs, tmp_path, local_ray):
+    n, log = 10, tmp_path / "batches.log"
+    reference = run_study(flaky(tiny_dirs["gpt2"], n), None, progress=False)
+    result = run_study(flaky(tiny_dirs["gpt2"], n, batch=3, batch_log=str(log)), tmp_path / "ray", executor="ray",
+                       workers=2, progress=False)
+    assert rows_equal(result.table(), reference.table())
+    calls = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    # 10 units in batches of 3: three run_batch calls of 3 (a batch of one is run alone), on both actors
+    assert sorted(size for _, size in calls) == [3, 3, 3]
+    assert len({pid for pid, _ in calls}) == 2
+
+
 def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
     cfg = tmp_path / "p.toml"
     cfg.write_text(f'study = "predictions"\nmodel = "{tiny_dirs["gpt2"]}"\nout = "res"\n'

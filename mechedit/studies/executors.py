@@ -11,9 +11,11 @@ row as it arrives. ``error`` is the message of an exception the study declared s
 (``ModelSpec``), sets its torch threads, calls ``study.setup`` and keeps that state (key
 statistics, templates, baselines) for all its units. The first actor is set up before the
 others start, so disk caches it fills (key statistics) are read, not recomputed, by the
-rest on the same machine. Units of one group (one fact) stay on one actor while it has
-some, then it takes the next group; a killed actor is restarted by Ray and its unit
-retried (``max_restarts``/``max_task_retries``). With no ``address`` a local Ray is started
+rest on the same machine. An actor is handed ``study.units_per_batch(table)`` units at a
+time, run by ``study.run_batch`` as on the local executor (e.g. the sweep's v* of several
+facts at one layer in one batch): the units of the group (one fact) it is on first, then
+those of the next waiting groups, so a group stays on one actor while it has units. A
+killed actor is restarted by Ray and its batch retried (``max_restarts``/``max_task_retries``). With no ``address`` a local Ray is started
 (and stopped at the end); ``address="auto"`` or ``HOST:PORT`` joins a running cluster.
 """
 
@@ -165,15 +167,16 @@ class _RayWorker:
             self.state, self.ready = self.study.setup(self.model), True
         return os.getpid()
 
-    def run(self, table: str, unit: Unit) -> tuple[Row | None, str | None]:
+    def run_batch(self, table: str, units: Sequence[Unit]) -> list[tuple[Row | None, str | None]]:
         self.warm()
-        return _run_one(self.study, self.model, self.state, table, unit)
+        return _run_batch(self.study, self.model, self.state, table, units)
 
 
 class _RayPool:
     def __init__(self, study: Study, workers: int, threads: int, num_gpus: float) -> None:
         import ray
 
+        self.study = study
         cls = ray.remote(_RayWorker).options(num_cpus=threads, num_gpus=num_gpus, max_restarts=-1,
                                              max_task_retries=-1)
         self.actors = [cls.remote(study, threads)]
@@ -199,24 +202,30 @@ class _RayPool:
             groups.setdefault(u.group or u.key, deque()).append(u)
         waiting = deque(groups)
         current: dict[int, str | None] = dict.fromkeys(range(len(self.actors)))
-        running: dict[Any, tuple[int, Unit]] = {}
+        running: dict[Any, tuple[int, list[Unit]]] = {}
+        size = max(1, self.study.units_per_batch(table))
 
         def feed(i: int) -> None:
-            g = current[i]
-            if g is None or not groups[g]:
-                g = current[i] = waiting.popleft() if waiting else None
-            if g is not None:
-                unit = groups[g].popleft()
-                running[self.actors[i].run.remote(table, unit)] = (i, unit)
+            batch: list[Unit] = []
+            while len(batch) < size:
+                g = current[i]
+                if g is None or not groups[g]:
+                    if not waiting:
+                        break
+                    g = current[i] = waiting.popleft()
+                batch.append(groups[g].popleft())
+            if batch:
+                running[self.actors[i].run_batch.remote(table, batch)] = (i, batch)
 
         for i in range(len(self.actors)):
             feed(i)
         while running:
             ready, _ = ray.wait(list(running), num_returns=1)
-            i, unit = running.pop(ready[0])
-            row, error = ray.get(ready[0])
+            i, batch = running.pop(ready[0])
+            results = ray.get(ready[0])
             feed(i)
-            yield unit, row, error
+            for unit, (row, error) in zip(batch, results, strict=True):
+                yield unit, row, error
 
     def close(self) -> None:
         import ray

@@ -163,7 +163,7 @@ class Study(ABC):
     def run(self, model: Any, state: Any, table: str, unit: Unit) -> Row:
         """Compute one unit's row."""
 
-    #: consecutive units the local executor hands to :meth:`run_batch` at once (Ray: one)
+    #: consecutive units an executor hands to :meth:`run_batch` at once (local: in order; Ray: per actor)
     batch_units: ClassVar[int] = 1
 
     def units_per_batch(self, table: str) -> int:
