@@ -135,7 +135,7 @@ class SweepConfig(Config):
     settings) and of the trace keys while ``exact``, so earlier sweep directories resume.
     ``parts``: more (layers, methods, variants) for the first facts (:class:`SweepPart`), run
     after the main cross product of every fact (:meth:`groups`).
-    ``batch_facts``: the local executor runs this many facts' rows at once, and the ROME rows
+    ``batch_facts``: a worker (local, or each Ray actor) runs this many facts' rows at once, and the ROME rows
     among them that share a layer and a variant optimise their v* in one batch (same numbers
     to float rounding; :mod:`mechedit.editors.vstar_batch`).
     """
