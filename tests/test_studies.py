@@ -199,6 +199,20 @@ def test_ray_equals_local_and_survives_a_killed_worker(tiny_dirs, tmp_path, loca
     assert json.loads((out / "study.json").read_text())["runs"][0]["executor"] == "ray"
 
 
+def test_ray_hands_out_units_in_the_studys_order_a_group_run_at_a_time():
+    from mechedit.studies.executors import _runs_of_groups
+    from mechedit.studies.study import Unit
+
+    # a sweep's order: every fact's main rows, then the first facts' parts (their group again)
+    units = [Unit(f"{g}|{kind}{i}", None, g) for kind, facts in (("main", "abc"), ("part", "ab"))
+             for g in facts for i in range(2)] + [Unit("lone", None)]
+    runs = _runs_of_groups(units)
+    assert [u for run in runs for u in run] == units  # the study's order, nothing reordered or lost
+    assert [[u.key for u in run] for run in runs] == [
+        ["a|main0", "a|main1"], ["b|main0", "b|main1"], ["c|main0", "c|main1"],
+        ["a|part0", "a|part1"], ["b|part0", "b|part1"], ["lone"]]
+
+
 def test_ray_hands_each_actor_the_studys_batches(tiny_dirs, tmp_path, local_ray):
     n, log = 10, tmp_path / "batches.log"
     reference = run_study(flaky(tiny_dirs["gpt2"], n), None, progress=False)

@@ -13,8 +13,9 @@ statistics, templates, baselines) for all its units. The first actor is set up b
 others start, so disk caches it fills (key statistics) are read, not recomputed, by the
 rest on the same machine. An actor is handed ``study.units_per_batch(table)`` units at a
 time, run by ``study.run_batch`` as on the local executor (e.g. the sweep's v* of several
-facts at one layer in one batch): the units of the group (one fact) it is on first, then
-those of the next waiting groups, so a group stays on one actor while it has units. A
+facts at one layer in one batch), in the study's order: the rest of the run of one group
+(one fact's consecutive units) it is on first, then the next runs, so consecutive units of
+a group stay on one actor and a partial run holds what the local executor's would. A
 killed actor is restarted by Ray and its batch retried (``max_restarts``/``max_task_retries``). With no ``address`` a local Ray is started
 (and stopped at the end); ``address="auto"`` or ``HOST:PORT`` joins a running cluster.
 """
@@ -172,6 +173,21 @@ class _RayWorker:
         return _run_batch(self.study, self.model, self.state, table, units)
 
 
+def _runs_of_groups(units: Sequence[Unit]) -> deque[deque[Unit]]:
+    """``units`` in the study's order, cut where the group changes: each run is handed out
+    whole to one actor, and the runs in order (a group that comes back later, e.g. a fact's
+    parts after every fact's main rows, is a later run)."""
+    runs: deque[deque[Unit]] = deque()
+    last: str | None = None
+    for u in units:
+        g = u.group or u.key
+        if not runs or g != last:
+            runs.append(deque())
+        runs[-1].append(u)
+        last = g
+    return runs
+
+
 class _RayPool:
     def __init__(self, study: Study, workers: int, threads: int, num_gpus: float) -> None:
         import ray
@@ -197,23 +213,20 @@ class _RayPool:
     def map(self, table: str, units: Sequence[Unit]) -> Iterator[tuple[Unit, Row | None, str | None]]:
         import ray
 
-        groups: dict[str, deque[Unit]] = {}
-        for u in units:
-            groups.setdefault(u.group or u.key, deque()).append(u)
-        waiting = deque(groups)
-        current: dict[int, str | None] = dict.fromkeys(range(len(self.actors)))
+        waiting = _runs_of_groups(units)
+        current: dict[int, deque[Unit] | None] = dict.fromkeys(range(len(self.actors)))
         running: dict[Any, tuple[int, list[Unit]]] = {}
         size = max(1, self.study.units_per_batch(table))
 
         def feed(i: int) -> None:
             batch: list[Unit] = []
             while len(batch) < size:
-                g = current[i]
-                if g is None or not groups[g]:
+                run = current[i]
+                if not run:
                     if not waiting:
                         break
-                    g = current[i] = waiting.popleft()
-                batch.append(groups[g].popleft())
+                    run = current[i] = waiting.popleft()
+                batch.append(run.popleft())
             if batch:
                 running[self.actors[i].run_batch.remote(table, batch)] = (i, batch)
 
