@@ -10,6 +10,11 @@ values (their Table, ROME/MEMIT/FT 5-layer on GPT-J, CounterFact) beside them; `
 sets the bootstrap's resamples. Then, per (method, variant), the Spearman ρ of the tracing
 effect and the rewrite score within each layer with its 95% interval (Hase et al.: ρ = −0.13
 at GPT-J's layer 6), and the layers whose interval excludes 0.
+
+Every (method, variant) the study plans gets a row, in Hase et al.'s order, then their pairs
+this study does not run. A pair with fewer than ``--min-facts`` complete facts (default 10)
+is listed with its count and left out of the statistics, the Holm family included: an R²
+over a handful of facts says nothing, and a running study reaches its parts late.
 """
 
 from __future__ import annotations
@@ -34,22 +39,40 @@ def _ci(r: dict, name: str) -> str:
     return f"{r[name]:.3f} [{r[name + '_lo']:.3f}, {r[name + '_hi']:.3f}]"
 
 
-def table(out_dir: Path, n_boot: int = 1000) -> str:
+def _hase(pair: tuple[str, str]) -> str:
+    return " / ".join(f"{x:.3f}" for x in HASE[pair]) if pair in HASE else "—"
+
+
+def planned_pairs(config: dict) -> list[tuple[str, str]]:
+    """The study's (method, variant) pairs, main and parts, in Hase et al.'s order first."""
+    pairs = {(m, v) for part in [config, *config.get("parts", ())] for m in part["methods"] for v in part["variants"]}
+    return sorted(pairs, key=lambda p: (list(HASE).index(p) if p in HASE else len(HASE), p))
+
+
+def table(out_dir: Path, n_boot: int = 1000, min_facts: int = 10) -> str:
     settings = json.loads((out_dir / "study.json").read_text())["settings"]
     result = load_study_rows(out_dir, SweepStudy.from_settings(settings)).complete()
     from mechedit.analysis.stats import localization_stats
 
-    stats = localization_stats(result.long(), n_boot=n_boot)
-    r2 = stats.r2.query("metric == 'rewrite'")
+    long = result.long()
+    facts = long[long["trace_valid"]].groupby(["method", "variant"])["case_id"].nunique()  # facts in the regression
+    enough = [pair for pair, n in facts.items() if n >= min_facts]
+    stats = localization_stats(long[pd.Series(list(zip(long["method"], long["variant"], strict=True)),
+                                              index=long.index).isin(enough)], n_boot=n_boot)
+    r2 = {(r["method"], r["variant"]): r for r in stats.r2.query("metric == 'rewrite'").to_dict("records")}
     lines = ["| method | variant | facts (valid trace) | rows | R² layer | R² tracing | R² both | Holm p | Hase et al. (GPT-J) "
              "layer / tracing / both |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in r2.to_dict("records"):
-        group = result.rows.query("method == @r['method'] and variant == @r['variant']")
-        facts = group.loc[group["trace_valid"], "case_id"].nunique()  # the facts in the regression
-        hase = HASE.get((r["method"], r["variant"]))
-        lines.append(f"| {r['method']} | {r['variant']} | {facts} | {r['n']} | {_ci(r, 'r2_layer')} | "
-                     f"{_ci(r, 'r2_tracing')} | {_ci(r, 'r2_layer_x_tracing')} | {r['f_p_holm']:.3g} | "
-                     + (" / ".join(f"{x:.3f}" for x in hase) if hase else "—") + " |")
+    pairs = planned_pairs(settings["config"])
+    for pair in pairs:
+        n = int(facts.get(pair, 0))
+        if pair in r2:
+            r = r2[pair]
+            lines.append(f"| {pair[0]} | {pair[1]} | {n} | {r['n']} | {_ci(r, 'r2_layer')} | {_ci(r, 'r2_tracing')} | "
+                         f"{_ci(r, 'r2_layer_x_tracing')} | {r['f_p_holm']:.3g} | {_hase(pair)} |")
+        else:
+            lines.append(f"| {pair[0]} | {pair[1]} | {n} | — | fewer than {min_facts} facts so far | | | | "
+                         f"{_hase(pair)} |")
+    lines += [f"| {m} | {v} | not in this study | | | | | | {_hase((m, v))} |" for m, v in HASE if (m, v) not in pairs]
     return "\n".join(lines) + "\n\n" + by_layer_table(stats.by_layer.query("metric == 'rewrite'"))
 
 
@@ -73,8 +96,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dir", type=Path, help="the study directory")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    p.add_argument("--min-facts", type=int, default=10, help="facts a pair needs to be reported (default 10)")
     args = p.parse_args()
-    print(table(args.dir, args.n_boot))
+    print(table(args.dir, args.n_boot, args.min_facts))
 
 
 if __name__ == "__main__":
