@@ -17,7 +17,9 @@ rows read nothing from a trace, so the facts get placeholder traces.
 --workers 2 --threads 1``): ``BENCH_PARALLEL`` workers at once, one thread each, each on
 its own ``BENCH_FACTS`` facts (the actors' layout without Ray, whose cost per unit is
 2.9 ms: ``bench_studies.py``); its seconds per row are the wall time of the slowest
-worker over the rows of all of them, i.e. what a row costs this machine.
+worker over the rows of all of them, i.e. what a row costs this machine. ``threads`` is the
+working tree in one worker at ``BENCH_PARALLEL`` threads (the local executor's default on
+this machine), what ``parallel`` is to be compared with.
 Timed: every row of each fact, the fact's Hase baseline (essence texts) included. Prints
 JSON: seconds per row and rows per second of each, split into edit and scoring (the fact's
 Hase baseline falls in the scoring of its first row), the ratio, the load average before and
@@ -99,11 +101,13 @@ def _result(proc: subprocess.Popen, tree: Path) -> dict:
     return json.loads(lines[-1][len("BENCH "):])
 
 
-def run_version(tree: Path, workers: int = 1) -> dict:
-    """``workers`` worker processes at once on disjoint facts; one merged result."""
+def run_version(tree: Path, workers: int = 1, threads: int | None = None) -> dict:
+    """``workers`` worker processes at once on disjoint facts (``threads`` each, default
+    ``BENCH_THREADS``); one merged result."""
     procs = []
     for w in range(workers):
-        env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_SKIP": str(w * (int(_env("BENCH_FACTS", "4")) + 1))}
+        env = {**os.environ, "PYTHONPATH": str(tree), "BENCH_SKIP": str(w * (int(_env("BENCH_FACTS", "4")) + 1)),
+               "BENCH_THREADS": str(threads or _env("BENCH_THREADS", "1"))}
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker"], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=ROOT))
     parts = [_result(p, tree) for p in procs]
@@ -122,16 +126,17 @@ def main() -> None:
         old_tree = Path(tmp)
         archive = subprocess.run(["git", "archive", base, "mechedit"], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(old_tree)], input=archive.stdout, check=True)
-        runs: dict[str, list[dict]] = {"old": [], "new": [], "parallel": []}
+        runs: dict[str, list[dict]] = {"old": [], "new": [], "parallel": [], "threads": []}
         for _ in range(int(_env("BENCH_REPEATS", "1"))):
             runs["old"].append(run_version(old_tree))
             runs["new"].append(run_version(ROOT))
             runs["parallel"].append(run_version(ROOT, int(_env("BENCH_PARALLEL", "2"))))
+            runs["threads"].append(run_version(ROOT, threads=int(_env("BENCH_PARALLEL", "2"))))
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "mechedit"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip())
     best = {k: min(v, key=lambda r: r["s_per_row"]) for k, v in runs.items()}
-    diff = max(abs(a - b) for k in ("new", "parallel")
+    diff = max(abs(a - b) for k in ("new", "parallel", "threads")
                for a, b in zip(best["old"]["rewrite"], best[k]["rewrite"], strict=True))
     out = {"command": "python benchmarks/bench_sweep_row.py", "model": "smollm2-135m", "cpu_cores": os.cpu_count(),
            "threads": int(_env("BENCH_THREADS", "1")), "facts": int(_env("BENCH_FACTS", "4")),
@@ -141,6 +146,7 @@ def main() -> None:
            "s_per_row": {k: r["s_per_row"] for k, r in best.items()},
            "speed_up": round(best["old"]["s_per_row"] / best["new"]["s_per_row"], 2),
            "speed_up_parallel": round(best["old"]["s_per_row"] / best["parallel"]["s_per_row"], 2),
+           "parallel_over_threads": round(best["threads"]["s_per_row"] / best["parallel"]["s_per_row"], 2),
            "max_rewrite_difference": diff}
     text = json.dumps(out, indent=2) + "\n"
     sys.stdout.write(text)
