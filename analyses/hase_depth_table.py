@@ -57,9 +57,9 @@ def table(out_dir: Path, n_boot: int = 1000, min_facts: int = 10) -> str:
     long = result.long()
     facts = long[long["trace_valid"]].groupby(["method", "variant"])["case_id"].nunique()  # facts in the regression
     enough = [pair for pair, n in facts.items() if n >= min_facts]
-    stats = localization_stats(long[pd.Series(list(zip(long["method"], long["variant"], strict=True)),
-                                              index=long.index).isin(enough)], n_boot=n_boot)
-    r2 = {(r["method"], r["variant"]): r for r in stats.r2.query("metric == 'rewrite'").to_dict("records")}
+    kept = long[pd.Series(list(zip(long["method"], long["variant"], strict=True)), index=long.index).isin(enough)]
+    stats = localization_stats(kept, n_boot=n_boot) if enough else None
+    r2 = {(r["method"], r["variant"]): r for r in stats.r2.query("metric == 'rewrite'").to_dict("records")} if stats else {}
     lines = ["| method | variant | facts (valid trace) | rows | R² layer | R² tracing | R² both | Holm p | Hase et al. (GPT-J) "
              "layer / tracing / both |", "|---|---|---|---|---|---|---|---|---|"]
     pairs = planned_pairs(settings["config"])
@@ -73,7 +73,7 @@ def table(out_dir: Path, n_boot: int = 1000, min_facts: int = 10) -> str:
             lines.append(f"| {pair[0]} | {pair[1]} | {n} | — | fewer than {min_facts} facts so far | | | | "
                          f"{_hase(pair)} |")
     lines += [f"| {m} | {v} | not in this study | | | | | | {_hase((m, v))} |" for m, v in HASE if (m, v) not in pairs]
-    return "\n".join(lines) + "\n\n" + by_layer_table(stats.by_layer.query("metric == 'rewrite'"))
+    return "\n".join(lines) + ("\n\n" + by_layer_table(stats.by_layer.query("metric == 'rewrite'")) if stats else "\n")
 
 
 def by_layer_table(by_layer: pd.DataFrame) -> str:

@@ -284,6 +284,26 @@ def test_the_committed_directories_reproduce_their_tables_without_a_model(monkey
         pd.testing.assert_frame_equal(got[list(want.columns)], want, check_exact=True)
 
 
+def test_the_deep_study_table_is_rebuilt_from_its_rows_and_gates_pairs_with_few_facts(monkeypatch):
+    """``analyses/hase_depth_table.py`` on the committed deep directory gives its committed
+    ``table.md``; with a gate above every pair's count no statistic is computed, every planned
+    pair is listed with its count, and Hase et al.'s pair the study does not run is named."""
+    import importlib.util
+
+    monkeypatch.setattr(mechedit, "load_model", lambda *a, **k: pytest.fail("no model for a table"))
+    spec = importlib.util.spec_from_file_location("hase_depth_table", RESULTS.parent / "hase_depth_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = RESULTS / "hase_depth_smollm2"
+    assert mod.table(out) + "\n" == (out / "table.md").read_text()
+    gated = mod.table(out, min_facts=10**6).splitlines()
+    assert [line.split(" | ")[:2] for line in gated[2:10]] == [
+        ["| rome", "injection"], ["| memit", "injection"], ["| rome", "reversal"], ["| rome", "erasure"],
+        ["| rome", "amplification"], ["| rome", "forcing"], ["| ft", "injection"], ["| ft5", "injection"]]
+    assert all("fewer than 1000000 facts" in line for line in gated[2:10])
+    assert gated[10].startswith("| ft5 | forcing | not in this study")
+
+
 @pytest.mark.parametrize("name,methods,variants", [
     ("localization_vs_editing_methods", "rome,memit,ft,ft5", "injection"),
     ("localization_vs_editing", "rome", "injection,reversal,erasure,amplification,forcing")])
