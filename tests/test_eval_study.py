@@ -61,7 +61,7 @@ def _close(got, want) -> bool:
     if isinstance(got, list | tuple) and isinstance(want, list | tuple):
         return len(got) == len(want) and all(_close(g, w) for g, w in zip(got, want, strict=True))
     if isinstance(got, float) and isinstance(want, float | int) and not isinstance(want, bool):
-        return (math.isnan(got) and math.isnan(want)) or math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6)
+        return (math.isnan(got) and math.isnan(want)) or math.isclose(got, want, rel_tol=1e-4, abs_tol=1e-5)  # float32 kernels differ by CPU (~1e-6 relative; amplified through an edit)
     return got == want
 
 

@@ -29,7 +29,7 @@ def arch_model(request):
 
 
 def close(new, old):
-    assert list(map(float, new)) == pytest.approx(old, rel=1e-6, abs=1e-12)
+    assert list(map(float, new)) == pytest.approx(old, rel=1e-5, abs=1e-12)  # float32 kernels differ by CPU (~1e-6 relative; amplified through an edit)
 
 
 def test_single_prompt_probability_equals_the_old_target_probability(arch_model):

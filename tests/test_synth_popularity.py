@@ -6,6 +6,7 @@ from a hand-made graph whose side-effect sets are written out by hand.
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -245,7 +246,8 @@ def test_committed_results_report_rebuilds_their_tables_without_a_model(tmp_path
         monkeypatch.setattr(where, "load_model", lambda *a, **k: pytest.fail("the report loaded a model"))
     assert main(["study", "report", str(out)]) == 0
     for name in ("correlations.csv", "binned.csv"):
-        assert (out / name).read_text() == (src / name).read_text(), name
+        # numbers to the last bits a CPU's BLAS leaves alone
+        pd.testing.assert_frame_equal(pd.read_csv(out / name), pd.read_csv(src / name), check_exact=False, rtol=1e-9)
     for name in ("damage_vs_popularity.png", "acc_drop_vs_popularity.png", "spearman_damage_vs_degree.png"):
         assert (out / name).stat().st_size > 10_000, name
     assert len(PopularityResult.load(out).rows["key"].unique()) == 450
