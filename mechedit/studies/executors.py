@@ -17,7 +17,8 @@ facts at one layer in one batch), in the study's order: the rest of the run of o
 (one fact's consecutive units) it is on first, then the next runs, so consecutive units of
 a group stay on one actor and a partial run holds what the local executor's would. A
 killed actor is restarted by Ray and its batch retried (``max_restarts``/``max_task_retries``).
-With no ``address`` a local Ray is started (and stopped at the end); ``address="auto"`` or ``HOST:PORT`` joins a running cluster.
+With no ``address`` a local Ray is started (and stopped at the end); ``address="auto"`` or
+``HOST:PORT`` joins a running cluster.
 """
 
 from __future__ import annotations
