@@ -539,6 +539,43 @@ def test_parts_add_rows_for_the_first_facts_after_every_fact_s_main_rows():
         SweepConfig(n_facts=2, parts=(SweepPart(n_facts=5),))
 
 
+def test_an_appended_part_grows_a_directory_with_extend_and_nothing_else_does(synth_model, records, cache, tmp_path,
+                                                                             monkeypatch):
+    """``extend``: the old rows stay byte for byte, only the new part's row is computed, and
+    the result is a fresh run's; a changed (not appended) part or one without a planned
+    editor is refused, with and without ``extend``."""
+    from mechedit.analysis.sweep import SweepPart
+
+    base = CONFIG.replace(parts=(SweepPart(layers=(0,), methods=("ft",), n_facts=2),))
+    grown = base.replace(parts=(*base.parts, SweepPart(layers=(1,), methods=("ft",), n_facts=1)))
+    out = tmp_path / "a"
+    _sweep(synth_model, records[:2], base, cache, out)
+    old_rows, old_settings = (out / "rows.jsonl").read_text(), json.loads((out / "study.json").read_text())["settings"]
+    with pytest.raises(ConfigError, match="config.parts.*rerun with --extend"):
+        _sweep(synth_model, records[:2], grown, cache, out)
+    calls = {"score": 0, "trace": 0}
+    real_score, real_trace = study_mod.score_row, study_mod.trace_fact
+    monkeypatch.setattr(study_mod, "score_row", lambda *a, **k: calls.update(score=calls["score"] + 1) or real_score(*a, **k))
+    monkeypatch.setattr(study_mod, "trace_fact", lambda *a, **k: calls.update(trace=calls["trace"] + 1) or real_trace(*a, **k))
+    extended = run_study(_study(synth_model, records[:2], grown, cache), out, progress=False, extend=True)
+    assert calls == {"score": 1, "trace": 0} and extended.n_new == 1
+    assert (out / "rows.jsonl").read_text().startswith(old_rows)
+    fresh = _sweep(synth_model, records[:2], grown, cache, tmp_path / "b")
+    assert rows_equal(extended.sweep_rows, fresh.sweep_rows) and rows_equal(extended.trace_rows, fresh.trace_rows)
+    meta = json.loads((out / "study.json").read_text())
+    assert meta["settings"] == json.loads((tmp_path / "b" / "study.json").read_text())["settings"]
+    assert [e["settings"] for e in meta["extended"]] == [old_settings]
+    assert _sweep(synth_model, records[:2], grown, cache, out).n_new == 0  # the grown settings are the directory's
+    changed = grown.replace(parts=(base.parts[0].replace(layers=(1,)), *grown.parts[1:], base.parts[0]))  # longer
+    for extend in (False, True):
+        with pytest.raises(ConfigError, match=r"config.parts\); use another --out"):
+            run_study(_study(synth_model, records[:2], changed, cache), out, progress=False, extend=extend)
+    with pytest.raises(ConfigError, match=r"the added parts use \['memit'\].*no editor"):
+        run_study(_study(synth_model, records[:2], grown.replace(parts=(*grown.parts, SweepPart(methods=("memit",)))),
+                         cache), out, progress=False, extend=True)
+    assert (out / "rows.jsonl").read_text().count("\n") == old_rows.count("\n") + 1  # nothing else was written
+
+
 def test_a_rows_batch_is_batch_facts_facts_main_rows(synth_model, records, cache, monkeypatch):
     """The local executor stores rows every ``batch_facts`` facts: a batch never reaches into
     later facts' main rows because of the parts' rows planned after them."""

@@ -243,6 +243,29 @@ def test_study_cli_run_and_report(tiny_dirs, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_study_cli_extend_grows_a_directory_by_appended_units_only(tiny_dirs, tmp_path, capsys, reference):
+    def config(prompts, top_k=3):
+        (tmp_path / "p.toml").write_text(f'study = "predictions"\nmodel = "{tiny_dirs["gpt2"]}"\nout = "res"\n'
+                                         f'[config]\nprompts = {json.dumps(list(prompts))}\ntop_k = {top_k}\n')
+        return str(tmp_path / "p.toml")
+
+    res = tmp_path / "res" / "predictions.jsonl"
+    assert main(["study", "run", config(PROMPTS[:4]), "--quiet"]) == 0
+    first = res.read_text()
+    assert main(["study", "run", config(PROMPTS), "--quiet"]) == 2
+    assert "they only add units: rerun with --extend" in capsys.readouterr().err
+    assert main(["study", "run", config(PROMPTS), "--quiet", "--extend"]) == 0
+    assert res.read_text().startswith(first) and len(lines(res)) == len(PROMPTS)
+    grown = load_study_rows(tmp_path / "res", study(tiny_dirs["gpt2"]))
+    assert rows_equal(grown.rows["predictions"], reference.rows["predictions"])  # an uninterrupted run's
+    meta = json.loads((tmp_path / "res" / "study.json").read_text())
+    assert [e["settings"]["config"]["prompts"] for e in meta["extended"]] == [list(PROMPTS[:4])]
+    for prompts, top_k in ((PROMPTS[1:], 3), ([*PROMPTS[::-1], "x"], 3), ([*PROMPTS, "x"], 2)):  # none appends only
+        assert main(["study", "run", config(prompts, top_k), "--quiet", "--extend"]) == 2
+        assert "use another --out" in capsys.readouterr().err
+    assert len(lines(res)) == len(PROMPTS)
+
+
 @pytest.mark.parametrize("directory", ["eval_rome_smollm2", "eval_memit_batch10_smollm2", "localization_vs_editing",
                                        "curse_of_popularity", "curse_of_popularity/trace_vs_edit",
                                        "curse_of_popularity/graphs/erdos_renyi",

@@ -25,6 +25,7 @@ without the model or the data file.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -323,6 +324,23 @@ class SweepStudy(Study):
 
             name = model_info(self.model.loaded).name
         return {"model": str(name), **self.inputs, "config": self.config.to_dict(), "editors": self.editors}
+
+    def extends(self, old: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
+        """Parts appended, nothing else changed: the old rows keep their keys and the stored
+        plan (facts, σ, editors) serves the new parts, whose methods it must have editors for."""
+        new = json.loads(json.dumps(self.settings(), default=str))
+        old_parts, new_parts = list(old.get("config", {}).get("parts", [])), list(new["config"].get("parts", []))
+
+        def rest(settings: Mapping[str, Any]) -> dict[str, Any]:
+            return {**settings, "config": {k: v for k, v in settings.get("config", {}).items() if k != "parts"}}
+
+        if rest(old) != rest(new) or len(new_parts) <= len(old_parts) or new_parts[:len(old_parts)] != old_parts:
+            return False
+        missing = sorted({m for p in new_parts for m in p["methods"]} - set(plan.get("editors", {})))
+        if missing:
+            raise ConfigError(f"the added parts use {missing}, which this directory's plan has no editor for; "
+                              "run them in another --out")
+        return True
 
     def plan(self, model: Any) -> dict[str, Any]:
         from mechedit.data import select_records

@@ -42,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--num-gpus", type=float, help="GPUs per Ray actor, fractional to share one (default 0)")
     r.add_argument("--threads", type=positive_int, help="torch threads per worker (default: cores / workers)")
     r.add_argument("--max-units", type=positive_int, help="stop after N new units (a rerun continues)")
+    r.add_argument("--extend", action="store_true",
+                   help="let --out, made with settings this file only adds units to (a sweep: parts appended), grow")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     add_device_arg(r)
     r.set_defaults(func=run_cmd, device=None)
@@ -90,7 +92,7 @@ def run_cmd(args: argparse.Namespace) -> int:
                              num_gpus=args.num_gpus if args.num_gpus is not None else spec.get("num_gpus", 0.0),
                              threads=args.threads or spec.get("threads"))
     result = run_study(study, out, executor=executor, workers=args.workers or spec.get("workers", 1),
-                       progress=not args.quiet, max_units=args.max_units)
+                       progress=not args.quiet, max_units=args.max_units, extend=args.extend)
     study.report(result, out, _command())
     run = result.provenance.get("run", {})
     print(f"{study.name}: {sum(run.get('added', {}).values())} new units, "

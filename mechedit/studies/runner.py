@@ -39,9 +39,11 @@ log = logging.getLogger(__name__)
 STUDY_FILE = "study.json"
 
 
-def check_study_dir(out: str | Path, study: Study) -> dict[str, Any] | None:
+def check_study_dir(out: str | Path, study: Study, *, extend: bool = False) -> dict[str, Any] | None:
     """The directory's ``study.json`` if it holds this study with these settings (None: new);
-    another study or other settings is a :class:`ConfigError` naming what differs."""
+    another study or other settings is a :class:`ConfigError` naming what differs. With
+    ``extend``, settings that only add units (:meth:`Study.extends`) are accepted: the
+    returned meta holds the new settings and, under ``extended``, the old ones and when."""
     path = Path(out) / STUDY_FILE
     if not path.is_file():
         return None
@@ -53,11 +55,15 @@ def check_study_dir(out: str | Path, study: Study) -> dict[str, Any] | None:
     if meta.get("study") != study.name:
         raise ConfigError(f"{out} holds a {meta.get('study')!r} study, not {study.name!r}; use another --out")
     old, new = meta.get("settings", {}), json.loads(json.dumps(study.settings(), default=str))
-    if old != new and not _same_but_moved_files(meta, old, new):
-        diff = _differing(old, new)
-        raise ConfigError(f"{out} holds a {study.name} study with other settings ({', '.join(diff)}); "
-                          "use another --out, or delete the directory to start over")
-    return meta
+    if old == new or _same_but_moved_files(meta, old, new):
+        return meta
+    grows = study.extends(old, meta.get("plan", {}))
+    if grows and extend:
+        return {**meta, "settings": new, "extended": [*meta.get("extended", []), {"at": now(), "settings": old}]}
+    hint = ("they only add units: rerun with --extend (run_study(..., extend=True)) to add them to this directory"
+            if grows else "use another --out, or delete the directory to start over")
+    raise ConfigError(f"{out} holds a {study.name} study with other settings ({', '.join(_differing(old, new))}); "
+                      f"{hint}")
 
 
 def _same_but_moved_files(meta: Mapping[str, Any], old: Any, new: Any) -> bool:
@@ -93,7 +99,8 @@ def _check_weights(out: Path, meta: Mapping[str, Any] | None, model: Mapping[str
 
 def run_study(study: Study, out: str | Path | None = None, *, executor: str | Executor = "local",
               workers: int = 1, address: str | None = None, progress: bool = True,
-              max_units: int | None = None, stores: Mapping[str, ResultStore] | None = None) -> Any:
+              max_units: int | None = None, stores: Mapping[str, ResultStore] | None = None,
+              extend: bool = False) -> Any:
     """Run (or resume) ``study``; rows go to ``out`` as they finish (``None``: in memory).
 
     Args:
@@ -103,6 +110,9 @@ def run_study(study: Study, out: str | Path | None = None, *, executor: str | Ex
         stores: without ``out``, the :class:`~mechedit.store.ResultStore` of some tables (the
             library's in-process form, e.g. ``evaluate(..., store)``): their stored units are
             skipped and new rows appended; no ``study.json``, no lock, no settings check.
+        extend: let ``out``, made with other settings, grow into this study where those only
+            add units (:meth:`Study.extends`, e.g. a sweep part appended); its rows are kept,
+            the new units run, and ``study.json`` records the old settings under ``extended``.
 
     Returns ``study.result(...)``: the typed rows of every unit planned, in unit order.
     """
@@ -111,7 +121,7 @@ def run_study(study: Study, out: str | Path | None = None, *, executor: str | Ex
     if out is not None and stores:
         raise ConfigError("run_study takes out (a study directory) or stores, not both")
     out = check_out_dir(out) if out is not None else None
-    meta = check_study_dir(out, study) if out is not None else None
+    meta = check_study_dir(out, study, extend=extend) if out is not None else None
     pool_maker = make_executor(executor, workers=workers, address=address)
     planned = meta is not None and "plan" in meta
     need_model = pool_maker.needs_driver_model or (study.needs_model_to_plan and not planned)
@@ -127,7 +137,7 @@ def run_study(study: Study, out: str | Path | None = None, *, executor: str | Ex
         lock.acquire()
     try:
         if out is not None:
-            meta = check_study_dir(out, study)  # again, under the lock
+            meta = check_study_dir(out, study, extend=extend)  # again, under the lock
         given = dict(stores or {})
         stores = {t: given[t] if given.get(t) is not None else ResultStore(None if out is None else out / f"{t}.jsonl")
                   for t in study.tables}

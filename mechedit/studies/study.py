@@ -9,7 +9,9 @@ A study (a subclass of :class:`Study`, registered with :func:`register_study`) s
   (:func:`unit_key`: a readable label plus a hash of everything the unit's row depends
   on), so a unit whose settings changed is a new unit, never an old row reused;
 * :meth:`Study.setup`: per worker, once, what its units share (caches, baselines);
-* :meth:`Study.run`: one unit → one row.
+* :meth:`Study.run`: one unit → one row;
+* optionally :meth:`Study.extends`: which changed settings only add units (the sweep: parts
+  appended), so a finished directory can grow (``mechedit study run --extend``).
 
 The runner (:func:`mechedit.studies.run_study`) owns everything else: the store, the
 lock, the settings check, provenance, the progress bar, resume and the executor.
@@ -135,6 +137,14 @@ class Study(ABC):
             raise ConfigError(f"'config' of a {cls.name} study spec must be a table of "
                               f"{cls.config_class.__name__} fields")
         return cls(ModelSpec(spec["model"], device, threads), cls.config_class.from_dict(config))  # type: ignore[call-arg]
+
+    def extends(self, old: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
+        """Whether a directory made with settings ``old`` (and its stored ``plan``) may grow
+        into this study (``run_study(..., extend=True)``): every row it holds is a row of this
+        study, the new settings only add units, and the stored plan serves them. Default: never
+        (other settings are another study). A study that answers True keeps its unit keys
+        content-derived, so an old unit keeps its key."""
+        return False
 
     #: whether :meth:`plan` needs the model (then the driver loads it on the first run)
     needs_model_to_plan: ClassVar[bool] = False
