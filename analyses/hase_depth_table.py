@@ -9,7 +9,10 @@ per method × variant, with Hase et al.'s
 values (their Table, ROME/MEMIT/FT 5-layer on GPT-J, CounterFact) beside them; ``--n-boot``
 sets the bootstrap's resamples. Then, per (method, variant), the Spearman ρ of the tracing
 effect and the rewrite score within each layer with its 95% interval (Hase et al.: ρ = −0.13
-at GPT-J's layer 6), and the layers whose interval excludes 0.
+at GPT-J's layer 6), and the layers whose interval excludes 0. Between the two, per pair, where
+the tracing R² lives (:func:`mechedit.analysis.stats.between_within`): in the facts' mean
+tracing effect (which facts are easy to edit) or in its deviation within a fact over layers
+(where to edit one), and what tracing adds once fact and layer are both known.
 
 Every (method, variant) the study plans gets a row, in Hase et al.'s order, then their pairs
 this study does not run. A pair with fewer than ``--min-facts`` complete facts (default 10)
@@ -73,7 +76,24 @@ def table(out_dir: Path, n_boot: int = 1000, min_facts: int = 10) -> str:
             lines.append(f"| {pair[0]} | {pair[1]} | {n} | — | fewer than {min_facts} facts so far | | | | "
                          f"{_hase(pair)} |")
     lines += [f"| {m} | {v} | not in this study | | | | | | {_hase((m, v))} |" for m, v in HASE if (m, v) not in pairs]
-    return "\n".join(lines) + ("\n\n" + by_layer_table(stats.by_layer.query("metric == 'rewrite'")) if stats else "\n")
+    if not stats:
+        return "\n".join(lines) + "\n"
+    rewrite = kept[kept["trace_valid"] & (kept["metric"] == "rewrite")]
+    return "\n".join([*lines, "", split_table(rewrite, [p for p in pairs if p in r2], n_boot), "",
+                      by_layer_table(stats.by_layer.query("metric == 'rewrite'"))])
+
+
+def split_table(rewrite: pd.DataFrame, pairs: list[tuple[str, str]], n_boot: int) -> str:
+    """Per (method, variant): the rewrite score's tracing R² split into the facts' mean
+    tracing effect and its deviation within a fact, and what tracing adds to fact + layer."""
+    from mechedit.analysis.stats import SPLIT_NAMES, between_within
+
+    lines = ["| method | variant | R² fact's mean tracing | R² tracing within a fact | R² fact + layer | "
+             "added by tracing to fact + layer |", "|---|---|---|---|---|---|"]
+    for m, v in pairs:
+        r = between_within(rewrite[(rewrite["method"] == m) & (rewrite["variant"] == v)], n_boot=n_boot)
+        lines.append(f"| {m} | {v} | " + " | ".join(_ci(r, name) for name in SPLIT_NAMES) + " |")
+    return "\n".join(lines)
 
 
 def by_layer_table(by_layer: pd.DataFrame) -> str:

@@ -120,6 +120,44 @@ def test_bootstrap_resamples_whole_facts_like_a_naive_loop():
         assert r2[f"{k}_lo"] <= r2[k] <= r2[f"{k}_hi"]
 
 
+def _fact_rows(between: float, within: float, n_facts=30, layers=(0, 4, 8, 12), seed=0):
+    """Scores planted on a fact's mean tracing effect (``between``) and on its layer-to-layer
+    deviation from that mean (``within``)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for fact in range(n_facts):
+        level, dev = rng.uniform(0, 1), rng.uniform(-0.3, 0.3, len(layers))
+        dev -= dev.mean()
+        for layer, d in zip(layers, dev, strict=True):
+            score = between * level + within * d + 0.05 * rng.standard_normal() + 0.1 * layer / 12
+            rows.append(dict(case_id=f"f{fact}", layer=layer, tracing_effect=level + d, score=score))
+    return pd.DataFrame(rows)
+
+
+def test_between_within_equals_statsmodels_formulas_and_finds_where_a_planted_r2_lives():
+    import statsmodels.formula.api as smf
+
+    from mechedit.analysis.stats import between_within
+
+    df = _fact_rows(between=1.0, within=1.0)
+    df["fact_mean"] = df.groupby("case_id")["tracing_effect"].transform("mean")
+    df["within"] = df["tracing_effect"] - df["fact_mean"]
+    fixed = smf.ols("score ~ C(case_id) + C(layer)", df).fit().rsquared
+    want = {"r2_fact_mean_tracing": smf.ols("score ~ fact_mean", df).fit().rsquared,
+            "r2_within_fact_tracing": smf.ols("score ~ within", df).fit().rsquared, "r2_fact_layer": fixed,
+            "r2_added_over_fact_layer": smf.ols("score ~ C(case_id) + C(layer) + tracing_effect", df).fit().rsquared
+            - fixed}
+    got = between_within(df, n_boot=50)
+    assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-10)
+    assert (got["n"], got["facts"]) == (120, 30)
+    assert all(got[f"{k}_lo"] <= got[k] <= got[f"{k}_hi"] for k in want)
+    fact_only = between_within(_fact_rows(between=1.0, within=0.0), n_boot=50)  # easy facts, no place to edit
+    assert fact_only["r2_fact_mean_tracing"] > 0.8 and fact_only["r2_within_fact_tracing"] < 0.05
+    assert fact_only["r2_added_over_fact_layer"] < 0.02
+    where = between_within(_fact_rows(between=0.0, within=1.0), n_boot=50)  # the effect says where, per fact
+    assert where["r2_fact_mean_tracing"] < 0.05 and where["r2_added_over_fact_layer"] > 0.3
+
+
 def test_holm_correction_matches_a_hand_computation():
     from mechedit.analysis.stats import holm
 

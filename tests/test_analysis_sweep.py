@@ -288,7 +288,8 @@ def test_the_committed_directories_reproduce_their_tables_without_a_model(monkey
 def test_the_deep_study_table_is_rebuilt_from_its_rows_and_gates_pairs_with_few_facts(monkeypatch):
     """``analyses/hase_depth_table.py`` on the committed deep directory gives its committed
     ``table.md``; with a gate above every pair's count no statistic is computed, every planned
-    pair is listed with its count, and Hase et al.'s pair the study does not run is named."""
+    pair is listed with its count (FT5 × forcing, the part the directory grew by with
+    ``--extend``, among them), and a pair of Hase et al.'s the study does not run is named."""
     import importlib.util
 
     monkeypatch.setattr(mechedit, "load_model", lambda *a, **k: pytest.fail("no model for a table"))
@@ -297,12 +298,14 @@ def test_the_deep_study_table_is_rebuilt_from_its_rows_and_gates_pairs_with_few_
     spec.loader.exec_module(mod)
     out = RESULTS / "hase_depth_smollm2"
     assert mod.table(out) + "\n" == (out / "table.md").read_text()
+    monkeypatch.setitem(mod.HASE, ("memit", "forcing"), (0.5, 0.1, 0.6))  # a pair of theirs the study lacks
     gated = mod.table(out, min_facts=10**6).splitlines()
-    assert [line.split(" | ")[:2] for line in gated[2:10]] == [
+    assert [line.split(" | ")[:2] for line in gated[2:11]] == [
         ["| rome", "injection"], ["| memit", "injection"], ["| rome", "reversal"], ["| rome", "erasure"],
-        ["| rome", "amplification"], ["| rome", "forcing"], ["| ft", "injection"], ["| ft5", "injection"]]
-    assert all("fewer than 1000000 facts" in line for line in gated[2:10])
-    assert gated[10].startswith("| ft5 | forcing | not in this study")
+        ["| rome", "amplification"], ["| rome", "forcing"], ["| ft5", "forcing"], ["| ft", "injection"],
+        ["| ft5", "injection"]]
+    assert all("fewer than 1000000 facts" in line for line in gated[2:11])
+    assert gated[11].startswith("| memit | forcing | not in this study") and len(gated) == 12
 
 
 @pytest.mark.parametrize("name,methods,variants", [

@@ -15,6 +15,7 @@ For each method × variant × metric this module reports
   independent of each other);
 * the F-tests' p-values Holm-corrected across the family of every group's test
   (``f_p_holm``, statsmodels' ``multipletests``);
+* where a tracing R² lives, between facts or within them (:func:`between_within`);
 * the correlation of tracing effect and score at each layer (:attr:`LocalizationStats.by_layer`;
   Hase et al. report ρ = −0.13 at GPT-J's layer 6);
 * a plain-language verdict per group.
@@ -28,8 +29,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -109,21 +112,58 @@ def bootstrap_r2(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, score: 
                  effect: str = "tracing_effect", fact: str = "case_id") -> dict[str, float]:
     """95% percentile intervals (``{name}_lo``/``{name}_hi`` of :data:`R2_NAMES`) from
     ``n_boot`` resamples of the facts (with replacement; a drawn fact brings all its rows)."""
-    nan = {f"{k}_{e}": float("nan") for k in R2_NAMES for e in ("lo", "hi")}
+    layer, x, y = df["layer"].to_numpy(int), df[effect].to_numpy(float), df[score].to_numpy(float)
+    return _bootstrap_facts(df, fact, lambda idx: r2_four(layer[idx], x[idx], y[idx]), R2_NAMES, n_boot, seed)
+
+
+def _bootstrap_facts(df: pd.DataFrame, fact: str, stat: Any, names: Sequence[str], n_boot: int,
+                     seed: int) -> dict[str, float]:
+    """95% percentile intervals of ``stat(row indices)`` (a tuple, one value per name) over
+    ``n_boot`` resamples of the facts; NaN with fewer than 3 facts."""
+    nan = {f"{k}_{e}": float("nan") for k in names for e in ("lo", "hi")}
     if fact not in df or df[fact].nunique() < 3:
         return nan
     codes, facts = pd.factorize(df[fact].astype(str))
     rows_of = [np.flatnonzero(codes == i) for i in range(len(facts))]
-    layer, x, y = df["layer"].to_numpy(int), df[effect].to_numpy(float), df[score].to_numpy(float)
     rng = np.random.default_rng(seed)
-    draws = np.array([r2_four(layer[idx], x[idx], y[idx]) for idx in
-                      (np.concatenate([rows_of[i] for i in rng.integers(0, len(facts), len(facts))])
-                       for _ in range(n_boot))])
+    draws = np.array([stat(np.concatenate([rows_of[i] for i in rng.integers(0, len(facts), len(facts))]))
+                      for _ in range(n_boot)])
     out = {}
-    for j, k in enumerate(R2_NAMES):
+    for j, k in enumerate(names):
         lo, hi = np.nanpercentile(draws[:, j], [2.5, 97.5]) if np.isfinite(draws[:, j]).any() else (np.nan, np.nan)
         out[f"{k}_lo"], out[f"{k}_hi"] = float(lo), float(hi)
     return out
+
+
+#: :func:`between_within`'s R²s
+SPLIT_NAMES = ("r2_fact_mean_tracing", "r2_within_fact_tracing", "r2_fact_layer", "r2_added_over_fact_layer")
+
+
+def _split_r2(fact: np.ndarray, layer: np.ndarray, effect: np.ndarray, score: np.ndarray) -> tuple[float, ...]:
+    """:data:`SPLIT_NAMES` by least squares (``fact``: integer codes)."""
+    levels, inv = np.unique(fact, return_inverse=True)
+    mean = (np.bincount(inv, effect) / np.bincount(inv))[inv]  # each row's fact's mean effect
+    ones = np.ones_like(effect)
+    dummies = np.column_stack([(inv == i) for i in range(len(levels))]
+                              + [(layer == x) for x in np.unique(layer)[1:]]).astype(float)
+    fixed = _r2(dummies, score)
+    return (_r2(np.column_stack([ones, mean]), score), _r2(np.column_stack([ones, effect - mean]), score), fixed,
+            _r2(np.column_stack([dummies, effect]), score) - fixed)
+
+
+def between_within(df: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0, score: str = "score",
+                   effect: str = "tracing_effect", fact: str = "case_id") -> dict[str, float | int]:
+    """Whether the tracing effect explains the score through *which fact* or *where*: the R²
+    of ``score ~ fact's mean effect`` and of ``score ~ effect − fact's mean`` (the part that
+    varies over layers within a fact), of ``score ~ C(fact) + C(layer)``, and what the effect
+    adds to that; with 95% bootstrap intervals over facts (:data:`SPLIT_NAMES`). A tracing R²
+    that lives in the fact means says which facts are easy to edit, not where to edit them."""
+    codes = pd.factorize(df[fact].astype(str))[0]
+    layer, x, y = df["layer"].to_numpy(int), df[effect].to_numpy(float), df[score].to_numpy(float)
+    point = dict(zip(SPLIT_NAMES, _split_r2(codes, layer, x, y), strict=True))
+    cis = _bootstrap_facts(df, fact, lambda idx: _split_r2(codes[idx], layer[idx], x[idx], y[idx]), SPLIT_NAMES,
+                           n_boot, seed)
+    return {"n": int(len(df)), "facts": int(len(np.unique(codes))), **point, **cis}
 
 
 def holm(p: pd.Series) -> pd.Series:
