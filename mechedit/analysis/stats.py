@@ -141,11 +141,11 @@ SPLIT_NAMES = ("r2_fact_mean_tracing", "r2_within_fact_tracing", "r2_fact_layer"
 
 def _split_r2(fact: np.ndarray, layer: np.ndarray, effect: np.ndarray, score: np.ndarray) -> tuple[float, ...]:
     """:data:`SPLIT_NAMES` by least squares (``fact``: integer codes)."""
-    levels, inv = np.unique(fact, return_inverse=True)
+    inv = np.unique(fact, return_inverse=True)[1]
     mean = (np.bincount(inv, effect) / np.bincount(inv))[inv]  # each row's fact's mean effect
     ones = np.ones_like(effect)
-    dummies = np.column_stack([(inv == i) for i in range(len(levels))]
-                              + [(layer == x) for x in np.unique(layer)[1:]]).astype(float)
+    dummies = np.column_stack([inv[:, None] == np.arange(inv.max() + 1),  # every fact, every layer but the first
+                               layer[:, None] == np.unique(layer)[None, 1:]]).astype(float)
     fixed = _r2(dummies, score)
     return (_r2(np.column_stack([ones, mean]), score), _r2(np.column_stack([ones, effect - mean]), score), fixed,
             _r2(np.column_stack([dummies, effect]), score) - fixed)

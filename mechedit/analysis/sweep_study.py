@@ -25,7 +25,6 @@ without the model or the data file.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -45,7 +44,16 @@ from mechedit.analysis.sweep import (
 from mechedit.analysis.sweep_rows import SweepResult, SweepRow, SweepTraceRow, from_study_rows
 from mechedit.data import CounterFactRecord
 from mechedit.errors import ConfigError
-from mechedit.studies.study import ModelSpec, Row, Study, Unit, content_hash, register_study, unit_key
+from mechedit.studies.study import (
+    ModelSpec,
+    Row,
+    Study,
+    Unit,
+    appended,
+    content_hash,
+    register_study,
+    unit_key,
+)
 from mechedit.tokens import Prefix
 
 
@@ -325,18 +333,12 @@ class SweepStudy(Study):
             name = model_info(self.model.loaded).name
         return {"model": str(name), **self.inputs, "config": self.config.to_dict(), "editors": self.editors}
 
-    def extends(self, old: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
+    def extends(self, old: Mapping[str, Any], new: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
         """Parts appended, nothing else changed: the old rows keep their keys and the stored
         plan (facts, σ, editors) serves the new parts, whose methods it must have editors for."""
-        new = json.loads(json.dumps(self.settings(), default=str))
-        old_parts, new_parts = list(old.get("config", {}).get("parts", [])), list(new["config"].get("parts", []))
-
-        def rest(settings: Mapping[str, Any]) -> dict[str, Any]:
-            return {**settings, "config": {k: v for k, v in settings.get("config", {}).items() if k != "parts"}}
-
-        if rest(old) != rest(new) or len(new_parts) <= len(old_parts) or new_parts[:len(old_parts)] != old_parts:
+        if not appended(old, new, "parts"):
             return False
-        missing = sorted({m for p in new_parts for m in p["methods"]} - set(plan.get("editors", {})))
+        missing = sorted({m for p in new["config"]["parts"] for m in p["methods"]} - set(plan.get("editors", {})))
         if missing:
             raise ConfigError(f"the added parts use {missing}, which this directory's plan has no editor for; "
                               "run them in another --out")

@@ -16,6 +16,7 @@ from mechedit.studies.study import (
            Row,
            Study,
            Unit,
+           appended,
            content_hash,
            get_study,
            register_study,
@@ -23,6 +24,6 @@ from mechedit.studies.study import (
 )
 
 __all__ = ["EXECUTORS", "DirectoryLock", "LocalExecutor", "LockError", "ModelSpec", "RayExecutor", "Row", "STUDIES",
-           "Study", "StudyResult", "Unit", "atomic_write_json", "atomic_write_text", "check_study_dir",
+           "Study", "StudyResult", "Unit", "appended", "atomic_write_json", "atomic_write_text", "check_study_dir",
            "content_hash", "get_study", "load_study_rows", "make_executor", "register_study", "rows_equal",
            "run_study", "unit_key", "weights_fingerprint"]

@@ -57,7 +57,7 @@ def check_study_dir(out: str | Path, study: Study, *, extend: bool = False) -> d
     old, new = meta.get("settings", {}), json.loads(json.dumps(study.settings(), default=str))
     if old == new or _same_but_moved_files(meta, old, new):
         return meta
-    grows = study.extends(old, meta.get("plan", {}))
+    grows = study.extends(old, new, meta.get("plan", {}))
     if grows and extend:
         return {**meta, "settings": new, "extended": [*meta.get("extended", []), {"at": now(), "settings": old}]}
     hint = ("they only add units: rerun with --extend (run_study(..., extend=True)) to add them to this directory"

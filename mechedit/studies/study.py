@@ -138,12 +138,13 @@ class Study(ABC):
                               f"{cls.config_class.__name__} fields")
         return cls(ModelSpec(spec["model"], device, threads), cls.config_class.from_dict(config))  # type: ignore[call-arg]
 
-    def extends(self, old: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
+    def extends(self, old: Mapping[str, Any], new: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
         """Whether a directory made with settings ``old`` (and its stored ``plan``) may grow
-        into this study (``run_study(..., extend=True)``): every row it holds is a row of this
-        study, the new settings only add units, and the stored plan serves them. Default: never
-        (other settings are another study). A study that answers True keeps its unit keys
-        content-derived, so an old unit keeps its key."""
+        into this study, whose settings are ``new`` (both as ``study.json`` stores them), with
+        ``run_study(..., extend=True)``: every row it holds is a row of this study, the new
+        settings only add units, and the stored plan serves them. Default: never (other
+        settings are another study). Most studies need only :func:`appended`; one that answers
+        True keeps its unit keys content-derived, so an old unit keeps its key."""
         return False
 
     #: whether :meth:`plan` needs the model (then the driver loads it on the first run)
@@ -201,6 +202,16 @@ class Study(ABC):
         for table in result.rows:
             atomic_write_text(Path(out) / f"{table}.csv", result.flat(table).to_csv(index=False))
         return out
+
+
+def appended(old: Mapping[str, Any], new: Mapping[str, Any], field: str) -> bool:
+    """Whether stored settings ``new`` are ``old`` with items appended to the list
+    ``config[field]`` and nothing else changed (the usual :meth:`Study.extends`)."""
+    def rest(settings: Mapping[str, Any]) -> dict[str, Any]:
+        return {**settings, "config": {k: v for k, v in settings.get("config", {}).items() if k != field}}
+
+    before, after = (list(s.get("config", {}).get(field, [])) for s in (old, new))
+    return rest(old) == rest(new) and len(after) > len(before) and after[:len(before)] == before
 
 
 STUDIES: dict[str, type[Study]] = {}

@@ -6,13 +6,12 @@ and what the runner's own tests (faults, Ray) run on, as it is cheap on any mode
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mechedit.config import Config
-from mechedit.studies.study import ModelSpec, Row, Study, Unit, register_study, unit_key
+from mechedit.studies.study import ModelSpec, Row, Study, Unit, appended, register_study, unit_key
 from mechedit.tokens import Prefix
 
 
@@ -49,12 +48,9 @@ class PredictionsStudy(Study):
     def __init__(self, model: ModelSpec, config: PredictionsConfig) -> None:
         self.model, self.config = model, config
 
-    def extends(self, old: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
+    def extends(self, old: Mapping[str, Any], new: Mapping[str, Any], plan: Mapping[str, Any]) -> bool:
         """Prompts appended, nothing else changed (a unit's key is its prompt's content)."""
-        new = json.loads(json.dumps(self.settings(), default=str))  # as stored
-        before, after = list(old.get("config", {}).get("prompts", [])), new["config"].get("prompts", [])
-        same_rest = {**old, "config": {**old.get("config", {}), "prompts": after}} == new
-        return same_rest and len(after) > len(before) and after[:len(before)] == before
+        return appended(old, new, "prompts")
 
     def units(self, table: str, done: Mapping[str, Mapping[str, Row]]) -> Sequence[Unit]:
         c = self.config
