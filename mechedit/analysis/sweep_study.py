@@ -44,7 +44,16 @@ from mechedit.analysis.sweep import (
 from mechedit.analysis.sweep_rows import SweepResult, SweepRow, SweepTraceRow, from_study_rows
 from mechedit.data import CounterFactRecord
 from mechedit.errors import ConfigError
-from mechedit.studies.study import ModelSpec, Row, Study, Unit, appended, content_hash, register_study, unit_key
+from mechedit.studies.study import (
+    ModelSpec,
+    Row,
+    Study,
+    Unit,
+    appended,
+    content_hash,
+    register_study,
+    unit_key,
+)
 from mechedit.tokens import Prefix
 
 
